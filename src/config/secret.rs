@@ -1,0 +1,92 @@
+//! Secrets: named in rosterd.yaml as `{ env: NAME }` or `{ file: PATH }`, resolved late (when a
+//! provider client is built), and printed as `***` everywhere.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Where a secret comes from. Inline values are not accepted: secrets never live in git.
+#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretRef {
+    /// The name of an environment variable.
+    Env(String),
+    /// A file holding the secret (trailing newline trimmed); relative to rosterd.yaml.
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Make a `file` reference absolute against the folder of rosterd.yaml.
+    pub fn rooted(self, base: &Path) -> SecretRef {
+        match self {
+            SecretRef::File(p) if p.is_relative() => SecretRef::File(base.join(p)),
+            other => other,
+        }
+    }
+
+    /// Read the secret now. The error names the variable or file, never a value.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        let value = match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set (or not UTF-8)"))?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret file {}: {}", path.display(), e.kind()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        };
+        if value.is_empty() {
+            return Err(format!("secret {self:?} is empty"));
+        }
+        Ok(Secret(SecretString::from(value)))
+    }
+}
+
+/// A resolved secret. `Debug` and `Display` print `***`; use [`Secret::expose`] only where the
+/// value goes onto the wire.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_print_as_stars() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

@@ -1,0 +1,9 @@
+//! rosterd keeps chat-group membership equal to YAML manifests kept in git.
+//!
+//! Reading order: [`model`] (the vocabulary), [`config`] (files -> desired state), [`provider`]
+//! (the seam and the clients), [`plan`] (pure diff, order, batches, safety, rendering),
+//! [`reconcile`] (fetch -> plan -> apply -> verify), [`sandbox`] (emulators), [`cli`].
+
+pub mod config;
+pub mod model;
+pub mod provider;
