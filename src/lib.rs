@@ -2,8 +2,15 @@
 //!
 //! Reading order: [`model`] (the vocabulary), [`config`] (files -> desired state), [`provider`]
 //! (the seam and the clients), [`plan`] (pure diff, order, batches, safety, rendering),
-//! [`reconcile`] (fetch -> plan -> apply -> verify), [`sandbox`] (emulators), [`cli`].
+//! [`reconcile`] (fetch -> plan -> apply -> verify), [`audit`], [`sandbox`] (emulators),
+//! [`schema`], [`cli`].
 
+pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod model;
+pub mod plan;
 pub mod provider;
+pub mod reconcile;
+pub mod sandbox;
+pub mod schema;

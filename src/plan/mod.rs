@@ -1,0 +1,64 @@
+//! The planner: pure and synchronous. Desired vs live -> ordered operations -> safety check ->
+//! batches of at most the provider's size. No I/O, no clock (time is a parameter).
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::model::{Batch, DesiredGroup, GroupId, LiveGroup, MemberId, Op, OpKind};
+use crate::provider::{Capabilities, Kind};
+
+/// The plan of one group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupPlan {
+    pub group: String,
+    pub provider: String,
+    pub kind: Kind,
+    pub id: GroupId,
+    /// Every operation, in SPEC §4 order.
+    pub ops: Vec<Op>,
+    /// The same operations cut into write calls, in order.
+    pub batches: Vec<Batch>,
+    /// `Some(reason)` when a safety limit blocks the group: nothing is applied to it.
+    pub blocked: Option<String>,
+    /// Things the operator should know that are not operations (an unresolvable member kept,
+    /// an owner that cannot be transferred, a protected member the manifest would remove).
+    pub notes: Vec<String>,
+    /// The roster before and after, one line per member (`id role`), for the text diff.
+    #[serde(skip)]
+    pub before: Vec<String>,
+    #[serde(skip)]
+    pub after: Vec<String>,
+}
+
+impl GroupPlan {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    pub fn count(&self, kind: OpKind) -> usize {
+        self.ops.iter().filter(|o| o.kind == kind).count()
+    }
+    /// Removals and bans together: what `max_removals` counts.
+    pub fn removals(&self) -> usize {
+        self.ops.iter().filter(|o| o.kind.is_removal()).count()
+    }
+    /// Write calls this plan takes.
+    pub fn calls(&self) -> usize {
+        self.batches.len()
+    }
+}
+
+/// Inputs of one group's plan besides desired and live state.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions<'a> {
+    pub caps: &'a Capabilities,
+    /// Members per write call for each kind (already capped at the provider's maximum).
+    pub batch_size: &'a dyn Fn(OpKind) -> usize,
+    pub now: SystemTime,
+    pub allow_mass_removal: bool,
+}
+
+/// Ids that are never removed, demoted, banned or muted in this group.
+pub fn untouchable<'a>(desired: &'a DesiredGroup, live: &'a LiveGroup) -> impl Iterator<Item = &'a MemberId> {
+    desired.protected.iter().chain(live.owner.iter()).chain(live.me.iter())
+}
