@@ -49,7 +49,7 @@ impl GroupPlan {
 }
 
 /// Inputs of one group's plan besides desired and live state.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct PlanOptions<'a> {
     pub caps: &'a Capabilities,
     /// Members per write call for each kind (already capped at the provider's maximum).
