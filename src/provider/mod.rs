@@ -348,8 +348,8 @@ impl Instance {
 /// Build the client of one provider instance. Secrets are resolved here, late.
 pub fn build(instance: &Instance) -> Result<std::sync::Arc<dyn Provider>, ProviderError> {
     match &instance.settings {
-        KindSettings::Cometchat(_)
-        | KindSettings::Tencent(_)
+        KindSettings::Cometchat(_) => Ok(std::sync::Arc::new(cometchat::CometChat::new(instance)?)),
+        KindSettings::Tencent(_)
         | KindSettings::Waha(_)
         | KindSettings::Bitrix24(_) => Err(ProviderError::fatal(format!(
             "provider {}: the {} client is not available in this build",
