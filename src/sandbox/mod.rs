@@ -1,2 +1,377 @@
 //! Stateful emulators of the providers, served by `rosterd sandbox` and `rosterd demo`, and used
 //! by the integration tests.
+//!
+//! Every emulator is an axum router over shared state, served on 127.0.0.1 through a listener
+//! whose connections can be cut mid-request, so tests can inject real connection resets.
+//! Adding a provider's emulator is one field in [`SandboxState`], one in [`Ports`] and one
+//! `start_one` line in [`Sandbox::start`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::provider::Kind;
+
+pub mod cometchat;
+
+pub use cometchat::CometChatEmulator;
+
+/// The seed (and dump) of every emulator, as one YAML or JSON document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxState {
+    #[serde(default)]
+    pub cometchat: cometchat::State,
+}
+
+impl SandboxState {
+    /// Read a state file: JSON when it ends in `.json`, YAML otherwise.
+    pub fn load(path: &Path) -> anyhow::Result<SandboxState> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read sandbox state {}", path.display()))?;
+        Self::parse(&text, path.extension().is_some_and(|e| e == "json"))
+            .with_context(|| format!("invalid sandbox state {}", path.display()))
+    }
+
+    /// Parse a state document (YAML is a superset of the JSON the dump writes).
+    pub fn parse(text: &str, json: bool) -> anyhow::Result<SandboxState> {
+        if json {
+            Ok(serde_json::from_str(text)?)
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    }
+
+    /// The state as pretty JSON, for dumps.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the state is plain data")
+    }
+}
+
+/// Where each emulator listens; 0 picks an ephemeral port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub cometchat: u16,
+}
+
+impl Ports {
+    /// Every emulator on an ephemeral port (tests, `rosterd demo`).
+    pub const EPHEMERAL: Ports = Ports { cometchat: 0 };
+    /// The fixed ports `rosterd sandbox` uses, matching the sample `manifests/rosterd.yaml`.
+    pub const FIXED: Ports = Ports { cometchat: 8081 };
+}
+
+/// One running emulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    /// What to put in an instance's `base_url`.
+    pub base_url: String,
+}
+
+/// The running emulators. Dropping it does not stop them; call [`Sandbox::shutdown`].
+pub struct Sandbox {
+    pub cometchat: CometChatEmulator,
+    endpoints: Vec<Endpoint>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Sandbox {
+    /// Start every emulator on 127.0.0.1, seeded from `state`. `shutdown` cancelled stops them.
+    pub async fn start(
+        state: SandboxState,
+        ports: Ports,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Sandbox> {
+        let tracker = TaskTracker::new();
+        let cometchat = CometChatEmulator::new(state.cometchat);
+        let mut endpoints = Vec::new();
+        endpoints.push(
+            start_one(
+                Kind::Cometchat,
+                "/v3",
+                cometchat.router(),
+                ports.cometchat,
+                &shutdown,
+                &tracker,
+            )
+            .await?,
+        );
+        tracker.close();
+        Ok(Sandbox {
+            cometchat,
+            endpoints,
+            shutdown,
+            tracker,
+        })
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The base URL of a provider kind's emulator, if the sandbox runs one.
+    pub fn base_url(&self, kind: Kind) -> Option<&str> {
+        self.endpoints
+            .iter()
+            .find(|e| e.kind == kind)
+            .map(|e| e.base_url.as_str())
+    }
+
+    /// The current state of every emulator.
+    pub fn dump(&self) -> SandboxState {
+        SandboxState {
+            cometchat: self.cometchat.state(),
+        }
+    }
+
+    /// Stop accepting, let requests in flight finish, and wait for the servers to end.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+async fn start_one(
+    kind: Kind,
+    prefix: &str,
+    router: Router,
+    port: u16,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Endpoint> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port} for the {kind} emulator"))?;
+    let addr = listener.local_addr()?;
+    let token = shutdown.clone();
+    let app = router.into_make_service_with_connect_info::<Conn>();
+    tracker.spawn(async move {
+        let served = axum::serve(KillableListener(listener), app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(%kind, error = %e, "sandbox emulator stopped");
+        }
+    });
+    Ok(Endpoint {
+        kind,
+        addr,
+        base_url: format!("http://{addr}{prefix}"),
+    })
+}
+
+/// Serve every emulator until `shutdown` is cancelled, seeded from `state_file` (or the demo
+/// world when none is given), printing each base URL to `out` first.
+pub async fn serve(
+    state_file: Option<&Path>,
+    ports: Ports,
+    out: &mut dyn io::Write,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = match state_file {
+        Some(p) => SandboxState::load(p)?,
+        None => default_state()?,
+    };
+    let sandbox = Sandbox::start(state, ports, shutdown.clone()).await?;
+    for e in sandbox.endpoints() {
+        writeln!(out, "{}\t{}", e.kind, e.base_url)?;
+    }
+    out.flush()?;
+    shutdown.cancelled().await;
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+/// `rosterd sandbox [--state FILE]`: the emulators on their fixed ports, base URLs on stdout.
+pub async fn run_sandbox(
+    state: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut stdout = io::stdout();
+    serve(state.as_deref(), Ports::FIXED, &mut stdout, shutdown).await
+}
+
+/// The seed `rosterd sandbox` uses without `--state`: the demo world of `manifests/`.
+pub fn default_state() -> anyhow::Result<SandboxState> {
+    SandboxState::parse(DEMO_STATE, false).context("the built-in sandbox state")
+}
+
+/// The demo world, compiled in so `rosterd sandbox` and `rosterd demo` work from any folder.
+pub const DEMO_STATE: &str = include_str!("../../manifests/sandbox-state.yaml");
+
+/// An injected fault: what happens and when.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub when: FaultWhen,
+    /// Only requests that change state are hit (reads go through).
+    #[serde(default)]
+    pub writes_only: bool,
+}
+
+impl Fault {
+    /// The next `n` requests get `kind`.
+    pub fn next(n: u32, kind: FaultKind) -> Self {
+        Fault {
+            kind,
+            when: FaultWhen::Next(n),
+            writes_only: false,
+        }
+    }
+    /// Each request gets `kind` with probability `p`.
+    pub fn sometimes(p: f64, kind: FaultKind) -> Self {
+        Fault {
+            kind,
+            when: FaultWhen::Probability(p),
+            writes_only: false,
+        }
+    }
+    pub fn writes_only(mut self) -> Self {
+        self.writes_only = true;
+        self
+    }
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Answer with this status (5xx with the provider's error envelope; 502-504 as an edge
+    /// proxy would, without one). The request is not carried out.
+    Status(u16),
+    /// Drop the connection without an answer (RST). The request is not carried out.
+    Reset,
+    /// Answer normally after this delay.
+    Slow(#[serde(with = "humantime_serde")] Duration),
+}
+
+/// When an injected fault fires.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultWhen {
+    /// The next N matching requests.
+    Next(u32),
+    /// Each matching request with this probability.
+    Probability(f64),
+}
+
+/// Per-connection info handed to handlers: the switch that cuts this connection.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub(crate) kill: Arc<AtomicBool>,
+}
+
+impl Connected<IncomingStream<'_, KillableListener>> for Conn {
+    fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
+        Conn {
+            kill: stream.io().kill.clone(),
+        }
+    }
+}
+
+/// A TCP listener whose connections fail every read and write once their switch is thrown.
+pub struct KillableListener(TcpListener);
+
+impl Listener for KillableListener {
+    type Io = KillableStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((inner, addr)) => {
+                    let _ = inner.set_nodelay(true);
+                    return (
+                        KillableStream {
+                            inner,
+                            kill: Arc::new(AtomicBool::new(false)),
+                        },
+                        addr,
+                    );
+                }
+                // Out of descriptors and the like: wait instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A TCP stream with a kill switch (see [`KillableListener`]).
+pub struct KillableStream {
+    inner: TcpStream,
+    kill: Arc<AtomicBool>,
+}
+
+impl KillableStream {
+    fn killed(&self) -> Option<io::Error> {
+        if self.kill.load(Ordering::SeqCst) {
+            // Zero linger makes the close an RST, which is what a reset looks like to a client.
+            let _ = self.inner.set_zero_linger();
+            Some(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "sandbox: injected connection reset",
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+impl AsyncRead for KillableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.killed() {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.killed() {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(e) = self.killed() {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

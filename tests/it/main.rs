@@ -1,1 +1,4 @@
+//! The one integration-test binary: real HTTP against the sandbox emulators on 127.0.0.1.
 
+mod cometchat;
+mod support;

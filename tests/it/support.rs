@@ -1,0 +1,97 @@
+//! Fixtures shared by the integration tests: a sandbox seeded with a small world, provider
+//! instances pointed at it, and a time bound for every test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use rosterd::config::secret::{Secret, SecretRef};
+use rosterd::provider::cometchat::{CometChat, Settings};
+use rosterd::provider::{CommonSettings, Instance, Kind, KindSettings};
+use rosterd::sandbox::cometchat::{App, Group, Scope, State};
+use rosterd::sandbox::{Ports, Sandbox, SandboxState};
+use tokio_util::sync::CancellationToken;
+
+/// The API key of the test app. It must never show up in any output.
+pub const CC_KEY: &str = "0123456789abcdef0123456789abcdef0badc0de";
+/// The test app's id in the emulator state.
+pub const CC_APP: &str = "it";
+
+/// Run a test body, failing it if it takes longer than `secs`.
+pub async fn bounded<T>(secs: u64, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .expect("test exceeded its time bound")
+}
+
+/// A CometChat world: the given users, and groups given as (guid, owner, members, banned).
+pub fn cc_state(users: impl IntoIterator<Item = String>, groups: Vec<(&str, Group)>) -> State {
+    let app = App {
+        api_key: CC_KEY.into(),
+        users: users.into_iter().collect(),
+        groups: groups
+            .into_iter()
+            .map(|(g, grp)| (g.to_string(), grp))
+            .collect(),
+    };
+    State {
+        apps: BTreeMap::from([(CC_APP.to_string(), app)]),
+        rate_limit: None,
+    }
+}
+
+/// A group with an owner, members and banned users.
+pub fn group(owner: Option<&str>, members: &[(&str, Scope)], banned: &[&str]) -> Group {
+    Group {
+        name: None,
+        owner: owner.map(String::from),
+        members: members.iter().map(|(u, s)| (u.to_string(), *s)).collect(),
+        banned: banned
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>(),
+    }
+}
+
+/// Start a sandbox on ephemeral ports.
+pub async fn sandbox(cometchat: State) -> Sandbox {
+    Sandbox::start(
+        SandboxState { cometchat },
+        Ports::EPHEMERAL,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("sandbox starts")
+}
+
+/// A `cometchat` instance named `cc` pointed at the sandbox, with a generous rate so tests
+/// are paced by the emulator, not by the default 5/s.
+pub fn cc_instance(sb: &Sandbox, rate: Option<f64>) -> Instance {
+    Instance {
+        name: "cc".into(),
+        kind: Kind::Cometchat,
+        common: CommonSettings {
+            base_url: sb.base_url(Kind::Cometchat).map(String::from),
+            rate: Some(rate.unwrap_or(1000.0)),
+            timeout: Some(Duration::from_secs(5)),
+            ..CommonSettings::default()
+        },
+        settings: KindSettings::Cometchat(Settings {
+            app_id: "itapp".into(),
+            region: "eu".into(),
+            api_key: SecretRef::Env("ROSTERD_IT_UNSET_COMETCHAT_KEY".into()),
+        }),
+    }
+}
+
+/// A client of the sandbox's CometChat emulator with the test key.
+pub fn cc_client(sb: &Sandbox, page_size: usize) -> CometChat {
+    CometChat::with_key(&cc_instance(sb, None), Secret::new(CC_KEY))
+        .expect("client builds")
+        .with_page_size(page_size)
+}
+
+/// Users `prefix000` .. `prefix{n-1}`.
+pub fn users(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:03}")).collect()
+}
