@@ -3,6 +3,11 @@
 
 use std::time::SystemTime;
 
+pub mod diff;
+pub mod render;
+
+pub use diff::{apply_op, plan_group, simulate};
+
 use serde::Serialize;
 
 use crate::model::{Batch, DesiredGroup, GroupId, LiveGroup, MemberId, Op, OpKind};
@@ -59,6 +64,41 @@ pub struct PlanOptions<'a> {
 }
 
 /// Ids that are never removed, demoted, banned or muted in this group.
-pub fn untouchable<'a>(desired: &'a DesiredGroup, live: &'a LiveGroup) -> impl Iterator<Item = &'a MemberId> {
-    desired.protected.iter().chain(live.owner.iter()).chain(live.me.iter())
+pub fn untouchable<'a>(
+    desired: &'a DesiredGroup,
+    live: &'a LiveGroup,
+) -> impl Iterator<Item = &'a MemberId> {
+    desired
+        .protected
+        .iter()
+        .chain(live.owner.iter())
+        .chain(live.me.iter())
+}
+
+/// A group whose live state could not be read: reported, never planned from half a roster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupError {
+    pub group: String,
+    pub provider: String,
+    pub message: String,
+}
+
+/// The plan of a run: one entry per group that was read, one error per group that was not.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Plan {
+    pub groups: Vec<GroupPlan>,
+    pub errors: Vec<GroupError>,
+}
+
+impl Plan {
+    /// No operation pending in any group (errors are not changes).
+    pub fn is_empty(&self) -> bool {
+        self.groups.iter().all(GroupPlan::is_empty)
+    }
+    pub fn total(&self, kind: OpKind) -> usize {
+        self.groups.iter().map(|g| g.count(kind)).sum()
+    }
+    pub fn calls(&self) -> usize {
+        self.groups.iter().map(GroupPlan::calls).sum()
+    }
 }

@@ -1,0 +1,303 @@
+//! Desired vs live -> ordered operations, batches and the safety verdict.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{Batch, DesiredGroup, LiveGroup, MemberId, Mute, Op, OpKind, Role, Unlisted};
+
+use super::{GroupPlan, PlanOptions};
+
+/// Plan one group. Pure: the same inputs always give the same plan.
+pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) -> GroupPlan {
+    let caps = opts.caps;
+    let now = opts.now;
+    let mut notes = Vec::new();
+
+    // Why a member may not be taken out, demoted, banned or muted.
+    let untouchable = |m: &MemberId| -> Option<&'static str> {
+        if live.owner.as_ref() == Some(m) {
+            Some("the group's owner")
+        } else if live.me.as_ref() == Some(m) {
+            Some("rosterd's own identity")
+        } else if desired.protected.contains(m) {
+            Some("protected")
+        } else {
+            None
+        }
+    };
+
+    // The desired owner is a member (at least admin) even when no role list names them.
+    let mut want: BTreeMap<MemberId, Role> = desired.members.clone();
+    if let Some(owner) = &desired.owner {
+        if caps.transfer_owner || live.owner.as_ref() == Some(owner) {
+            let role = want.entry(owner.clone()).or_insert(Role::Admin);
+            if caps.supports_role(Role::Admin) {
+                *role = Role::Admin;
+            }
+        }
+    }
+
+    let live_banned: BTreeSet<MemberId> = live.bans.clone().unwrap_or_default();
+    let mut ops: Vec<Op> = Vec::new();
+
+    // Unban: authoritative bans drop those not listed; a wanted member must be unbanned first.
+    for m in &live_banned {
+        let keep_banned = desired.bans.as_ref().is_some_and(|b| b.contains(m));
+        if !keep_banned && (desired.bans.is_some() || want.contains_key(m)) {
+            ops.push(Op::new(OpKind::Unban, m.clone()));
+        }
+    }
+
+    // Adds and role changes.
+    for (m, &role) in &want {
+        match live.members.get(m) {
+            None => {
+                if caps.add_with_role || role == Role::Participant {
+                    ops.push(Op::new(OpKind::Add, m.clone()).with_role(role));
+                } else {
+                    ops.push(Op::new(OpKind::Add, m.clone()).with_role(Role::Participant));
+                    ops.push(
+                        Op::new(OpKind::Promote, m.clone())
+                            .with_role(role)
+                            .with_from(Role::Participant),
+                    );
+                }
+            }
+            Some(&cur) if cur < role => {
+                ops.push(
+                    Op::new(OpKind::Promote, m.clone())
+                        .with_role(role)
+                        .with_from(cur),
+                );
+            }
+            Some(&cur) if cur > role => match untouchable(m) {
+                Some(why) => notes.push(format!("{m} is {why}: not demoted from {cur} to {role}")),
+                None => ops.push(
+                    Op::new(OpKind::Demote, m.clone())
+                        .with_role(role)
+                        .with_from(cur),
+                ),
+            },
+            Some(_) => {}
+        }
+    }
+
+    // Mutes, only where the manifest manages them.
+    if let Some(want_mutes) = &desired.mutes {
+        let live_active: BTreeMap<&MemberId, Mute> = live
+            .mutes
+            .iter()
+            .filter(|(_, mu)| mu.active_at(now))
+            .map(|(m, mu)| (m, *mu))
+            .collect();
+        for (m, &mu) in want_mutes {
+            if !mu.active_at(now) {
+                continue; // an expired desired mute means "not muted"; handled below
+            }
+            if live_active.get(m) == Some(&mu) {
+                continue;
+            }
+            match untouchable(m) {
+                Some(why) => notes.push(format!("{m} is {why}: not muted")),
+                None => ops.push(Op::new(OpKind::Mute, m.clone()).with_mute(mu)),
+            }
+        }
+        for m in live_active.keys() {
+            let still = want_mutes.get(*m).is_some_and(|mu| mu.active_at(now));
+            if !still {
+                ops.push(Op::new(OpKind::Unmute, (*m).clone()));
+            }
+        }
+    }
+
+    // Removals of unlisted members.
+    let banning: BTreeSet<&MemberId> = desired
+        .bans
+        .iter()
+        .flatten()
+        .filter(|m| !live_banned.contains(*m))
+        .collect();
+    for (m, &cur) in &live.members {
+        if want.contains_key(m) || banning.contains(m) {
+            continue;
+        }
+        if live.unresolved.contains(m) {
+            notes.push(format!("{m} could not be matched to a manifest id: kept"));
+            continue;
+        }
+        if desired.unlisted == Unlisted::Keep {
+            continue;
+        }
+        match untouchable(m) {
+            Some(why) => notes.push(format!("{m} is {why}: not removed")),
+            None => ops.push(Op::new(OpKind::Remove, m.clone()).with_from(cur)),
+        }
+    }
+
+    // Bans (banning removes a live member too).
+    for m in banning {
+        match untouchable(m) {
+            Some(why) => notes.push(format!("{m} is {why}: not banned")),
+            None => {
+                let mut op = Op::new(OpKind::Ban, m.clone());
+                if let Some(&cur) = live.members.get(m) {
+                    op = op.with_from(cur);
+                }
+                ops.push(op);
+            }
+        }
+    }
+
+    // Ownership.
+    if let Some(owner) = &desired.owner {
+        if live.owner.as_ref() != Some(owner) {
+            if caps.transfer_owner {
+                ops.push(Op::new(OpKind::TransferOwner, owner.clone()));
+            } else {
+                notes.push(format!(
+                    "owner is {} but the manifest says {owner}; {} cannot transfer ownership",
+                    live.owner
+                        .as_ref()
+                        .map_or("nobody".to_string(), |o| o.to_string()),
+                    desired.kind
+                ));
+            }
+        }
+    }
+
+    ops.sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.member.cmp(&b.member)));
+    let batches = batch(&ops, opts);
+
+    let removals = ops.iter().filter(|o| o.kind.is_removal()).count();
+    let allowed = desired.max_removals.allowed(live.members.len());
+    let blocked = (removals > allowed && !opts.allow_mass_removal).then(|| {
+        format!(
+            "plan removes or bans {removals} of {} members, over max_removals {} (= {allowed}); \
+             nothing applied to this group (use --allow-mass-removal to override)",
+            live.members.len(),
+            desired.max_removals
+        )
+    });
+
+    let before = roster_lines(&live.members, &live_banned, &live.mutes, now);
+    let after_state = simulate(live, &ops, now);
+    let after = roster_lines(
+        &after_state.members,
+        &after_state.bans.clone().unwrap_or_default(),
+        &after_state.mutes,
+        now,
+    );
+
+    GroupPlan {
+        group: desired.name.clone(),
+        provider: desired.provider.clone(),
+        kind: desired.kind,
+        id: desired.id.clone(),
+        ops,
+        batches,
+        blocked,
+        notes,
+        before,
+        after,
+    }
+}
+
+/// Cut ordered operations into the fewest write calls: one kind per call, at most the batch
+/// size, and one shared parameter per call where the provider's call takes one value.
+fn batch(ops: &[Op], opts: &PlanOptions) -> Vec<Batch> {
+    let mut batches = Vec::new();
+    for kind in OpKind::ALL {
+        let of_kind: Vec<&Op> = ops.iter().filter(|o| o.kind == kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        let size = (opts.batch_size)(kind).max(1);
+        let mut groups: BTreeMap<(Option<Role>, Option<Mute>), Vec<Op>> = BTreeMap::new();
+        for op in of_kind {
+            let key = if (opts.caps.uniform_batch)(kind) {
+                (op.role, op.mute)
+            } else {
+                (None, None)
+            };
+            groups.entry(key).or_default().push(op.clone());
+        }
+        for (_, group) in groups {
+            for chunk in group.chunks(size) {
+                batches.push(Batch {
+                    kind,
+                    ops: chunk.to_vec(),
+                });
+            }
+        }
+    }
+    batches
+}
+
+/// The live state after `ops` all succeed. Used for the "after" roster and by tests.
+pub fn simulate(live: &LiveGroup, ops: &[Op], now: std::time::SystemTime) -> LiveGroup {
+    let mut out = live.clone();
+    out.mutes.retain(|_, mu| mu.active_at(now));
+    for op in ops {
+        apply_op(&mut out, op);
+    }
+    out
+}
+
+/// The effect of one successful operation on a live state.
+pub fn apply_op(state: &mut LiveGroup, op: &Op) {
+    let m = &op.member;
+    match op.kind {
+        OpKind::Unban => {
+            if let Some(b) = state.bans.as_mut() {
+                b.remove(m);
+            }
+        }
+        OpKind::Add => {
+            state
+                .members
+                .entry(m.clone())
+                .or_insert(op.role.unwrap_or(Role::Participant));
+        }
+        OpKind::Promote | OpKind::Demote => {
+            if let (Some(r), Some(cur)) = (op.role, state.members.get_mut(m)) {
+                *cur = r;
+            }
+        }
+        OpKind::Mute => {
+            if let Some(mu) = op.mute {
+                state.mutes.insert(m.clone(), mu);
+            }
+        }
+        OpKind::Unmute => {
+            state.mutes.remove(m);
+        }
+        OpKind::Remove => {
+            state.members.remove(m);
+        }
+        OpKind::Ban => {
+            state.members.remove(m);
+            state
+                .bans
+                .get_or_insert_with(BTreeSet::new)
+                .insert(m.clone());
+        }
+        OpKind::TransferOwner => state.owner = Some(m.clone()),
+    }
+}
+
+fn roster_lines(
+    members: &BTreeMap<MemberId, Role>,
+    bans: &BTreeSet<MemberId>,
+    mutes: &BTreeMap<MemberId, Mute>,
+    now: std::time::SystemTime,
+) -> Vec<String> {
+    let mut lines: Vec<String> = members.iter().map(|(m, r)| format!("{m} {r}")).collect();
+    lines.extend(bans.iter().map(|m| format!("{m} banned")));
+    lines.extend(
+        mutes
+            .iter()
+            .filter(|(_, mu)| mu.active_at(now))
+            .map(|(m, mu)| format!("{m} muted {mu}")),
+    );
+    lines.sort();
+    lines
+}
