@@ -27,12 +27,12 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
 
     // The desired owner is a member (at least admin) even when no role list names them.
     let mut want: BTreeMap<MemberId, Role> = desired.members.clone();
-    if let Some(owner) = &desired.owner {
-        if caps.transfer_owner || live.owner.as_ref() == Some(owner) {
-            let role = want.entry(owner.clone()).or_insert(Role::Admin);
-            if caps.supports_role(Role::Admin) {
-                *role = Role::Admin;
-            }
+    if let Some(owner) = &desired.owner
+        && (caps.transfer_owner || live.owner.as_ref() == Some(owner))
+    {
+        let role = want.entry(owner.clone()).or_insert(Role::Admin);
+        if caps.supports_role(Role::Admin) {
+            *role = Role::Admin;
         }
     }
 
@@ -148,19 +148,20 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
     }
 
     // Ownership.
-    if let Some(owner) = &desired.owner {
-        if live.owner.as_ref() != Some(owner) {
-            if caps.transfer_owner {
-                ops.push(Op::new(OpKind::TransferOwner, owner.clone()));
-            } else {
-                notes.push(format!(
-                    "owner is {} but the manifest says {owner}; {} cannot transfer ownership",
-                    live.owner
-                        .as_ref()
-                        .map_or("nobody".to_string(), |o| o.to_string()),
-                    desired.kind
-                ));
-            }
+    if let Some(owner) = &desired.owner
+        && live.owner.as_ref() != Some(owner)
+    {
+        if caps.transfer_owner {
+            ops.push(Op::new(OpKind::TransferOwner, owner.clone()));
+        } else {
+            let current = live
+                .owner
+                .as_ref()
+                .map_or("nobody".to_string(), |o| o.to_string());
+            notes.push(format!(
+                "owner is {current} but the manifest says {owner}; {} cannot transfer ownership",
+                desired.kind
+            ));
         }
     }
 
