@@ -1,1 +1,77 @@
-//! The audit log: one JSON line per write call and per member outcome, no secrets.
+//! The audit log: one JSON line per write call and one per member outcome. It only ever sees
+//! group names, provider instance names, operations and member ids — never a secret or a URL.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use crate::model::{MemberOutcome, OpKind, Outcome};
+
+/// An append-only JSONL file, shared by every task of a run.
+pub struct AuditLog {
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    /// Open (or create) the log for appending.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(AuditLog {
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Record one write call and the outcome of each of its members.
+    pub fn call(
+        &self,
+        group: &str,
+        provider: &str,
+        op: OpKind,
+        members: usize,
+        outcomes: &[MemberOutcome],
+    ) {
+        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let failed = outcomes.iter().filter(|o| !o.outcome.is_ok()).count();
+        let result = if failed == 0 {
+            "ok"
+        } else if failed == outcomes.len() {
+            "failed"
+        } else {
+            "partial"
+        };
+        let mut lines = vec![json!({
+            "ts": ts, "type": "call", "group": group, "provider": provider,
+            "op": op, "members": members, "result": result, "failed": failed,
+        })];
+        for o in outcomes {
+            let (outcome, code, message) = match &o.outcome {
+                Outcome::Done => ("done", None, None),
+                Outcome::AlreadyDone => ("already_done", None, None),
+                Outcome::Failed { code, message } => {
+                    ("failed", Some(code.as_str()), Some(message.as_str()))
+                }
+                Outcome::Skipped { reason } => ("skipped", None, Some(reason.as_str())),
+            };
+            lines.push(json!({
+                "ts": ts, "type": "member", "group": group, "provider": provider, "op": op,
+                "member": o.member, "outcome": outcome, "code": code, "message": message,
+            }));
+        }
+        let mut buf = String::new();
+        for l in lines {
+            buf.push_str(&l.to_string());
+            buf.push('\n');
+        }
+        let Ok(mut f) = self.file.lock() else { return };
+        if let Err(e) = f.write_all(buf.as_bytes()).and_then(|_| f.flush()) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}

@@ -1,1 +1,482 @@
-//! The reconcile engine: per group fetch -> plan -> safety -> apply batches -> re-fetch -> drift.
+//! The reconcile engine: per group fetch -> plan -> safety -> apply batches in order ->
+//! re-fetch -> drift. Groups run concurrently, bounded per provider instance; one group's
+//! failure never stops another.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::audit::AuditLog;
+use crate::model::{
+    Batch, DesiredGroup, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Outcome, Role,
+};
+use crate::plan::{self, GroupError, GroupPlan, Plan, PlanOptions};
+use crate::provider::{Instance, Provider};
+
+mod progress;
+
+pub use progress::{LogProgress, Progress, TerminalProgress, default_progress};
+
+/// A provider instance's configuration and its client.
+#[derive(Clone)]
+pub struct Target {
+    pub instance: Instance,
+    pub provider: Arc<dyn Provider>,
+}
+
+/// How one run behaves.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Apply the plan (otherwise stop after planning).
+    pub apply: bool,
+    pub allow_mass_removal: bool,
+    /// The clock, passed in: mutes are compared against it.
+    pub now: SystemTime,
+    /// Groups of one provider instance reconciled at the same time.
+    pub per_instance_concurrency: usize,
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            apply: false,
+            allow_mass_removal: false,
+            now: SystemTime::now(),
+            per_instance_concurrency: 4,
+            progress: None,
+        }
+    }
+}
+
+/// How a group's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupStatus {
+    /// Nothing to do.
+    InSync,
+    /// Plan only: changes are pending.
+    Changes,
+    /// Applied, and the re-read shows no drift.
+    Applied,
+    /// A read failed, an operation failed, or drift remains.
+    Failed,
+    /// A safety limit blocked the group; nothing was applied.
+    Blocked,
+}
+
+/// One operation's outcome for one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpOutcome {
+    pub kind: OpKind,
+    pub member: MemberId,
+    pub outcome: Outcome,
+}
+
+/// What happened to one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    pub group: String,
+    pub provider: String,
+    pub plan: Option<GroupPlan>,
+    pub error: Option<String>,
+    pub outcomes: Vec<OpOutcome>,
+    /// After apply: the plan computed from the re-read (empty = converged).
+    pub drift: Option<GroupPlan>,
+    pub status: GroupStatus,
+    /// Write calls sent for this group.
+    pub calls: usize,
+}
+
+impl GroupReport {
+    fn new(g: &DesiredGroup) -> Self {
+        GroupReport {
+            group: g.name.clone(),
+            provider: g.provider.clone(),
+            plan: None,
+            error: None,
+            outcomes: Vec::new(),
+            drift: None,
+            status: GroupStatus::Failed,
+            calls: 0,
+        }
+    }
+
+    pub fn failed_ops(&self) -> impl Iterator<Item = &OpOutcome> {
+        self.outcomes.iter().filter(|o| !o.outcome.is_ok())
+    }
+}
+
+/// The result of a run over many groups.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub groups: Vec<GroupReport>,
+}
+
+impl Report {
+    /// The process exit code (SPEC §5).
+    ///
+    /// plan: any blocked group -> 4; else any group that could not be read -> 3; else pending
+    /// changes -> 2 with `--detailed-exitcode` (0 without); else 0.
+    /// apply: any blocked group -> 4 (the others were applied); else any failed or skipped
+    /// operation, unreadable group or remaining drift -> 3; else 0.
+    pub fn exit_code(&self, apply: bool, detailed: bool) -> u8 {
+        let blocked = self.groups.iter().any(|g| g.status == GroupStatus::Blocked);
+        if blocked {
+            return 4;
+        }
+        if self.groups.iter().any(|g| g.status == GroupStatus::Failed) {
+            return 3;
+        }
+        if !apply && detailed && self.groups.iter().any(|g| g.status == GroupStatus::Changes) {
+            return 2;
+        }
+        0
+    }
+
+    /// The plan document of this run: the plan of every group that was read, an error entry
+    /// for every group that was not.
+    pub fn plan(&self) -> Plan {
+        let mut out = Plan::default();
+        for g in &self.groups {
+            match (&g.plan, &g.error) {
+                (Some(p), _) => out.groups.push(p.clone()),
+                (None, Some(e)) => out.errors.push(GroupError {
+                    group: g.group.clone(),
+                    provider: g.provider.clone(),
+                    message: e.clone(),
+                }),
+                (None, None) => {}
+            }
+        }
+        out
+    }
+
+    /// Write calls sent across all groups.
+    pub fn calls(&self) -> usize {
+        self.groups.iter().map(|g| g.calls).sum()
+    }
+}
+
+/// Reconcile every group: plan only, or plan and apply. Never panics on a provider failure;
+/// every group gets a report.
+pub async fn run(
+    groups: &[DesiredGroup],
+    targets: &BTreeMap<String, Target>,
+    opts: &RunOptions,
+    audit: Option<&AuditLog>,
+) -> Report {
+    let limits: BTreeMap<&str, Arc<Semaphore>> = targets
+        .keys()
+        .map(|k| {
+            (
+                k.as_str(),
+                Arc::new(Semaphore::new(opts.per_instance_concurrency.max(1))),
+            )
+        })
+        .collect();
+
+    // Plans first, for every group, so the progress display knows the total of calls.
+    let planned = futures::future::join_all(groups.iter().map(|g| {
+        let sem = limits.get(g.provider.as_str()).cloned();
+        async move {
+            let _permit = match &sem {
+                Some(s) => s.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let span = tracing::info_span!("group", group = %g.name, provider = %g.provider);
+            plan_one(g, targets, opts).instrument(span).await
+        }
+    }))
+    .await;
+
+    if !opts.apply {
+        let mut reports: Vec<GroupReport> = planned.into_iter().map(|(r, _)| r).collect();
+        reports.sort_by(|a, b| a.group.cmp(&b.group));
+        return Report { groups: reports };
+    }
+
+    if let Some(p) = &opts.progress {
+        let total: usize = planned
+            .iter()
+            .filter_map(|(r, _)| r.plan.as_ref().filter(|p| p.blocked.is_none()))
+            .map(GroupPlan::calls)
+            .sum();
+        p.calls_planned(total);
+    }
+
+    let mut reports = futures::future::join_all(planned.into_iter().map(|(report, live)| {
+        let g = groups
+            .iter()
+            .find(|g| g.name == report.group)
+            .expect("report of a known group");
+        let sem = limits.get(g.provider.as_str()).cloned();
+        async move {
+            let _permit = match &sem {
+                Some(s) => s.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let span = tracing::info_span!("group", group = %g.name, provider = %g.provider);
+            apply_one(g, report, live, targets, opts, audit)
+                .instrument(span)
+                .await
+        }
+    }))
+    .await;
+    if let Some(p) = &opts.progress {
+        p.finish();
+    }
+    reports.sort_by(|a, b| a.group.cmp(&b.group));
+    Report { groups: reports }
+}
+
+/// Fetch and plan one group.
+async fn plan_one(
+    g: &DesiredGroup,
+    targets: &BTreeMap<String, Target>,
+    opts: &RunOptions,
+) -> (GroupReport, Option<LiveGroup>) {
+    let mut report = GroupReport::new(g);
+    let Some(target) = targets.get(&g.provider) else {
+        report.error = Some(format!("provider instance {} has no client", g.provider));
+        return (report, None);
+    };
+    let live = match target.provider.fetch(&g.id).await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the group; nothing planned or applied");
+            report.error = Some(format!("cannot read group {}: {e}", g.id));
+            return (report, None);
+        }
+    };
+    let plan = make_plan(g, &live, target, opts);
+    report.status = if plan.blocked.is_some() {
+        GroupStatus::Blocked
+    } else if plan.is_empty() {
+        GroupStatus::InSync
+    } else {
+        GroupStatus::Changes
+    };
+    report.plan = Some(plan);
+    (report, Some(live))
+}
+
+fn make_plan(g: &DesiredGroup, live: &LiveGroup, target: &Target, opts: &RunOptions) -> GroupPlan {
+    let caps = target.provider.capabilities_for(live);
+    let batch_size = |k: OpKind| target.instance.batch_size(k, &caps);
+    plan::plan_group(
+        g,
+        live,
+        &PlanOptions {
+            caps: &caps,
+            batch_size: &batch_size,
+            now: opts.now,
+            allow_mass_removal: opts.allow_mass_removal,
+        },
+    )
+}
+
+/// Apply one group's plan, batch by batch, then re-read and report drift.
+async fn apply_one(
+    g: &DesiredGroup,
+    mut report: GroupReport,
+    live: Option<LiveGroup>,
+    targets: &BTreeMap<String, Target>,
+    opts: &RunOptions,
+    audit: Option<&AuditLog>,
+) -> GroupReport {
+    let (Some(plan), Some(live)) = (report.plan.clone(), live) else {
+        return report; // the read failed: nothing is applied
+    };
+    if plan.blocked.is_some() {
+        tracing::warn!(
+            reason = plan.blocked.as_deref().unwrap_or(""),
+            "blocked by a safety limit"
+        );
+        return report;
+    }
+    if plan.is_empty() {
+        return report;
+    }
+    let target = &targets[&g.provider];
+    let mut floor = AdminFloor::new(&live, g);
+
+    for batch in &plan.batches {
+        // Keep only the members the admin floor allows to go.
+        let (send, skipped) = floor.filter(batch);
+        for op in skipped {
+            report.outcomes.push(OpOutcome {
+                kind: op.kind,
+                member: op.member.clone(),
+                outcome: Outcome::Skipped {
+                    reason:
+                        "an earlier admin add or promotion failed; keeping the group's admin floor"
+                            .to_string(),
+                },
+            });
+        }
+        if send.ops.is_empty() {
+            continue;
+        }
+        report.calls += 1;
+        let outcomes = match target.provider.apply(&g.id, &send).await {
+            Ok(outs) => outs,
+            Err(e) => {
+                tracing::warn!(op = %send.kind, members = send.ops.len(), error = %e, "write call failed");
+                send.ops
+                    .iter()
+                    .map(|o| MemberOutcome {
+                        member: o.member.clone(),
+                        outcome: Outcome::Failed {
+                            code: e
+                                .code
+                                .clone()
+                                .unwrap_or_else(|| format!("{:?}", e.class).to_lowercase()),
+                            message: e.message.clone(),
+                        },
+                    })
+                    .collect()
+            }
+        };
+        if let Some(a) = audit {
+            a.call(&g.name, &g.provider, send.kind, send.ops.len(), &outcomes);
+        }
+        for (op, out) in pair(&send, outcomes) {
+            if out.is_ok() {
+                floor.applied(&op);
+            } else {
+                floor.failed(&op);
+                tracing::warn!(op = %op.kind, member = %op.member, outcome = ?out, "operation failed");
+            }
+            report.outcomes.push(OpOutcome {
+                kind: op.kind,
+                member: op.member.clone(),
+                outcome: out,
+            });
+        }
+        if let Some(p) = &opts.progress {
+            p.call_done(&g.name, send.kind);
+        }
+    }
+
+    // Verify: read again, and whatever a new plan would still do is drift.
+    match target.provider.fetch(&g.id).await {
+        Ok(after) => {
+            let drift = make_plan(
+                g,
+                &after,
+                target,
+                &RunOptions {
+                    allow_mass_removal: true,
+                    ..opts.clone()
+                },
+            );
+            let failed = report.failed_ops().next().is_some();
+            report.status = if drift.is_empty() && !failed {
+                GroupStatus::Applied
+            } else {
+                GroupStatus::Failed
+            };
+            if !drift.is_empty() {
+                tracing::warn!(operations = drift.ops.len(), "drift remains after apply");
+            }
+            report.drift = Some(drift);
+        }
+        Err(e) => {
+            report.error = Some(format!("applied, but cannot re-read group {}: {e}", g.id));
+            report.status = GroupStatus::Failed;
+        }
+    }
+    report
+}
+
+/// Match outcomes to the batch's operations by member; a member the provider did not report
+/// on is a failure, never silently done.
+fn pair(batch: &Batch, outcomes: Vec<MemberOutcome>) -> Vec<(Op, Outcome)> {
+    let mut by_member: BTreeMap<MemberId, Outcome> = outcomes
+        .into_iter()
+        .map(|o| (o.member, o.outcome))
+        .collect();
+    batch
+        .ops
+        .iter()
+        .map(|op| {
+            let out = by_member
+                .remove(&op.member)
+                .unwrap_or_else(|| Outcome::Failed {
+                    code: "NO_RESULT".to_string(),
+                    message: "the provider reported no result for this member".to_string(),
+                });
+            (op.clone(), out)
+        })
+        .collect()
+}
+
+/// Tracks admins while a plan runs, so a failed admin add or promotion never lets later
+/// demotions or removals take the group below min(live admins, desired admins).
+struct AdminFloor {
+    admins: BTreeSet<MemberId>,
+    floor: usize,
+}
+
+impl AdminFloor {
+    fn new(live: &LiveGroup, g: &DesiredGroup) -> Self {
+        let admins: BTreeSet<MemberId> = live
+            .members
+            .iter()
+            .filter(|(_, r)| **r == Role::Admin)
+            .map(|(m, _)| m.clone())
+            .collect();
+        let desired = g.members.values().filter(|r| **r == Role::Admin).count();
+        AdminFloor {
+            floor: admins.len().min(desired),
+            admins,
+        }
+    }
+
+    /// Split a batch into what may be sent and what must be skipped.
+    fn filter(&self, batch: &Batch) -> (Batch, Vec<Op>) {
+        let takes_admin = |op: &Op| {
+            matches!(op.kind, OpKind::Demote | OpKind::Remove | OpKind::Ban)
+                && self.admins.contains(&op.member)
+        };
+        let mut remaining = self.admins.len();
+        let mut send = Batch {
+            kind: batch.kind,
+            ops: Vec::new(),
+        };
+        let mut skipped = Vec::new();
+        for op in &batch.ops {
+            if takes_admin(op) {
+                if remaining <= self.floor {
+                    skipped.push(op.clone());
+                    continue;
+                }
+                remaining -= 1;
+            }
+            send.ops.push(op.clone());
+        }
+        (send, skipped)
+    }
+
+    fn applied(&mut self, op: &Op) {
+        match op.kind {
+            OpKind::Add | OpKind::Promote if op.role == Some(Role::Admin) => {
+                self.admins.insert(op.member.clone());
+            }
+            OpKind::Demote | OpKind::Remove | OpKind::Ban => {
+                self.admins.remove(&op.member);
+            }
+            _ => {}
+        }
+    }
+
+    fn failed(&mut self, _op: &Op) {}
+}
+
+/// How long a wait must be before it is worth telling the operator.
+pub const LONG_WAIT: Duration = Duration::from_secs(5);
