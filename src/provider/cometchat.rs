@@ -351,15 +351,7 @@ fn base_url(name: &str, over: Option<&str>, s: &Settings) -> Result<reqwest::Url
 
 /// Pacing of one instance: its own settings, and 5 requests/s when it sets no rate.
 fn http_options(instance: &Instance) -> HttpOptions {
-    let c = &instance.common;
-    let defaults = HttpOptions::default();
-    HttpOptions {
-        instance: instance.name.clone(),
-        timeout: c.timeout.unwrap_or(defaults.timeout),
-        interval: c.interval.unwrap_or(defaults.interval),
-        rate: Some(c.rate.unwrap_or(DEFAULT_RATE)),
-        ..defaults
-    }
+    HttpOptions::for_instance(instance, Some(DEFAULT_RATE), Duration::ZERO)
 }
 
 #[derive(Deserialize)]
