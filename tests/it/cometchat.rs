@@ -551,3 +551,357 @@ fn cometchat_demo_seed_parses() {
 fn reqwest_client() -> reqwest::Client {
     rosterd::provider::http::build_reqwest(&Default::default()).unwrap()
 }
+
+// ---- Round trips through the reconcile engine -------------------------------------------------
+
+use rosterd::reconcile::{self, GroupStatus};
+
+/// The emulator's roster of a group as rosterd roles, for comparing with a manifest.
+fn emulated_roster(
+    sb: &rosterd::sandbox::Sandbox,
+    guid: &str,
+) -> (Option<String>, Vec<(String, Role)>, Vec<String>) {
+    let g = sb.cometchat.group(CC_APP, guid).expect("group exists");
+    let roles = g
+        .members
+        .iter()
+        .map(|(u, s)| {
+            let r = match s {
+                Scope::Admin => Role::Admin,
+                Scope::Moderator => Role::Moderator,
+                Scope::Participant => Role::Participant,
+            };
+            (u.clone(), r)
+        })
+        .collect();
+    (g.owner, roles, g.banned.into_iter().collect())
+}
+
+#[tokio::test]
+async fn cometchat_round_trip_with_drift_of_every_kind_converges_and_then_writes_nothing() {
+    bounded(60, async {
+        use Scope::*;
+        let live = group(
+            Some("alice"),
+            &[
+                ("bob", Participant),   // promote to admin
+                ("carol", Admin),       // demote to moderator
+                ("dave", Moderator),    // demote to participant
+                ("erin", Participant),  // promote to moderator
+                ("frank", Participant), // unlisted: remove
+                ("trent", Moderator),   // ban (banning removes)
+                ("JUDY", Participant),  // in sync, spelled differently
+            ],
+            &["mallory"], // unban
+        );
+        let users = [
+            "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+            "mallory", "oscar", "trent",
+        ];
+        let sb = sandbox(cc_state(users.map(String::from), vec![("eng", live)])).await;
+        let want = desired(
+            "eng",
+            Some("alice"),
+            &[
+                ("alice", Role::Admin),
+                ("bob", Role::Admin),
+                ("carol", Role::Moderator),
+                ("dave", Role::Participant),
+                ("erin", Role::Moderator),
+                ("Grace", Role::Admin),
+                ("heidi", Role::Participant),
+                ("ivan", Role::Moderator),
+                ("judy", Role::Participant),
+            ],
+            Some(&["trent", "oscar"]),
+        );
+        let targets = cc_targets(&sb, None);
+
+        let report =
+            reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        assert_eq!(report.groups[0].status, GroupStatus::Applied);
+        let plan = report.groups[0].plan.as_ref().unwrap();
+        // unban 1 + one add call for 3 + 2 promotions + 2 demotions + 1 removal + one ban call for 2.
+        assert_eq!(plan.calls(), 8, "{plan:#?}");
+        assert_eq!(
+            sb.cometchat.writes().len(),
+            8,
+            "one request per planned call"
+        );
+        let (owner, roster, banned) = emulated_roster(&sb, "eng");
+        assert_eq!(owner.as_deref(), Some("alice"));
+        let expected: Vec<(String, Role)> = want
+            .members
+            .iter()
+            .map(|(m, r)| (m.0.clone(), *r))
+            .collect();
+        assert_eq!(roster, expected);
+        assert_eq!(banned, vec!["oscar".to_string(), "trent".to_string()]);
+
+        // A second plan finds nothing, and a second apply sends no write at all.
+        sb.cometchat.clear_log();
+        let again = reconcile::run(
+            std::slice::from_ref(&want),
+            &targets,
+            &run_opts(false),
+            None,
+        )
+        .await;
+        assert!(again.plan().is_empty(), "{:#?}", again.plan());
+        let again =
+            reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        assert_eq!(again.exit_code(true, false), 0);
+        assert_eq!(again.groups[0].status, GroupStatus::InSync);
+        assert!(
+            sb.cometchat.writes().is_empty(),
+            "{:#?}",
+            sb.cometchat.writes()
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// Live and desired state for 120 adds, 60 removals and 30 scope changes (15 up, 15 down).
+fn big_drift() -> (
+    rosterd::sandbox::cometchat::State,
+    rosterd::model::DesiredGroup,
+) {
+    let adds = users("add", 120);
+    let extras = users("extra", 60);
+    let ups = users("up", 15);
+    let downs = users("down", 15);
+    let keep = users("keep", 10);
+    let mut live: Vec<(&str, Scope)> = vec![];
+    live.extend(extras.iter().map(|u| (u.as_str(), Scope::Participant)));
+    live.extend(ups.iter().map(|u| (u.as_str(), Scope::Participant)));
+    live.extend(downs.iter().map(|u| (u.as_str(), Scope::Moderator)));
+    live.extend(keep.iter().map(|u| (u.as_str(), Scope::Participant)));
+    let mut want: Vec<(&str, Role)> = vec![("owner", Role::Admin)];
+    want.extend(adds.iter().map(|u| (u.as_str(), Role::Participant)));
+    want.extend(ups.iter().map(|u| (u.as_str(), Role::Moderator)));
+    want.extend(downs.iter().map(|u| (u.as_str(), Role::Participant)));
+    want.extend(keep.iter().map(|u| (u.as_str(), Role::Participant)));
+    let all_users = [
+        adds.clone(),
+        extras.clone(),
+        ups.clone(),
+        downs.clone(),
+        keep.clone(),
+        vec!["owner".into()],
+    ]
+    .concat();
+    let state = cc_state(all_users, vec![("big", group(Some("owner"), &live, &[]))]);
+    (state, desired("big", Some("owner"), &want, None))
+}
+
+#[tokio::test]
+async fn cometchat_large_drift_takes_the_minimum_number_of_write_calls() {
+    bounded(60, async {
+        let (state, want) = big_drift();
+        let sb = sandbox(state).await;
+        let targets = cc_targets(&sb, None);
+
+        let report =
+            reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let plan = report.groups[0].plan.as_ref().unwrap();
+        assert_eq!(
+            (plan.count(OpKind::Add), plan.count(OpKind::Remove)),
+            (120, 60)
+        );
+        assert_eq!(plan.count(OpKind::Promote) + plan.count(OpKind::Demote), 30);
+        // ⌈120/25⌉ + 60 + 30 = 95.
+        assert_eq!(sb.cometchat.writes().len(), 95);
+        assert_eq!(report.calls(), 95);
+        let (_, roster, _) = emulated_roster(&sb, "big");
+        let expected: Vec<(String, Role)> = want
+            .members
+            .iter()
+            .map(|(m, r)| (m.0.clone(), *r))
+            .collect();
+        assert_eq!(roster, expected);
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// Wall time of the 120/60/30 apply against an emulator limited to 10 requests/s, with the
+/// client paced at 10/s too. Prints the figure (`--nocapture`).
+#[tokio::test]
+async fn cometchat_large_drift_at_ten_requests_per_second() {
+    bounded(110, async {
+        let (mut state, want) = big_drift();
+        state.rate_limit = Some(RateLimit::per_second(10));
+        let sb = sandbox(state).await;
+        let targets = cc_targets(&sb, Some(10.0));
+
+        let started = Instant::now();
+        let report = reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let elapsed = started.elapsed();
+
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let log = sb.cometchat.requests();
+        let throttled = log.iter().filter(|r| r.status == 429).count();
+        eprintln!(
+            "cometchat 120 adds / 60 removals / 30 scope changes at 10 req/s: {:.2}s, {} requests, {} writes, {} throttled",
+            elapsed.as_secs_f64(),
+            log.len(),
+            sb.cometchat.writes().len(),
+            throttled
+        );
+        assert_eq!(sb.cometchat.writes().len(), 95);
+        // 95 writes and 6 reads cannot go faster than the limit allows.
+        assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cometchat_unknown_user_fails_alone_and_the_run_exits_3() {
+    bounded(60, async {
+        let live = group(Some("alice"), &[("bob", Scope::Participant)], &[]);
+        let sb = sandbox(cc_state(
+            ["alice", "bob", "carol"].map(String::from),
+            vec![("g", live)],
+        ))
+        .await;
+        let want = desired(
+            "g",
+            Some("alice"),
+            &[
+                ("alice", Role::Admin),
+                ("bob", Role::Moderator),
+                ("carol", Role::Participant),
+                ("ghost", Role::Participant),
+            ],
+            None,
+        );
+        let report = reconcile::run(
+            std::slice::from_ref(&want),
+            &cc_targets(&sb, None),
+            &run_opts(true),
+            None,
+        )
+        .await;
+
+        assert_eq!(report.exit_code(true, false), 3);
+        let failed: Vec<_> = report.groups[0]
+            .failed_ops()
+            .map(|o| (o.member.as_str().to_string(), o.outcome.clone()))
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].0, "ghost");
+        assert!(
+            matches!(&failed[0].1, Outcome::Failed { code, .. } if code == "ERR_UID_NOT_FOUND")
+        );
+        let g = sb.cometchat.group(CC_APP, "g").unwrap();
+        assert_eq!(g.members.get("carol"), Some(&Scope::Participant));
+        assert_eq!(g.members.get("bob"), Some(&Scope::Moderator));
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// A `Write` that appends to a shared buffer, for capturing log output.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn cometchat_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
+    bounded(60, async {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let live = group(
+            Some("alice"),
+            &[("bob", Scope::Participant), ("frank", Scope::Participant)],
+            &["mallory"],
+        );
+        let sb = sandbox(cc_state(
+            ["alice", "bob", "frank", "mallory"].map(String::from),
+            vec![("g", live)],
+        ))
+        .await;
+        sb.cometchat
+            .inject(Fault::next(1, FaultKind::Status(500)).writes_only());
+        let want = desired(
+            "g",
+            Some("alice"),
+            &[
+                ("alice", Role::Admin),
+                ("bob", Role::Admin),
+                ("ghost", Role::Participant),
+            ],
+            Some(&[]),
+        );
+        let missing = desired("missing", None, &[("alice", Role::Admin)], None);
+        let dir = tempfile::tempdir().unwrap();
+        let audit_path = dir.path().join("audit.jsonl");
+        let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
+        let targets = cc_targets(&sb, None);
+
+        let report =
+            reconcile::run(&[want, missing], &targets, &run_opts(true), Some(&audit)).await;
+        assert_eq!(
+            report.exit_code(true, false),
+            3,
+            "ghost fails and the missing group cannot be read"
+        );
+
+        let plan = report.plan();
+        let mut seen = vec![
+            rosterd::plan::render::text(&plan, false),
+            rosterd::plan::render::json(&plan).to_string(),
+            rosterd::plan::render::markdown(&plan),
+            format!("{report:?}"),
+            serde_json::to_string(&report).unwrap(),
+            std::fs::read_to_string(&audit_path).unwrap(),
+            serde_json::to_string(&sb.cometchat.requests()).unwrap(),
+            format!("{:?}", targets["cc"].instance),
+        ];
+        let wrong = CometChat::with_key(
+            &cc_instance(&sb, None),
+            Secret::new("feedfacefeedfacefeedfacefeedfacefeedface"),
+        )
+        .unwrap();
+        let err = wrong.fetch(&gid("g")).await.unwrap_err();
+        seen.push(format!("{err} {err:?}"));
+        drop(_guard);
+        seen.push(String::from_utf8(logs.0.lock().unwrap().clone()).unwrap());
+
+        assert!(
+            seen[5].contains("ghost"),
+            "the audit log has the per-member outcome"
+        );
+        for s in &seen {
+            assert!(!s.contains(CC_KEY), "the API key leaked into: {s}");
+            assert!(
+                !s.contains("feedfacefeedface"),
+                "the API key leaked into: {s}"
+            );
+        }
+        sb.shutdown().await;
+    })
+    .await;
+}

@@ -95,3 +95,52 @@ pub fn cc_client(sb: &Sandbox, page_size: usize) -> CometChat {
 pub fn users(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:03}")).collect()
 }
+
+/// A desired CometChat group of instance `cc`, removing unlisted members, with no removal cap.
+pub fn desired(
+    id: &str,
+    owner: Option<&str>,
+    members: &[(&str, rosterd::model::Role)],
+    bans: Option<&[&str]>,
+) -> rosterd::model::DesiredGroup {
+    use rosterd::model::*;
+    let norm = |s: &str| {
+        Kind::Cometchat
+            .normalize_member(s)
+            .expect("a valid CometChat id")
+    };
+    DesiredGroup {
+        name: format!("{id}-group"),
+        provider: "cc".into(),
+        kind: Kind::Cometchat,
+        id: GroupId(id.to_string()),
+        owner: owner.map(norm),
+        members: members.iter().map(|(m, r)| (norm(m), *r)).collect(),
+        bans: bans.map(|b| b.iter().map(|m| norm(m)).collect()),
+        mutes: None,
+        unlisted: Unlisted::Remove,
+        max_removals: RemovalLimit::Count(100_000),
+        protected: BTreeSet::new(),
+        source: "tests/it".into(),
+    }
+}
+
+/// The reconcile targets: instance `cc` against the sandbox, with the given client rate.
+pub fn cc_targets(sb: &Sandbox, rate: Option<f64>) -> BTreeMap<String, rosterd::reconcile::Target> {
+    let instance = cc_instance(sb, rate);
+    let client = CometChat::with_key(&instance, Secret::new(CC_KEY)).expect("client builds");
+    let target = rosterd::reconcile::Target {
+        instance,
+        provider: std::sync::Arc::new(client),
+    };
+    BTreeMap::from([("cc".to_string(), target)])
+}
+
+/// Run options: apply (or only plan), mass removals allowed (the tests set their own drift).
+pub fn run_opts(apply: bool) -> rosterd::reconcile::RunOptions {
+    rosterd::reconcile::RunOptions {
+        apply,
+        allow_mass_removal: true,
+        ..Default::default()
+    }
+}
