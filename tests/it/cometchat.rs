@@ -894,6 +894,10 @@ async fn cometchat_api_key_never_appears_in_output_errors_plans_logs_or_audit() 
             seen[5].contains("ghost"),
             "the audit log has the per-member outcome"
         );
+        assert!(
+            seen.last().unwrap().contains("ghost"),
+            "the logs were captured"
+        );
         for s in &seen {
             assert!(!s.contains(CC_KEY), "the API key leaked into: {s}");
             assert!(
