@@ -1,4 +1,896 @@
 //! Loading the files: rosterd.yaml, people.yaml and the group manifests, from raw serde types
 //! to the validated model, every error collected with its file, line and column.
+//!
+//! Nothing here does network I/O or resolves a secret; `validate` runs on this alone.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::model::{DesiredGroup, MemberId, Mute, RemovalLimit, Role, Unlisted};
+use crate::provider::{CommonSettings, Instance, Kind, KindSettings, MuteSupport};
+
+pub mod diag;
+pub mod raw;
 pub mod secret;
+pub mod yaml;
+
+pub use diag::{Diagnostic, Diagnostics};
+
+use raw::{IdValue, RawGroup, RawLimit, RawPeople, RawRoot, RawUnlisted};
+use yaml::{Spanned, pos};
+
+/// A validated tree: everything a run needs except secrets, which are resolved late.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// The folder of rosterd.yaml; relative paths resolve against it.
+    pub root: PathBuf,
+    pub resync: Duration,
+    pub listen: SocketAddr,
+    pub audit_log: Option<PathBuf>,
+    pub instances: BTreeMap<String, Instance>,
+    pub groups: Vec<DesiredGroup>,
+    /// Every file read, rosterd.yaml first.
+    pub files: Vec<PathBuf>,
+}
+
+/// What manifests are validated against: instances, people, teams and defaults.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub root_file: PathBuf,
+    pub root: PathBuf,
+    pub resync: Duration,
+    pub listen: SocketAddr,
+    pub audit_log: Option<PathBuf>,
+    pub instances: BTreeMap<String, Instance>,
+    pub people: People,
+    pub unlisted: Unlisted,
+    pub max_removals: RemovalLimit,
+    /// The manifest files, sorted.
+    pub manifest_files: Vec<PathBuf>,
+    pub people_file: Option<PathBuf>,
+}
+
+/// people.yaml, checked: ids per person and team members, team cycles already refused.
+#[derive(Debug, Clone, Default)]
+pub struct People {
+    pub people: BTreeMap<String, BTreeMap<String, String>>,
+    pub teams: BTreeMap<String, Vec<String>>,
+}
+
+/// Load and validate the whole tree. Every problem in every file is reported at once.
+pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
+    let ctx = load_context(config_path)?;
+    let mut diags = Diagnostics::default();
+    let mut groups: Vec<DesiredGroup> = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for file in &ctx.manifest_files {
+        match load_manifest_file(file, &ctx) {
+            Ok(gs) => {
+                for g in gs {
+                    if let Some(first) = seen.get(&g.name) {
+                        let (line, col) = source_pos(&g.source);
+                        diags.push(Diagnostic::new(
+                            file,
+                            (line, col),
+                            format!("group {:?} is defined twice: first at {first}", g.name),
+                        ));
+                        continue;
+                    }
+                    seen.insert(g.name.clone(), g.source.clone());
+                    groups.push(g);
+                }
+            }
+            Err(d) => diags.extend(d),
+        }
+    }
+    let mut files = vec![ctx.root_file.clone()];
+    files.extend(ctx.people_file.clone());
+    files.extend(ctx.manifest_files.iter().cloned());
+    diags.into_result(Config {
+        path: ctx.root_file.clone(),
+        root: ctx.root.clone(),
+        resync: ctx.resync,
+        listen: ctx.listen,
+        audit_log: ctx.audit_log.clone(),
+        instances: ctx.instances.clone(),
+        groups,
+        files,
+    })
+}
+
+fn source_pos(source: &str) -> (u64, u64) {
+    let mut it = source.rsplitn(3, ':');
+    let col = it.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+    let line = it.next().and_then(|l| l.parse().ok()).unwrap_or(1);
+    (line, col)
+}
+
+fn read(path: &Path) -> Result<String, Diagnostics> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic::new(
+            path,
+            (1, 1),
+            format!("cannot read file: {e}"),
+        )])
+    })
+}
+
+fn parse_err(file: &Path, e: yaml::YamlError) -> Diagnostics {
+    Diagnostics(vec![Diagnostic::new(file, (e.line, e.column), e.message)])
+}
+
+/// Load rosterd.yaml and people.yaml: everything manifests are validated against.
+pub fn load_context(config_path: &Path) -> Result<Context, Diagnostics> {
+    let text = read(config_path)?;
+    let root_raw: RawRoot = yaml::from_str(&text).map_err(|e| parse_err(config_path, e))?;
+    let root = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let rel = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { root.join(p) }
+    };
+    let mut diags = Diagnostics::default();
+    let f = config_path;
+
+    let resync = match &root_raw.resync {
+        None => Duration::from_secs(300),
+        Some(s) => match humantime::parse_duration(&s.value) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                diags.push(Diagnostic::new(
+                    f,
+                    pos(s),
+                    format!(
+                        "resync: expected a duration such as 5m, found {:?}",
+                        s.value
+                    ),
+                ));
+                Duration::from_secs(300)
+            }
+        },
+    };
+    let default_listen: SocketAddr = "127.0.0.1:9464".parse().expect("a valid address");
+    let listen = match &root_raw.listen {
+        None => default_listen,
+        Some(s) => s.value.parse().unwrap_or_else(|_| {
+            diags.push(Diagnostic::new(
+                f,
+                pos(s),
+                format!(
+                    "listen: expected an address such as 127.0.0.1:9464, found {:?}",
+                    s.value
+                ),
+            ));
+            default_listen
+        }),
+    };
+    let unlisted = unlisted_of(root_raw.defaults.unlisted).unwrap_or_default();
+    let max_removals = match &root_raw.defaults.max_removals {
+        None => RemovalLimit::Percent(10.0),
+        Some(s) => limit(f, s, &mut diags).unwrap_or(RemovalLimit::Percent(10.0)),
+    };
+
+    // Manifest files: folders are scanned recursively for *.yaml / *.yml.
+    let entries = match &root_raw.manifests.value {
+        raw::OneOrMany::One(s) => vec![s.clone()],
+        raw::OneOrMany::Many(v) => v.clone(),
+    };
+    let mut manifest_files = BTreeSet::new();
+    for e in &entries {
+        let p = rel(e);
+        if p.is_dir() {
+            scan(&p, &mut manifest_files);
+        } else if p.is_file() {
+            manifest_files.insert(p);
+        } else {
+            diags.push(Diagnostic::new(
+                f,
+                pos(&root_raw.manifests),
+                format!("manifests: {} is neither a folder nor a file", p.display()),
+            ));
+        }
+    }
+    let people_file = root_raw.people.as_ref().map(|p| rel(&p.value));
+    if let Some(pf) = &people_file {
+        manifest_files.remove(pf);
+    }
+    manifest_files.remove(config_path);
+
+    let mut instances = BTreeMap::new();
+    for (name, entry) in &root_raw.providers {
+        if let Some(inst) = instance(f, &root, name, entry, &mut diags) {
+            instances.insert(name.clone(), inst);
+        }
+    }
+
+    let people = match &people_file {
+        None => People::default(),
+        Some(pf) => match load_people(pf) {
+            Ok(p) => p,
+            Err(d) => {
+                diags.extend(d);
+                People::default()
+            }
+        },
+    };
+
+    diags.into_result(Context {
+        root_file: config_path.to_path_buf(),
+        root: root.clone(),
+        resync,
+        listen,
+        audit_log: root_raw.audit_log.as_deref().map(rel),
+        instances,
+        people,
+        unlisted,
+        max_removals,
+        manifest_files: manifest_files.into_iter().collect(),
+        people_file,
+    })
+}
+
+fn scan(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue; // .git, editor swap files, ConfigMap ..data internals
+        }
+        if p.is_dir() {
+            scan(&p, out);
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            out.insert(p);
+        }
+    }
+}
+
+fn unlisted_of(u: Option<RawUnlisted>) -> Option<Unlisted> {
+    u.map(|u| match u {
+        RawUnlisted::Remove => Unlisted::Remove,
+        RawUnlisted::Keep => Unlisted::Keep,
+    })
+}
+
+fn limit(file: &Path, s: &Spanned<RawLimit>, diags: &mut Diagnostics) -> Option<RemovalLimit> {
+    match &s.value {
+        RawLimit::Count(n) => Some(RemovalLimit::Count(*n as usize)),
+        RawLimit::Text(t) => {
+            let parsed = t
+                .trim()
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<f64>().ok());
+            match parsed {
+                Some(p) if (0.0..=100.0).contains(&p) => Some(RemovalLimit::Percent(p)),
+                _ => {
+                    diags.push(Diagnostic::new(file, pos(s), format!("max_removals: expected a count or a percentage such as 10%, found {t:?}")));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Parse `rate`: `10/s`, `600/m`, `100/min`, `3600/h`, or a plain number per second.
+pub fn parse_rate(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (n, per) = match s.split_once('/') {
+        Some((n, unit)) => {
+            let secs = match unit.trim() {
+                "s" | "sec" | "second" => 1.0,
+                "m" | "min" | "minute" => 60.0,
+                "h" | "hour" => 3600.0,
+                other => humantime::parse_duration(other).ok()?.as_secs_f64(),
+            };
+            (n.trim().parse::<f64>().ok()?, secs)
+        }
+        None => (s.parse::<f64>().ok()?, 1.0),
+    };
+    let r = n / per;
+    (r.is_finite() && r > 0.0).then_some(r)
+}
+
+const COMMON_KEYS: [&str; 7] = [
+    "base_url",
+    "batch_size",
+    "interval",
+    "rate",
+    "timeout",
+    "protected",
+    "kind",
+];
+
+/// One `providers:` entry: `kind`, the common keys, and the kind's own keys (declared by
+/// the kind's `Settings` in `src/provider/<kind>.rs`).
+fn instance(
+    file: &Path,
+    root: &Path,
+    name: &str,
+    entry: &Spanned<BTreeMap<String, Spanned<serde_json::Value>>>,
+    diags: &mut Diagnostics,
+) -> Option<Instance> {
+    let before = diags.len();
+    let map = &entry.value;
+    let at = |key: &str| map.get(key).map_or(pos(entry), pos);
+    let Some(kind_v) = map.get("kind") else {
+        diags.push(Diagnostic::new(
+            file,
+            pos(entry),
+            format!("provider {name}: missing `kind` (one of cometchat, tencent, waha, bitrix24)"),
+        ));
+        return None;
+    };
+    let Some(kind) = kind_v.value.as_str().and_then(Kind::parse) else {
+        diags.push(Diagnostic::new(
+            file,
+            pos(kind_v),
+            format!(
+                "provider {name}: kind must be one of cometchat, tencent, waha, bitrix24, found {}",
+                kind_v.value
+            ),
+        ));
+        return None;
+    };
+    let mut common = CommonSettings::default();
+    let str_of = |key: &str, diags: &mut Diagnostics| -> Option<String> {
+        let v = map.get(key)?;
+        match v.value.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                diags.push(Diagnostic::new(
+                    file,
+                    pos(v),
+                    format!(
+                        "provider {name}: {key}: expected a string, found {}",
+                        v.value
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    if let Some(u) = str_of("base_url", diags) {
+        match reqwest::Url::parse(&u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                common.base_url = Some(u.trim_end_matches('/').to_string())
+            }
+            _ => diags.push(Diagnostic::new(
+                file,
+                at("base_url"),
+                format!(
+                    "provider {name}: base_url: expected an http:// or https:// URL, found {u:?}"
+                ),
+            )),
+        }
+    }
+    if let Some(v) = map.get("batch_size") {
+        match v.value.as_u64() {
+            Some(n) if n >= 1 => common.batch_size = Some(n as usize),
+            _ => diags.push(Diagnostic::new(
+                file,
+                pos(v),
+                format!(
+                    "provider {name}: batch_size: expected a positive integer, found {}",
+                    v.value
+                ),
+            )),
+        }
+    }
+    for key in ["interval", "timeout"] {
+        if let Some(s) = str_of(key, diags) {
+            match humantime::parse_duration(&s) {
+                Ok(d) if key == "interval" => common.interval = Some(d),
+                Ok(d) if !d.is_zero() => common.timeout = Some(d),
+                _ => diags.push(Diagnostic::new(file, at(key), format!("provider {name}: {key}: expected a duration such as 200ms or 15s, found {s:?}"))),
+            }
+        }
+    }
+    if let Some(v) = map.get("rate") {
+        let text = v
+            .value
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.value.to_string());
+        match parse_rate(&text) {
+            Some(r) => common.rate = Some(r),
+            None => diags.push(Diagnostic::new(file, pos(v), format!("provider {name}: rate: expected requests per time such as 10/s or 600/m, found {text:?}"))),
+        }
+    }
+    if let Some(v) = map.get("protected") {
+        match v.value.as_array() {
+            Some(items) => {
+                for it in items {
+                    let raw = it
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| it.to_string());
+                    match kind.normalize_member(&raw) {
+                        Ok(m) => common.protected.push(m),
+                        Err(e) => diags.push(Diagnostic::new(
+                            file,
+                            pos(v),
+                            format!("provider {name}: protected: expected {e}"),
+                        )),
+                    }
+                }
+            }
+            None => diags.push(Diagnostic::new(
+                file,
+                pos(v),
+                format!("provider {name}: protected: expected a list of ids"),
+            )),
+        }
+    }
+
+    // The kind's own keys, with relative secret files rooted at rosterd.yaml's folder.
+    let mut own = serde_json::Map::new();
+    for (k, v) in map {
+        if !COMMON_KEYS.contains(&k.as_str()) {
+            own.insert(k.clone(), root_secret_files(v.value.clone(), root));
+        }
+    }
+    let own = serde_json::Value::Object(own);
+    let settings = match kind {
+        Kind::Cometchat => settings(own).map(KindSettings::Cometchat),
+        Kind::Tencent => settings(own).map(KindSettings::Tencent),
+        Kind::Waha => settings(own).map(KindSettings::Waha),
+        Kind::Bitrix24 => settings(own).map(KindSettings::Bitrix24),
+    };
+    let settings = match settings {
+        Ok(s) => s,
+        Err((key, msg)) => {
+            let msg = if msg.starts_with("unknown field") {
+                format!(
+                    "{msg} (or one of the common keys: base_url, batch_size, interval, rate, timeout, protected)"
+                )
+            } else {
+                msg
+            };
+            let where_ = key.as_deref().map_or(pos(entry), at);
+            let key = key.map(|k| format!("{k}: ")).unwrap_or_default();
+            diags.push(Diagnostic::new(
+                file,
+                where_,
+                format!("provider {name} ({kind}): {key}{msg}"),
+            ));
+            return None;
+        }
+    };
+    if kind == Kind::Waha && common.base_url.is_none() {
+        diags.push(Diagnostic::new(
+            file,
+            pos(entry),
+            format!("provider {name} (waha): base_url is required: the WAHA server's address"),
+        ));
+    }
+    if diags.len() > before {
+        return None;
+    }
+    Some(Instance {
+        name: name.to_string(),
+        kind,
+        common,
+        settings,
+    })
+}
+
+/// Deserialize a kind's own keys; on error, the top-level key it concerns and the message.
+fn settings<T: serde::de::DeserializeOwned>(
+    v: serde_json::Value,
+) -> Result<T, (Option<String>, String)> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        // Unknown keys are reported by name; point at them.
+        let key = inner
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string)
+            .filter(|_| path == ".")
+            .or_else(|| {
+                (path != ".").then(|| path.split(['.', '[']).next().unwrap_or("").to_string())
+            });
+        (key.filter(|k| !k.is_empty()), inner)
+    })
+}
+
+/// `{ file: relative }` secret references resolve against the folder of rosterd.yaml.
+fn root_secret_files(v: serde_json::Value, root: &Path) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(mut m) => {
+            if m.len() == 1
+                && let Some(serde_json::Value::String(p)) = m.get("file")
+                && Path::new(p).is_relative()
+            {
+                let joined = root.join(p).to_string_lossy().into_owned();
+                m.insert("file".to_string(), serde_json::Value::String(joined));
+                return serde_json::Value::Object(m);
+            }
+            serde_json::Value::Object(
+                m.into_iter()
+                    .map(|(k, v)| (k, root_secret_files(v, root)))
+                    .collect(),
+            )
+        }
+        other => other,
+    }
+}
+
+/// people.yaml: ids per person, team members, and no team cycles.
+pub fn load_people(path: &Path) -> Result<People, Diagnostics> {
+    let text = read(path)?;
+    let raw: RawPeople = if text.trim().is_empty() {
+        RawPeople::default()
+    } else {
+        yaml::from_str(&text).map_err(|e| parse_err(path, e))?
+    };
+    let mut diags = Diagnostics::default();
+    let mut people = People::default();
+    for (name, ids) in &raw.people {
+        if name.starts_with('@') {
+            diags.push(Diagnostic::new(
+                path,
+                pos(ids),
+                format!("person {name:?}: names must not start with @ (that marks a team)"),
+            ));
+        }
+        let m: BTreeMap<String, String> = ids
+            .value
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.text()))
+            .collect();
+        people.people.insert(name.clone(), m);
+    }
+    for (team, members) in &raw.teams {
+        if raw.people.contains_key(team) {
+            diags.push(Diagnostic::new(
+                path,
+                pos(members),
+                format!("team {team:?} has the name of a person; use another name"),
+            ));
+        }
+        let list: Vec<String> = members.value.iter().map(|m| m.value.text()).collect();
+        for (m, sp) in list.iter().zip(&members.value) {
+            if let Some(t) = m.strip_prefix('@')
+                && !raw.teams.contains_key(t)
+            {
+                diags.push(Diagnostic::new(
+                    path,
+                    pos(sp),
+                    format!("team {team:?}: unknown team @{t}"),
+                ));
+            }
+        }
+        people.teams.insert(team.clone(), list);
+    }
+    // Cycles: depth-first search over team references.
+    for (team, members) in &raw.teams {
+        let mut stack = vec![team.clone()];
+        if let Some(cycle) = find_cycle(&people.teams, team, &mut stack) {
+            diags.push(Diagnostic::new(
+                path,
+                pos(members),
+                format!(
+                    "team cycle: {}",
+                    cycle
+                        .iter()
+                        .map(|t| format!("@{t}"))
+                        .collect::<Vec<_>>()
+                        .join(" -> ")
+                ),
+            ));
+        }
+    }
+    diags.into_result(people)
+}
+
+fn find_cycle(
+    teams: &BTreeMap<String, Vec<String>>,
+    team: &str,
+    stack: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    for m in teams.get(team).into_iter().flatten() {
+        let Some(t) = m.strip_prefix('@') else {
+            continue;
+        };
+        if t == stack[0] {
+            let mut c = stack.clone();
+            c.push(t.to_string());
+            return Some(c);
+        }
+        if stack.iter().any(|s| s == t) {
+            continue; // a cycle not through the start; reported from its own start
+        }
+        stack.push(t.to_string());
+        if let Some(c) = find_cycle(teams, t, stack) {
+            return Some(c);
+        }
+        stack.pop();
+    }
+    None
+}
+
+/// Load one manifest file (any number of documents) against a context.
+pub fn load_manifest_file(path: &Path, ctx: &Context) -> Result<Vec<DesiredGroup>, Diagnostics> {
+    let text = read(path)?;
+    let docs: Vec<RawGroup> = yaml::from_str_multi(&text).map_err(|e| parse_err(path, e))?;
+    let mut diags = Diagnostics::default();
+    let mut out: Vec<DesiredGroup> = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for doc in docs {
+        if let Some(g) = group(path, &doc, ctx, &mut diags) {
+            if let Some(first) = seen.get(&g.name) {
+                diags.push(Diagnostic::new(
+                    path,
+                    pos(&doc.group),
+                    format!("group {:?} is defined twice: first at {first}", g.name),
+                ));
+                continue;
+            }
+            seen.insert(g.name.clone(), g.source.clone());
+            out.push(g);
+        }
+    }
+    diags.into_result(out)
+}
+
+/// Validate one manifest document into a desired group.
+fn group(
+    file: &Path,
+    doc: &RawGroup,
+    ctx: &Context,
+    diags: &mut Diagnostics,
+) -> Option<DesiredGroup> {
+    let before = diags.len();
+    let name = doc.group.value.trim().to_string();
+    if name.is_empty() {
+        diags.push(Diagnostic::new(
+            file,
+            pos(&doc.group),
+            "group: expected a non-empty name",
+        ));
+    }
+    let Some(inst) = ctx.instances.get(&doc.provider.value) else {
+        let known: Vec<&str> = ctx.instances.keys().map(String::as_str).collect();
+        diags.push(Diagnostic::new(
+            file,
+            pos(&doc.provider),
+            format!(
+                "group {name}: unknown provider instance {:?} (rosterd.yaml defines: {})",
+                doc.provider.value,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+        return None;
+    };
+    let kind = inst.kind;
+    let caps = kind.capabilities();
+    let id = match kind.normalize_group(&doc.id.value.text()) {
+        Ok(id) => id,
+        Err(e) => {
+            diags.push(Diagnostic::new(
+                file,
+                pos(&doc.id),
+                format!("group {name}: id: expected {e}"),
+            ));
+            return None;
+        }
+    };
+    let resolver = Resolver {
+        file,
+        ctx,
+        inst,
+        group: &name,
+    };
+
+    // Roles: highest wins, silently.
+    let mut members: BTreeMap<MemberId, Role> = BTreeMap::new();
+    for (list, role, key) in [
+        (&doc.admins, Role::Admin, "admins"),
+        (&doc.moderators, Role::Moderator, "moderators"),
+        (&doc.participants, Role::Participant, "participants"),
+    ] {
+        let Some(list) = list else { continue };
+        if !caps.supports_role(role) && !list.value.is_empty() {
+            diags.push(Diagnostic::new(file, pos(list), format!(
+                "group {name}: provider {} ({kind}) has no {role} role; `{key}` cannot be used here",
+                inst.name
+            )));
+            continue;
+        }
+        for entry in &list.value {
+            for m in resolver.resolve(entry, diags) {
+                let r = members.entry(m).or_insert(role);
+                *r = (*r).max(role);
+            }
+        }
+    }
+
+    let owner = doc.owner.as_ref().and_then(|o| {
+        let ids = resolver.resolve(o, diags);
+        match ids.as_slice() {
+            [one] => Some(one.clone()),
+            [] => None,
+            _ => {
+                diags.push(Diagnostic::new(
+                    file,
+                    pos(o),
+                    format!("group {name}: owner must be one member, not a team"),
+                ));
+                None
+            }
+        }
+    });
+
+    let bans = doc.bans.as_ref().and_then(|list| {
+        if !caps.bans {
+            diags.push(Diagnostic::new(
+                file,
+                pos(list),
+                format!(
+                    "group {name}: provider {} ({kind}) cannot ban members; remove `bans`",
+                    inst.name
+                ),
+            ));
+            return None;
+        }
+        let mut set = BTreeSet::new();
+        for entry in &list.value {
+            for m in resolver.resolve(entry, diags) {
+                if members.contains_key(&m) || owner.as_ref() == Some(&m) {
+                    diags.push(Diagnostic::new(
+                        file,
+                        pos(entry),
+                        format!("group {name}: {m} is both banned and listed as a member"),
+                    ));
+                }
+                set.insert(m);
+            }
+        }
+        Some(set)
+    });
+
+    let mutes = doc.mutes.as_ref().and_then(|list| {
+        if caps.mutes == MuteSupport::No {
+            diags.push(Diagnostic::new(file, pos(list), format!("group {name}: provider {} ({kind}) cannot mute members; remove `mutes`", inst.name)));
+            return None;
+        }
+        let mut map = BTreeMap::new();
+        for entry in &list.value {
+            let until = match &entry.until {
+                None => Mute::Indefinite,
+                Some(u) => match parse_time(&u.value) {
+                    Some(t) if caps.mutes == MuteSupport::Timed => Mute::Until(t),
+                    Some(_) => {
+                        diags.push(Diagnostic::new(file, pos(u), format!("group {name}: provider {} ({kind}) mutes only indefinitely; remove `until`", inst.name)));
+                        continue;
+                    }
+                    None => {
+                        diags.push(Diagnostic::new(file, pos(u), format!("group {name}: until: expected an RFC 3339 time such as 2026-12-31T00:00:00Z, found {:?}", u.value)));
+                        continue;
+                    }
+                },
+            };
+            for m in resolver.resolve(&entry.member, diags) {
+                if !members.contains_key(&m) && owner.as_ref() != Some(&m) {
+                    diags.push(Diagnostic::new(file, pos(&entry.member), format!("group {name}: {m} is muted but not a member")));
+                }
+                map.insert(m, until);
+            }
+        }
+        Some(map)
+    });
+
+    let max_removals = match &doc.max_removals {
+        Some(s) => limit(file, s, diags).unwrap_or(ctx.max_removals),
+        None => ctx.max_removals,
+    };
+    if diags.len() > before {
+        return None;
+    }
+    let (line, col) = pos(&doc.group);
+    Some(DesiredGroup {
+        name,
+        provider: inst.name.clone(),
+        kind,
+        id,
+        owner,
+        members,
+        bans,
+        mutes,
+        unlisted: unlisted_of(doc.unlisted).unwrap_or(ctx.unlisted),
+        max_removals,
+        protected: inst.common.protected.iter().cloned().collect(),
+        source: format!("{}:{line}:{col}", file.display()),
+    })
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s.trim()).ok().filter(|_| {
+        // Require an explicit offset: a time without a zone is ambiguous.
+        let t = s.trim();
+        t.ends_with('Z')
+            || t.ends_with('z')
+            || t.rsplit_once(['+', '-'])
+                .is_some_and(|(_, z)| z.contains(':') && z.len() == 5)
+    })
+}
+
+/// Turns a manifest entry into provider ids for one instance.
+struct Resolver<'a> {
+    file: &'a Path,
+    ctx: &'a Context,
+    inst: &'a Instance,
+    group: &'a str,
+}
+
+impl Resolver<'_> {
+    fn resolve(&self, entry: &Spanned<IdValue>, diags: &mut Diagnostics) -> Vec<MemberId> {
+        let mut out = Vec::new();
+        self.resolve_text(&entry.value.text(), entry, diags, &mut out, 0);
+        out
+    }
+
+    fn resolve_text(
+        &self,
+        text: &str,
+        at: &Spanned<IdValue>,
+        diags: &mut Diagnostics,
+        out: &mut Vec<MemberId>,
+        depth: usize,
+    ) {
+        let kind = self.inst.kind;
+        if let Some(team) = text.strip_prefix('@') {
+            let Some(members) = self.ctx.people.teams.get(team) else {
+                diags.push(Diagnostic::new(
+                    self.file,
+                    pos(at),
+                    format!("group {}: unknown team @{team}", self.group),
+                ));
+                return;
+            };
+            if depth > 64 {
+                return; // cycles are reported by people.yaml validation
+            }
+            for m in members {
+                self.resolve_text(m, at, diags, out, depth + 1);
+            }
+            return;
+        }
+        if let Some(ids) = self.ctx.people.people.get(text) {
+            let id = ids.get(&self.inst.name).or_else(|| ids.get(kind.as_str()));
+            match id {
+                Some(id) => match kind.normalize_member(id) {
+                    Ok(m) => out.push(m),
+                    Err(e) => diags.push(Diagnostic::new(self.file, pos(at), format!(
+                        "group {}: person {text} has an invalid {kind} id in people.yaml: expected {e}", self.group
+                    ))),
+                },
+                None => diags.push(Diagnostic::new(self.file, pos(at), format!(
+                    "group {}: person {text} has no id for provider instance {} or kind {kind} in people.yaml",
+                    self.group, self.inst.name
+                ))),
+            }
+            return;
+        }
+        match kind.normalize_member(text) {
+            Ok(m) => out.push(m),
+            Err(e) => diags.push(Diagnostic::new(self.file, pos(at), format!(
+                "group {}: {text:?} is not a person in people.yaml, a @team, or a raw id: expected {e}",
+                self.group
+            ))),
+        }
+    }
+}

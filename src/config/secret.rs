@@ -9,13 +9,41 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Where a secret comes from. Inline values are not accepted: secrets never live in git.
-#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum SecretRef {
     /// The name of an environment variable.
     Env(String),
     /// A file holding the secret (trailing newline trimmed); relative to rosterd.yaml.
     File(PathBuf),
+}
+
+/// The accepted shapes, plus the inline string we refuse with a clear message.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSecretRef {
+    Ref(RefShape),
+    Inline(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum RefShape {
+    Env(String),
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match RawSecretRef::deserialize(d)? {
+            RawSecretRef::Ref(RefShape::Env(n)) => Ok(SecretRef::Env(n)),
+            RawSecretRef::Ref(RefShape::File(p)) => Ok(SecretRef::File(p)),
+            RawSecretRef::Inline(_) => Err(serde::de::Error::custom(
+                "expected a secret reference `{ env: NAME }` or `{ file: PATH }`; \
+                 secrets are never written inline",
+            )),
+        }
+    }
 }
 
 impl fmt::Debug for SecretRef {

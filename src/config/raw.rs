@@ -1,0 +1,159 @@
+//! Raw serde types of the three file kinds, exactly as written. Validation (in `mod.rs`) turns
+//! them into model types once; nothing downstream sees these.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::yaml::Spanned;
+
+/// A YAML value used as a provider id: a string, or a number (Bitrix24 user ids).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum IdValue {
+    Text(String),
+    Number(u64),
+}
+
+impl IdValue {
+    pub fn text(&self) -> String {
+        match self {
+            IdValue::Text(s) => s.clone(),
+            IdValue::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// `manifests:` a folder, a file, or a list of them.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `max_removals`: a count, or a percentage written `"10%"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawLimit {
+    Count(u64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawUnlisted {
+    /// Remove live members the manifest does not list.
+    Remove,
+    /// Leave them alone (roles of listed members are still enforced).
+    Keep,
+}
+
+/// Group policy defaults, each overridable per group.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    #[serde(default)]
+    pub unlisted: Option<RawUnlisted>,
+    #[serde(default)]
+    #[schemars(with = "Option<RawLimit>")]
+    pub max_removals: Option<Spanned<RawLimit>>,
+}
+
+/// rosterd.yaml.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoot {
+    /// A folder (every *.yaml / *.yml below it), a file, or a list of them; relative to this file.
+    #[schemars(with = "OneOrMany")]
+    pub manifests: Spanned<OneOrMany>,
+    /// people.yaml, relative to this file.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub people: Option<Spanned<String>>,
+    /// Daemon: full reconcile period (humantime, e.g. `5m`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub resync: Option<Spanned<String>>,
+    /// Daemon: listen address of /healthz /readyz /metrics /status.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<Spanned<String>>,
+    /// One JSON line per write call and per member outcome.
+    #[serde(default)]
+    pub audit_log: Option<String>,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    /// Provider instances by name. Keys per kind are documented in the README.
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub providers: BTreeMap<String, Spanned<BTreeMap<String, Spanned<serde_json::Value>>>>,
+}
+
+/// people.yaml.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeople {
+    /// person -> { provider instance name or kind: id }
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, BTreeMap<String, IdValue>>")]
+    pub people: BTreeMap<String, Spanned<BTreeMap<String, Spanned<IdValue>>>>,
+    /// team -> [person | "@team" | raw id]
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Vec<IdValue>>")]
+    pub teams: BTreeMap<String, Spanned<Vec<Spanned<IdValue>>>>,
+}
+
+/// A timed or indefinite mute.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMute {
+    #[schemars(with = "IdValue")]
+    pub member: Spanned<IdValue>,
+    /// RFC 3339; omitted = muted until the entry is removed.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub until: Option<Spanned<String>>,
+}
+
+type Members = Option<Spanned<Vec<Spanned<IdValue>>>>;
+
+/// One group manifest (one YAML document).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    /// rosterd's name for the group; unique across all manifests.
+    #[schemars(with = "String")]
+    pub group: Spanned<String>,
+    /// A provider instance from rosterd.yaml.
+    #[schemars(with = "String")]
+    pub provider: Spanned<String>,
+    /// The provider's id of the group.
+    #[schemars(with = "IdValue")]
+    pub id: Spanned<IdValue>,
+    #[serde(default)]
+    #[schemars(with = "Option<IdValue>")]
+    pub owner: Option<Spanned<IdValue>>,
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<IdValue>>")]
+    pub admins: Members,
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<IdValue>>")]
+    pub moderators: Members,
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<IdValue>>")]
+    pub participants: Members,
+    /// Present => authoritative; absent => bans are not managed.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<IdValue>>")]
+    pub bans: Members,
+    /// Present => authoritative; absent => mutes are not managed.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<RawMute>>")]
+    pub mutes: Option<Spanned<Vec<RawMute>>>,
+    #[serde(default)]
+    pub unlisted: Option<RawUnlisted>,
+    #[serde(default)]
+    #[schemars(with = "Option<RawLimit>")]
+    pub max_removals: Option<Spanned<RawLimit>>,
+}
