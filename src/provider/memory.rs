@@ -1,1 +1,291 @@
-//! An in-memory provider for engine tests (filled in by the engine work).
+//! An in-memory provider for engine and CLI tests. It enforces the same capabilities and
+//! batch limits as the real services, protects the owner, answers per member, can fail reads
+//! on demand, and keeps a request log so tests assert end states and call counts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, OpKind, Role};
+
+use super::{Capabilities, Kind, MuteSupport, Provider, ProviderError, RequestCounts};
+
+/// One write call as the memory provider saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedCall {
+    pub group: GroupId,
+    pub kind: OpKind,
+    pub members: Vec<MemberId>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    groups: BTreeMap<GroupId, LiveGroup>,
+    log: Vec<LoggedCall>,
+    fail_fetches: usize,
+    fail_group_fetches: BTreeSet<GroupId>,
+    reads: u64,
+}
+
+/// A stateful fake of a provider of some kind.
+pub struct MemoryProvider {
+    kind: Kind,
+    state: Mutex<State>,
+    /// Ids that do not exist at the provider: adding them fails per member.
+    pub nonexistent: Mutex<BTreeSet<MemberId>>,
+    /// A pause inside every call, to observe concurrency.
+    pub latency: Duration,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl MemoryProvider {
+    pub fn new(kind: Kind) -> Self {
+        MemoryProvider {
+            kind,
+            state: Mutex::new(State::default()),
+            nonexistent: Mutex::new(BTreeSet::new()),
+            latency: Duration::ZERO,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn with_latency(mut self, d: Duration) -> Self {
+        self.latency = d;
+        self
+    }
+
+    /// Put a group's live state.
+    pub fn set_group(&self, id: &str, live: LiveGroup) {
+        let mut live = live;
+        if self.kind.capabilities().bans && live.bans.is_none() {
+            live.bans = Some(BTreeSet::new());
+        }
+        self.state
+            .lock()
+            .expect("lock")
+            .groups
+            .insert(GroupId(id.to_string()), live);
+    }
+
+    pub fn group(&self, id: &str) -> Option<LiveGroup> {
+        self.state
+            .lock()
+            .expect("lock")
+            .groups
+            .get(&GroupId(id.to_string()))
+            .cloned()
+    }
+
+    /// Every write call so far.
+    pub fn log(&self) -> Vec<LoggedCall> {
+        self.state.lock().expect("lock").log.clone()
+    }
+
+    /// Fail the next `n` fetches (any group).
+    pub fn fail_next_fetches(&self, n: usize) {
+        self.state.lock().expect("lock").fail_fetches = n;
+    }
+
+    /// Always fail fetches of one group (a partial or broken read).
+    pub fn fail_fetches_of(&self, id: &str) {
+        self.state
+            .lock()
+            .expect("lock")
+            .fail_group_fetches
+            .insert(GroupId(id.to_string()));
+    }
+
+    /// The most calls that were in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    async fn enter(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        InFlight(&self.in_flight)
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Provider for MemoryProvider {
+    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+        let _g = self.enter().await;
+        let mut st = self.state.lock().expect("lock");
+        st.reads += 1;
+        if st.fail_fetches > 0 {
+            st.fail_fetches -= 1;
+            return Err(ProviderError::transient(
+                "read failed after 2 of 3 pages (injected)",
+            ));
+        }
+        if st.fail_group_fetches.contains(group) {
+            return Err(ProviderError::transient(
+                "read failed after 2 of 3 pages (injected)",
+            ));
+        }
+        st.groups.get(group).cloned().ok_or_else(|| {
+            ProviderError::fatal(format!("group {group} does not exist")).with_code("NOT_FOUND")
+        })
+    }
+
+    async fn apply(
+        &self,
+        group: &GroupId,
+        batch: &Batch,
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let _g = self.enter().await;
+        let caps = self.kind.capabilities();
+        let max = (caps.max_batch)(batch.kind);
+        if batch.ops.len() > max {
+            return Err(ProviderError::fatal(format!(
+                "{} members in one {} call; the maximum is {max}",
+                batch.ops.len(),
+                batch.kind
+            ))
+            .with_code("OVER_LIMIT"));
+        }
+        check_caps(caps, batch)?;
+        let nonexistent = self.nonexistent.lock().expect("lock").clone();
+        let mut st = self.state.lock().expect("lock");
+        st.log.push(LoggedCall {
+            group: group.clone(),
+            kind: batch.kind,
+            members: batch.members().cloned().collect(),
+        });
+        let g = st.groups.get_mut(group).ok_or_else(|| {
+            ProviderError::fatal(format!("group {group} does not exist")).with_code("NOT_FOUND")
+        })?;
+        let mut out = Vec::new();
+        for op in &batch.ops {
+            let m = op.member.clone();
+            let is_owner = g.owner.as_ref() == Some(&m);
+            let res = match op.kind {
+                OpKind::Add if nonexistent.contains(&m) => {
+                    MemberOutcome::failed(m, "NOT_FOUND", "no such user")
+                }
+                OpKind::Add if g.bans.as_ref().is_some_and(|b| b.contains(&m)) => {
+                    MemberOutcome::failed(m, "BANNED", "the user is banned from the group")
+                }
+                OpKind::Add if g.members.contains_key(&m) => MemberOutcome::already(m),
+                OpKind::Add => {
+                    let role = if caps.add_with_role {
+                        op.role.unwrap_or(Role::Participant)
+                    } else {
+                        Role::Participant
+                    };
+                    g.members.insert(m.clone(), role);
+                    MemberOutcome::done(m)
+                }
+                OpKind::Promote | OpKind::Demote if is_owner && op.kind == OpKind::Demote => {
+                    MemberOutcome::failed(m, "OWNER", "the owner cannot be demoted")
+                }
+                OpKind::Promote | OpKind::Demote => match g.members.get_mut(&m) {
+                    None => MemberOutcome::failed(m, "NOT_A_MEMBER", "not a member"),
+                    Some(r) if Some(*r) == op.role => MemberOutcome::already(m),
+                    Some(r) => {
+                        *r = op.role.unwrap_or(*r);
+                        MemberOutcome::done(m)
+                    }
+                },
+                OpKind::Remove if is_owner => {
+                    MemberOutcome::failed(m, "OWNER", "the owner cannot be removed")
+                }
+                OpKind::Remove => match g.members.remove(&m) {
+                    Some(_) => MemberOutcome::done(m),
+                    None => MemberOutcome::already(m),
+                },
+                OpKind::Ban if is_owner => {
+                    MemberOutcome::failed(m, "OWNER", "the owner cannot be banned")
+                }
+                OpKind::Ban => {
+                    g.members.remove(&m);
+                    if g.bans.get_or_insert_with(BTreeSet::new).insert(m.clone()) {
+                        MemberOutcome::done(m)
+                    } else {
+                        MemberOutcome::already(m)
+                    }
+                }
+                OpKind::Unban => {
+                    if g.bans.as_mut().is_some_and(|b| b.remove(&m)) {
+                        MemberOutcome::done(m)
+                    } else {
+                        MemberOutcome::already(m)
+                    }
+                }
+                OpKind::Mute if is_owner => {
+                    MemberOutcome::failed(m, "OWNER", "the owner cannot be muted")
+                }
+                OpKind::Mute => {
+                    g.mutes
+                        .insert(m.clone(), op.mute.unwrap_or(crate::model::Mute::Indefinite));
+                    MemberOutcome::done(m)
+                }
+                OpKind::Unmute => match g.mutes.remove(&m) {
+                    Some(_) => MemberOutcome::done(m),
+                    None => MemberOutcome::already(m),
+                },
+                OpKind::TransferOwner if !g.members.contains_key(&m) => {
+                    MemberOutcome::failed(m, "NOT_A_MEMBER", "the new owner must be a member")
+                }
+                OpKind::TransferOwner => {
+                    g.owner = Some(m.clone());
+                    MemberOutcome::done(m)
+                }
+            };
+            out.push(res);
+        }
+        Ok(out)
+    }
+
+    fn capabilities_for(&self, _live: &LiveGroup) -> Capabilities {
+        *self.kind.capabilities()
+    }
+
+    fn requests(&self) -> RequestCounts {
+        let st = self.state.lock().expect("lock");
+        RequestCounts {
+            reads: st.reads,
+            writes: st.log.len() as u64,
+            ..RequestCounts::default()
+        }
+    }
+}
+
+/// Refuse what the kind cannot do, as the real service would.
+fn check_caps(caps: &Capabilities, batch: &Batch) -> Result<(), ProviderError> {
+    let refuse = |what: &str| {
+        Err(ProviderError::fatal(format!("the provider cannot {what}")).with_code("UNSUPPORTED"))
+    };
+    match batch.kind {
+        OpKind::Ban | OpKind::Unban if !caps.bans => refuse("ban"),
+        OpKind::Mute | OpKind::Unmute if caps.mutes == MuteSupport::No => refuse("mute"),
+        OpKind::TransferOwner if !caps.transfer_owner => refuse("transfer ownership"),
+        _ => {
+            for op in &batch.ops {
+                if let Some(r) = op.role
+                    && !caps.supports_role(r)
+                {
+                    return refuse(&format!("give the {r} role"));
+                }
+            }
+            Ok(())
+        }
+    }
+}
