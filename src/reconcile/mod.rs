@@ -480,3 +480,6 @@ impl AdminFloor {
 
 /// How long a wait must be before it is worth telling the operator.
 pub const LONG_WAIT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests;
