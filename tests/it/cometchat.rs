@@ -909,3 +909,35 @@ async fn cometchat_api_key_never_appears_in_output_errors_plans_logs_or_audit() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn cometchat_demo_applies_the_manifests_and_ends_in_sync() {
+    bounded(60, async {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let code = rosterd::demo::demo(&dir, &mut out, false).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        eprintln!("{out}\n(demo took {:?})", started.elapsed());
+        assert_eq!(code, 0, "{out}");
+        let (first, rest) = out.split_once("== apply ==").expect("an apply section");
+        let (applied, second) = rest
+            .split_once("== plan after apply ==")
+            .expect("a second plan");
+        for op in ["grace", "trent", "mallory", "peggy", "heidi-eu"] {
+            assert!(first.contains(op), "the first plan names {op}:\n{first}");
+        }
+        assert_eq!(
+            applied.matches("applied and verified").count(),
+            3,
+            "{applied}"
+        );
+        assert_eq!(second.matches("in sync").count(), 3, "{second}");
+        assert!(
+            !out.contains("sandbox-demo-key"),
+            "the key is never printed"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    })
+    .await;
+}
