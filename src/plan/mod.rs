@@ -102,3 +102,6 @@ impl Plan {
         self.groups.iter().map(GroupPlan::calls).sum()
     }
 }
+
+#[cfg(test)]
+mod tests;
