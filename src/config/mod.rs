@@ -51,6 +51,9 @@ pub struct Context {
     /// The manifest files, sorted.
     pub manifest_files: Vec<PathBuf>,
     pub people_file: Option<PathBuf>,
+    /// Instances whose entry has errors (already reported): groups using them are skipped
+    /// rather than reported again as "unknown provider".
+    pub broken_instances: BTreeSet<String>,
 }
 
 /// people.yaml, checked: ids per person and team members, team cycles already refused.
@@ -62,29 +65,29 @@ pub struct People {
 
 /// Load and validate the whole tree. Every problem in every file is reported at once.
 pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
-    let ctx = load_context(config_path)?;
-    let mut diags = Diagnostics::default();
+    // Errors in rosterd.yaml or people.yaml do not stop the manifests from being checked:
+    // every file's problems are reported in one run.
+    let (ctx, mut diags) = build_context(config_path)?;
     let mut groups: Vec<DesiredGroup> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for file in &ctx.manifest_files {
-        match load_manifest_file(file, &ctx) {
-            Ok(gs) => {
-                for g in gs {
-                    if let Some(first) = seen.get(&g.name) {
-                        let (line, col) = source_pos(&g.source);
-                        diags.push(Diagnostic::new(
-                            file,
-                            (line, col),
-                            format!("group {:?} is defined twice: first at {first}", g.name),
-                        ));
-                        continue;
-                    }
-                    seen.insert(g.name.clone(), g.source.clone());
-                    groups.push(g);
+        let (gs, names, d) = manifest(file, &ctx);
+        diags.extend(d);
+        // Names are checked for uniqueness whether or not the group validated.
+        for (name, at) in names {
+            let here = format!("{}:{}:{}", file.display(), at.0, at.1);
+            match seen.get(&name) {
+                Some(first) => diags.push(Diagnostic::new(
+                    file,
+                    at,
+                    format!("group {name:?} is defined twice: first at {first}"),
+                )),
+                None => {
+                    seen.insert(name, here);
                 }
             }
-            Err(d) => diags.extend(d),
         }
+        groups.extend(gs);
     }
     let mut files = vec![ctx.root_file.clone()];
     files.extend(ctx.people_file.clone());
@@ -99,13 +102,6 @@ pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
         groups,
         files,
     })
-}
-
-fn source_pos(source: &str) -> (u64, u64) {
-    let mut it = source.rsplitn(3, ':');
-    let col = it.next().and_then(|c| c.parse().ok()).unwrap_or(1);
-    let line = it.next().and_then(|l| l.parse().ok()).unwrap_or(1);
-    (line, col)
 }
 
 fn read(path: &Path) -> Result<String, Diagnostics> {
@@ -124,6 +120,13 @@ fn parse_err(file: &Path, e: yaml::YamlError) -> Diagnostics {
 
 /// Load rosterd.yaml and people.yaml: everything manifests are validated against.
 pub fn load_context(config_path: &Path) -> Result<Context, Diagnostics> {
+    let (ctx, diags) = build_context(config_path)?;
+    diags.into_result(ctx)
+}
+
+/// The context as far as it could be built, and the problems found on the way. `Err` only
+/// when rosterd.yaml cannot be read or parsed at all.
+fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnostics> {
     let text = read(config_path)?;
     let root_raw: RawRoot = yaml::from_str(&text).map_err(|e| parse_err(config_path, e))?;
     let root = config_path
@@ -202,9 +205,15 @@ pub fn load_context(config_path: &Path) -> Result<Context, Diagnostics> {
     manifest_files.remove(config_path);
 
     let mut instances = BTreeMap::new();
+    let mut broken_instances = BTreeSet::new();
     for (name, entry) in &root_raw.providers {
-        if let Some(inst) = instance(f, &root, name, entry, &mut diags) {
-            instances.insert(name.clone(), inst);
+        match instance(f, &root, name, entry, &mut diags) {
+            Some(inst) => {
+                instances.insert(name.clone(), inst);
+            }
+            None => {
+                broken_instances.insert(name.clone());
+            }
         }
     }
 
@@ -219,7 +228,8 @@ pub fn load_context(config_path: &Path) -> Result<Context, Diagnostics> {
         },
     };
 
-    diags.into_result(Context {
+    let ctx = Context {
+        broken_instances,
         root_file: config_path.to_path_buf(),
         root: root.clone(),
         resync,
@@ -231,7 +241,8 @@ pub fn load_context(config_path: &Path) -> Result<Context, Diagnostics> {
         max_removals,
         manifest_files: manifest_files.into_iter().collect(),
         people_file,
-    })
+    };
+    Ok((ctx, diags))
 }
 
 fn scan(dir: &Path, out: &mut BTreeSet<PathBuf>) {
@@ -574,7 +585,10 @@ pub fn load_people(path: &Path) -> Result<People, Diagnostics> {
     // Cycles: depth-first search over team references.
     for (team, members) in &raw.teams {
         let mut stack = vec![team.clone()];
-        if let Some(cycle) = find_cycle(&people.teams, team, &mut stack) {
+        // Report each cycle once: from its alphabetically first team.
+        if let Some(cycle) = find_cycle(&people.teams, team, &mut stack)
+            && cycle.iter().all(|t| t >= team)
+        {
             diags.push(Diagnostic::new(
                 path,
                 pos(members),
@@ -620,26 +634,50 @@ fn find_cycle(
 
 /// Load one manifest file (any number of documents) against a context.
 pub fn load_manifest_file(path: &Path, ctx: &Context) -> Result<Vec<DesiredGroup>, Diagnostics> {
-    let text = read(path)?;
-    let docs: Vec<RawGroup> = yaml::from_str_multi(&text).map_err(|e| parse_err(path, e))?;
-    let mut diags = Diagnostics::default();
-    let mut out: Vec<DesiredGroup> = Vec::new();
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    for doc in docs {
-        if let Some(g) = group(path, &doc, ctx, &mut diags) {
-            if let Some(first) = seen.get(&g.name) {
-                diags.push(Diagnostic::new(
-                    path,
-                    pos(&doc.group),
-                    format!("group {:?} is defined twice: first at {first}", g.name),
-                ));
-                continue;
-            }
-            seen.insert(g.name.clone(), g.source.clone());
-            out.push(g);
+    let (groups, names, mut diags) = manifest(path, ctx);
+    let mut seen: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (name, at) in names {
+        if let Some(first) = seen.get(&name) {
+            diags.push(Diagnostic::new(
+                path,
+                at,
+                format!(
+                    "group {name:?} is defined twice: first at {}:{}:{}",
+                    path.display(),
+                    first.0,
+                    first.1
+                ),
+            ));
+        } else {
+            seen.insert(name, at);
         }
     }
-    diags.into_result(out)
+    diags.into_result(groups)
+}
+
+/// A group name and where its document declares it.
+type NamedAt = (String, (u64, u64));
+
+/// The valid groups of a file, the name and position of every document that has one, and
+/// the problems found.
+fn manifest(path: &Path, ctx: &Context) -> (Vec<DesiredGroup>, Vec<NamedAt>, Diagnostics) {
+    let mut diags = Diagnostics::default();
+    let text = match read(path) {
+        Ok(t) => t,
+        Err(d) => return (Vec::new(), Vec::new(), d),
+    };
+    let mut groups = Vec::new();
+    let mut names = Vec::new();
+    for doc in yaml::from_str_multi::<RawGroup>(&text) {
+        match doc {
+            Ok(d) => {
+                names.push((d.group.value.trim().to_string(), pos(&d.group)));
+                groups.extend(group(path, &d, ctx, &mut diags));
+            }
+            Err(e) => diags.extend(parse_err(path, e)),
+        }
+    }
+    (groups, names, diags)
 }
 
 /// Validate one manifest document into a desired group.
@@ -658,8 +696,17 @@ fn group(
             "group: expected a non-empty name",
         ));
     }
+    if ctx.broken_instances.contains(&doc.provider.value) {
+        return None;
+    }
     let Some(inst) = ctx.instances.get(&doc.provider.value) else {
-        let known: Vec<&str> = ctx.instances.keys().map(String::as_str).collect();
+        let known: BTreeSet<&str> = ctx
+            .instances
+            .keys()
+            .chain(&ctx.broken_instances)
+            .map(String::as_str)
+            .collect();
+        let known: Vec<&str> = known.into_iter().collect();
         diags.push(Diagnostic::new(
             file,
             pos(&doc.provider),
