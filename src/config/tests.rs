@@ -1,0 +1,175 @@
+//! Loading and validation: the sample trees load, every mistake is reported with its position,
+//! names resolve as SPEC §3 says.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::model::{Mute, Role};
+
+fn write(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    for (name, text) in files {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir.join("rosterd.yaml")
+}
+
+const ROOT: &str = "manifests: groups/\npeople: people.yaml\nproviders:\n  cc:\n    kind: cometchat\n    app_id: a\n    region: eu\n    api_key: { env: K }\n  tim:\n    kind: tencent\n    sdk_app_id: 1\n    identifier: admin\n    secret_key: { file: secret.txt }\n    region: singapore\n";
+
+fn diags_text(d: &Diagnostics, base: &Path) -> String {
+    d.to_string().replace(&format!("{}/", base.display()), "")
+}
+
+#[test]
+fn the_demo_tree_and_every_example_load() {
+    for path in [
+        "manifests/rosterd.yaml",
+        "examples/tencent/rosterd.yaml",
+        "examples/waha/rosterd.yaml",
+        "examples/bitrix24/rosterd.yaml",
+    ] {
+        let cfg = load(Path::new(path)).unwrap_or_else(|d| panic!("{path}:\n{d}"));
+        assert!(!cfg.groups.is_empty(), "{path} declares groups");
+    }
+}
+
+#[test]
+fn every_mistake_of_every_file_is_reported_with_its_position() {
+    let d = load(Path::new("tests/fixtures/ten-mistakes/rosterd.yaml")).unwrap_err();
+    assert!(d.len() >= 10, "{d}");
+    for line in d.to_string().lines() {
+        let mut parts = line.splitn(4, ':');
+        let (file, l, c) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        assert!(file.ends_with(".yaml"), "{line}");
+        assert!(
+            l.parse::<u64>().unwrap() >= 1 && c.parse::<u64>().unwrap() >= 1,
+            "{line}"
+        );
+    }
+    insta::assert_snapshot!(d.to_string());
+}
+
+#[test]
+fn people_resolve_by_instance_then_kind_and_teams_nest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[
+            ("rosterd.yaml", ROOT),
+            (
+                "people.yaml",
+                "people:\n  alice: { cometchat: Alice, cc: alice-cc }\n  bob: { cometchat: bob }\nteams:\n  inner: [alice]\n  outer: [\"@inner\", bob, raw-id]\n",
+            ),
+            (
+                "groups/g.yaml",
+                "group: g\nprovider: cc\nid: G1\nadmins: [alice]\nmoderators: [\"@outer\"]\nparticipants: [bob]\n",
+            ),
+        ],
+    );
+    let c = load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let g = &c.groups[0];
+    assert_eq!(g.id.as_str(), "g1", "CometChat ids are lower-cased");
+    let roles: Vec<(String, Role)> = g.members.iter().map(|(m, r)| (m.to_string(), *r)).collect();
+    assert_eq!(
+        roles,
+        [
+            ("alice-cc".to_string(), Role::Admin),
+            ("bob".to_string(), Role::Moderator),
+            ("raw-id".to_string(), Role::Moderator)
+        ]
+    );
+    assert!(
+        g.bans.is_none() && g.mutes.is_none(),
+        "absent keys are not managed"
+    );
+}
+
+#[test]
+fn secrets_and_timed_mutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[
+            ("rosterd.yaml", ROOT),
+            ("people.yaml", "people: {}\n"),
+            (
+                "groups/t.yaml",
+                "group: t\nprovider: tim\nid: team-x\nparticipants: [a1, b2]\nbans: []\nmutes:\n  - member: a1\n    until: 2030-01-01T00:00:00Z\n  - member: b2\n",
+            ),
+        ],
+    );
+    let c = load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let mutes = c.groups[0].mutes.as_ref().unwrap();
+    assert!(matches!(
+        mutes[&crate::model::MemberId::new("a1")],
+        Mute::Until(_)
+    ));
+    assert_eq!(mutes[&crate::model::MemberId::new("b2")], Mute::Indefinite);
+    assert_eq!(
+        c.groups[0].bans.as_ref().map(|b| b.len()),
+        Some(0),
+        "an empty bans list is authoritative"
+    );
+    let KindSettings::Tencent(t) = &c.instances["tim"].settings else {
+        panic!("tencent settings")
+    };
+    assert_eq!(
+        t.secret_key,
+        secret::SecretRef::File(dir.path().join("secret.txt")),
+        "secret files resolve against rosterd.yaml"
+    );
+}
+
+#[test]
+fn a_missing_manifest_folder_is_an_error_not_an_empty_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[("rosterd.yaml", ROOT), ("people.yaml", "people: {}\n")],
+    );
+    let d = load(&cfg).unwrap_err();
+    assert!(d.to_string().contains("neither a folder nor a file"), "{d}");
+}
+
+#[test]
+fn an_unreadable_config_is_an_error() {
+    let d = load(Path::new("/nonexistent/rosterd.yaml")).unwrap_err();
+    assert!(
+        d.to_string()
+            .starts_with("/nonexistent/rosterd.yaml:1:1: error: cannot read file"),
+        "{d}"
+    );
+}
+
+#[test]
+fn unknown_provider_keys_and_kinds_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[
+            (
+                "rosterd.yaml",
+                "manifests: groups/\nproviders:\n  a:\n    kind: cometchat\n    app_id: x\n    region: eu\n    api_key: { env: K }\n    regoin: us\n  b:\n    kind: slack\n",
+            ),
+            ("groups/.keep.yaml", ""),
+        ],
+    );
+    let text = diags_text(&load(&cfg).unwrap_err(), dir.path());
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn rates_parse_in_several_units() {
+    assert_eq!(parse_rate("10/s"), Some(10.0));
+    assert_eq!(parse_rate("600/m"), Some(10.0));
+    assert_eq!(parse_rate("3600/h"), Some(1.0));
+    assert_eq!(parse_rate("1/10s"), Some(0.1));
+    assert_eq!(parse_rate("2"), Some(2.0));
+    assert_eq!(parse_rate("fast"), None);
+    assert_eq!(parse_rate("0/s"), None);
+}
