@@ -1,4 +1,5 @@
 //! The one integration-test binary: real HTTP against the sandbox emulators on 127.0.0.1.
 
+mod cli;
 mod cometchat;
 mod support;

@@ -1,0 +1,251 @@
+//! The binary end to end: every exit code, output formats, NO_COLOR, and that no secret
+//! reaches stdout, stderr or the audit log. Each test runs `rosterd` against an in-process
+//! CometChat emulator on 127.0.0.1.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use rosterd::sandbox::Sandbox;
+use rosterd::sandbox::cometchat::Scope;
+
+use crate::support::{CC_KEY, bounded, cc_state, group, sandbox};
+
+/// A GitOps tree pointed at the sandbox: one group `team` with the given manifest body.
+fn tree(dir: &Path, sb: &Sandbox, manifest: &str, extra_root: &str) -> std::path::PathBuf {
+    let base = sb.base_url(rosterd::provider::Kind::Cometchat).unwrap();
+    let root = format!(
+        "manifests: groups/\npeople: people.yaml\naudit_log: audit.jsonl\n{extra_root}providers:\n  cc:\n    kind: cometchat\n    app_id: it\n    region: eu\n    api_key: {{ env: IT_CC_KEY }}\n    base_url: {base}\n    rate: 200/s\n"
+    );
+    std::fs::create_dir_all(dir.join("groups")).unwrap();
+    std::fs::write(dir.join("rosterd.yaml"), root).unwrap();
+    std::fs::write(
+        dir.join("people.yaml"),
+        "people:\n  alice: { cometchat: alice }\nteams:\n  crew: [bob, carol]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("groups/team.yaml"), manifest).unwrap();
+    dir.join("rosterd.yaml")
+}
+
+fn rosterd(config: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
+    let mut cmd = Command::cargo_bin("rosterd").unwrap();
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .env("IT_CC_KEY", CC_KEY)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
+    cmd.timeout(std::time::Duration::from_secs(60)).assert()
+}
+
+fn world() -> rosterd::sandbox::cometchat::State {
+    cc_state(
+        ["alice", "bob", "carol", "dave", "zed"].map(String::from),
+        vec![(
+            "team",
+            group(
+                Some("alice"),
+                &[
+                    ("alice", Scope::Admin),
+                    ("bob", Scope::Admin),
+                    ("zed", Scope::Participant),
+                ],
+                &[],
+            ),
+        )],
+    )
+}
+
+const MANIFEST: &str = "group: team\nprovider: cc\nid: team\nowner: alice\nadmins: [alice]\nparticipants: [\"@crew\"]\n";
+
+fn code(a: &assert_cmd::assert::Assert) -> i32 {
+    a.get_output().status.code().unwrap_or(-1)
+}
+
+fn text(a: &assert_cmd::assert::Assert) -> String {
+    let o = a.get_output();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_validate_exits_0_on_the_demo_tree_and_1_on_mistakes() {
+    let ok = Command::cargo_bin("rosterd")
+        .unwrap()
+        .args(["validate", "--config", "manifests/rosterd.yaml"])
+        .assert();
+    assert_eq!(code(&ok), 0, "{}", text(&ok));
+    let bad = Command::cargo_bin("rosterd")
+        .unwrap()
+        .args([
+            "validate",
+            "--config",
+            "tests/fixtures/ten-mistakes/rosterd.yaml",
+        ])
+        .assert();
+    assert_eq!(code(&bad), 1);
+    let out = text(&bad);
+    assert!(
+        out.lines().filter(|l| l.contains(": error: ")).count() >= 10,
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_plan_apply_plan_walks_exit_codes_2_0_0() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tree(dir.path(), &sb, MANIFEST, "");
+        let plan = rosterd(&cfg, &["plan", "--detailed-exitcode"]);
+        assert_eq!(code(&plan), 2, "{}", text(&plan));
+        assert!(
+            text(&plan).contains("+ carol participant"),
+            "{}",
+            text(&plan)
+        );
+        assert_eq!(
+            code(&rosterd(&cfg, &["plan"])),
+            0,
+            "without --detailed-exitcode pending changes exit 0"
+        );
+        assert_eq!(sb.cometchat.writes().len(), 0, "plan writes nothing");
+        let apply = rosterd(&cfg, &["apply"]);
+        assert_eq!(code(&apply), 0, "{}", text(&apply));
+        let again = rosterd(&cfg, &["plan", "--detailed-exitcode", "--format", "json"]);
+        assert_eq!(code(&again), 0, "{}", text(&again));
+        let doc: serde_json::Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
+        assert_eq!(doc["version"], 1);
+        assert_eq!(doc["summary"]["calls"], 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_apply_exits_3_when_a_member_fails_and_names_it() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = format!("{MANIFEST}moderators: [ghost]\n");
+        let cfg = tree(dir.path(), &sb, &manifest, "");
+        let apply = rosterd(&cfg, &["apply"]);
+        assert_eq!(code(&apply), 3, "{}", text(&apply));
+        assert!(
+            text(&apply).contains("failed add ghost in team"),
+            "{}",
+            text(&apply)
+        );
+        let g = sb.cometchat.group(crate::support::CC_APP, "team").unwrap();
+        assert!(g.members.contains_key("carol"), "the rest was applied");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_apply_exits_4_when_a_safety_limit_blocks_and_writes_nothing() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = "group: team\nprovider: cc\nid: team\nadmins: [alice]\nmax_removals: 1\n";
+        let cfg = tree(dir.path(), &sb, manifest, "");
+        let apply = rosterd(&cfg, &["apply"]);
+        assert_eq!(code(&apply), 4, "{}", text(&apply));
+        assert!(text(&apply).contains("BLOCKED"), "{}", text(&apply));
+        assert_eq!(sb.cometchat.writes().len(), 0);
+        let forced = rosterd(&cfg, &["apply", "--allow-mass-removal"]);
+        assert_eq!(code(&forced), 0, "{}", text(&forced));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_a_missing_secret_or_unknown_group_exits_1_before_any_request() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tree(dir.path(), &sb, MANIFEST, "");
+        let mut cmd = Command::cargo_bin("rosterd").unwrap();
+        let a = cmd
+            .args(["apply", "--config"])
+            .arg(&cfg)
+            .env_remove("IT_CC_KEY")
+            .assert();
+        assert_eq!(code(&a), 1, "{}", text(&a));
+        assert!(
+            text(&a).contains("IT_CC_KEY"),
+            "the error names the variable: {}",
+            text(&a)
+        );
+        let b = rosterd(&cfg, &["plan", "--group", "nope"]);
+        assert_eq!(code(&b), 1);
+        assert!(sb.cometchat.requests().is_empty(), "no request at all");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_a_broken_manifest_never_means_remove_everyone() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tree(
+            dir.path(),
+            &sb,
+            "group: team\nprovider: cc\nid: team\nadmins: [alice\n",
+            "",
+        );
+        let a = rosterd(&cfg, &["apply", "--allow-mass-removal"]);
+        assert_eq!(code(&a), 1, "{}", text(&a));
+        assert!(sb.cometchat.requests().is_empty(), "no request at all");
+        std::fs::write(dir.path().join("groups/team.yaml"), "").unwrap();
+        let empty = rosterd(&cfg, &["apply", "--allow-mass-removal"]);
+        assert_eq!(code(&empty), 0, "an emptied file manages nothing");
+        assert_eq!(sb.cometchat.writes().len(), 0, "and removes nobody");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_output_has_no_colour_with_no_color_and_no_secret_anywhere() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tree(dir.path(), &sb, MANIFEST, "");
+        for args in [
+            &["plan", "-vv"][..],
+            &["plan", "--format", "markdown"],
+            &["plan", "--format", "json"],
+            &["apply", "-vv"],
+            &["apply", "--log-format", "json", "-vv"],
+        ] {
+            let a = rosterd(&cfg, args);
+            let out = text(&a);
+            assert!(
+                !out.contains('\u{1b}'),
+                "{args:?} printed colour with NO_COLOR"
+            );
+            assert!(!out.contains(CC_KEY), "{args:?} printed the api key");
+        }
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(audit.lines().count() >= 2, "{audit}");
+        assert!(!audit.contains(CC_KEY));
+    })
+    .await
+}
+
+#[test]
+fn cli_schema_prints_draft07_json() {
+    let a = Command::cargo_bin("rosterd")
+        .unwrap()
+        .arg("schema")
+        .assert()
+        .success();
+    let doc: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(
+        doc["manifest"]["$schema"],
+        "http://json-schema.org/draft-07/schema#"
+    );
+}
