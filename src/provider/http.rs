@@ -413,3 +413,7 @@ pub fn build_reqwest(opts: &HttpOptions) -> Result<reqwest::Client, ProviderErro
             ProviderError::fatal(format!("cannot build the HTTP client: {}", e.without_url()))
         })
 }
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod tests;
