@@ -10,7 +10,7 @@ use super::yaml::Spanned;
 
 /// A YAML value used as a provider id: a string, or a number (Bitrix24 user ids).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(untagged, expecting = "an id: a string or a number")]
+#[serde(untagged, expecting = "expected an id: a string or a number")]
 pub enum IdValue {
     Text(String),
     Number(u64),
@@ -27,7 +27,10 @@ impl IdValue {
 
 /// `manifests:` a folder, a file, or a list of them.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(untagged, expecting = "a folder or file path, or a list of them")]
+#[serde(
+    untagged,
+    expecting = "expected a folder or file path, or a list of them"
+)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
@@ -35,7 +38,10 @@ pub enum OneOrMany {
 
 /// `max_removals`: a count, or a percentage written `"10%"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(untagged, expecting = "a count or a percentage such as \"10%\"")]
+#[serde(
+    untagged,
+    expecting = "max_removals: expected a count or a percentage such as \"10%\""
+)]
 pub enum RawLimit {
     Count(u64),
     Text(String),
