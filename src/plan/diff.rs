@@ -25,16 +25,23 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
         }
     };
 
-    // The desired owner is a member (at least admin) even when no role list names them.
-    let mut want: BTreeMap<MemberId, Role> = desired.members.clone();
-    if let Some(owner) = &desired.owner
-        && (caps.transfer_owner || live.owner.as_ref() == Some(owner))
-    {
-        let role = want.entry(owner.clone()).or_insert(Role::Admin);
-        if caps.supports_role(Role::Admin) {
-            *role = Role::Admin;
-        }
-    }
+    // The desired owner is a member (an admin where the provider has admins) even when no
+    // role list names them. Kept as an override so the desired roster is never copied.
+    let owner_entry: Option<(&MemberId, Role)> = desired
+        .owner
+        .as_ref()
+        .filter(|o| caps.transfer_owner || live.owner.as_ref() == Some(*o))
+        .map(|o| {
+            let listed = desired.members.get(o).copied();
+            let role = if caps.supports_role(Role::Admin) {
+                Role::Admin
+            } else {
+                listed.unwrap_or(Role::Participant)
+            };
+            (o, role)
+        });
+    let wants =
+        |m: &MemberId| desired.members.contains_key(m) || owner_entry.is_some_and(|(o, _)| o == m);
 
     let live_banned: BTreeSet<MemberId> = live.bans.clone().unwrap_or_default();
     let mut ops: Vec<Op> = Vec::new();
@@ -42,34 +49,48 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
     // Unban: authoritative bans drop those not listed; a wanted member must be unbanned first.
     for m in &live_banned {
         let keep_banned = desired.bans.as_ref().is_some_and(|b| b.contains(m));
-        if !keep_banned && (desired.bans.is_some() || want.contains_key(m)) {
+        if !keep_banned && (desired.bans.is_some() || wants(m)) {
             ops.push(Op::new(OpKind::Unban, m.clone()));
         }
     }
 
-    // Adds and role changes.
-    for (m, &role) in &want {
-        match live.members.get(m) {
-            None => {
-                if caps.add_with_role || role == Role::Participant {
-                    ops.push(Op::new(OpKind::Add, m.clone()).with_role(role));
-                } else {
-                    ops.push(Op::new(OpKind::Add, m.clone()).with_role(Role::Participant));
-                    ops.push(
-                        Op::new(OpKind::Promote, m.clone())
-                            .with_role(role)
-                            .with_from(Role::Participant),
-                    );
-                }
+    // Adds and role changes: one merge of the two sorted rosters (linear in their sizes),
+    // then the owner if no role list names them.
+    let mut unlisted_live: Vec<(&MemberId, Role)> = Vec::new();
+    let mut wanted: Vec<(&MemberId, Role, Option<Role>)> = Vec::new();
+    for (m, want, have) in merge(&desired.members, &live.members) {
+        match (want, have) {
+            (Some(role), have) => {
+                let role = owner_entry
+                    .filter(|(o, _)| *o == m)
+                    .map_or(role, |(_, r)| r);
+                wanted.push((m, role, have));
             }
-            Some(&cur) if cur < role => {
+            (None, Some(cur)) => unlisted_live.push((m, cur)),
+            (None, None) => {}
+        }
+    }
+    if let Some((o, r)) = owner_entry.filter(|(o, _)| !desired.members.contains_key(*o)) {
+        wanted.push((o, r, live.members.get(o).copied()));
+    }
+    for (m, role, have) in wanted {
+        match have {
+            None if caps.add_with_role || role == Role::Participant => {
+                ops.push(Op::new(OpKind::Add, m.clone()).with_role(role));
+            }
+            None => {
+                ops.push(Op::new(OpKind::Add, m.clone()).with_role(Role::Participant));
+                let promote = Op::new(OpKind::Promote, m.clone()).with_role(role);
+                ops.push(promote.with_from(Role::Participant));
+            }
+            Some(cur) if cur < role => {
                 ops.push(
                     Op::new(OpKind::Promote, m.clone())
                         .with_role(role)
                         .with_from(cur),
                 );
             }
-            Some(&cur) if cur > role => match untouchable(m) {
+            Some(cur) if cur > role => match untouchable(m) {
                 Some(why) => notes.push(format!("{m} is {why}: not demoted from {cur} to {role}")),
                 None => ops.push(
                     Op::new(OpKind::Demote, m.clone())
@@ -116,8 +137,8 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
         .flatten()
         .filter(|m| !live_banned.contains(*m))
         .collect();
-    for (m, &cur) in &live.members {
-        if want.contains_key(m) || banning.contains(m) {
+    for (m, cur) in unlisted_live {
+        if wants(m) || banning.contains(m) {
             continue;
         }
         if live.unresolved.contains(m) {
@@ -179,12 +200,43 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
         )
     });
 
-    let before = roster_lines(&live.members, &live_banned, &live.mutes, now);
-    let after_state = simulate(live, &ops, now);
+    // The roster diff shows the members the plan touches, so its size follows the drift,
+    // not the group.
+    let touched: BTreeSet<&MemberId> = ops.iter().map(|o| &o.member).collect();
+    let mut small = LiveGroup {
+        members: touched
+            .iter()
+            .filter_map(|m| live.members.get_key_value(*m))
+            .map(|(m, r)| (m.clone(), *r))
+            .collect(),
+        bans: Some(
+            touched
+                .iter()
+                .filter(|m| live_banned.contains(**m))
+                .map(|m| (*m).clone())
+                .collect(),
+        ),
+        mutes: touched
+            .iter()
+            .filter_map(|m| live.mutes.get_key_value(*m))
+            .map(|(m, mu)| (m.clone(), *mu))
+            .collect(),
+        ..LiveGroup::default()
+    };
+    let before = roster_lines(
+        &small.members,
+        small.bans.as_ref().expect("set above"),
+        &small.mutes,
+        now,
+    );
+    small.mutes.retain(|_, mu| mu.active_at(now));
+    for op in &ops {
+        apply_op(&mut small, op);
+    }
     let after = roster_lines(
-        &after_state.members,
-        &after_state.bans.clone().unwrap_or_default(),
-        &after_state.mutes,
+        &small.members,
+        &small.bans.clone().unwrap_or_default(),
+        &small.mutes,
         now,
     );
 
@@ -200,6 +252,29 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
         before,
         after,
     }
+}
+
+/// The union of two sorted rosters, in order: (member, desired role, live role).
+fn merge<'a>(
+    want: &'a BTreeMap<MemberId, Role>,
+    have: &'a BTreeMap<MemberId, Role>,
+) -> impl Iterator<Item = (&'a MemberId, Option<Role>, Option<Role>)> + 'a {
+    let mut w = want.iter().peekable();
+    let mut h = have.iter().peekable();
+    std::iter::from_fn(move || match (w.peek(), h.peek()) {
+        (None, None) => None,
+        (Some(_), None) => w.next().map(|(m, r)| (m, Some(*r), None)),
+        (None, Some(_)) => h.next().map(|(m, r)| (m, None, Some(*r))),
+        (Some((wm, _)), Some((hm, _))) => match wm.cmp(hm) {
+            std::cmp::Ordering::Less => w.next().map(|(m, r)| (m, Some(*r), None)),
+            std::cmp::Ordering::Greater => h.next().map(|(m, r)| (m, None, Some(*r))),
+            std::cmp::Ordering::Equal => {
+                let (m, wr) = w.next().expect("peeked");
+                let (_, hr) = h.next().expect("peeked");
+                Some((m, Some(*wr), Some(*hr)))
+            }
+        },
+    })
 }
 
 /// Cut ordered operations into the fewest write calls: one kind per call, at most the batch

@@ -181,17 +181,26 @@ pub fn text(plan: &Plan, color: bool) -> String {
     s
 }
 
-/// The roster diff of a group: changed lines and no unchanged context beyond what `similar`
-/// groups around them, so a 100,000-member group prints only its changes.
+/// The roster diff of a group, member by member, so a member's old and new state sit
+/// together. `before`/`after` hold the lines of the members the plan touches only.
 fn diff_lines(g: &GroupPlan) -> Vec<(ChangeTag, String)> {
-    let before: Vec<&str> = g.before.iter().map(String::as_str).collect();
-    let after: Vec<&str> = g.after.iter().map(String::as_str).collect();
-    let diff = TextDiff::from_slices(&before, &after);
+    let member = |l: &String| l.split(' ').next().unwrap_or("").to_string();
+    let mut by_member: std::collections::BTreeMap<String, (Vec<&str>, Vec<&str>)> =
+        Default::default();
+    for l in &g.before {
+        by_member.entry(member(l)).or_default().0.push(l);
+    }
+    for l in &g.after {
+        by_member.entry(member(l)).or_default().1.push(l);
+    }
     let mut out = Vec::new();
-    for group in diff.grouped_ops(0) {
-        for op in group {
-            for change in diff.iter_changes(&op) {
-                out.push((change.tag(), change.value().to_string()));
+    for (before, after) in by_member.values() {
+        let diff = TextDiff::from_slices(before, after);
+        for op in diff.ops() {
+            for change in diff.iter_changes(op) {
+                if change.tag() != ChangeTag::Equal {
+                    out.push((change.tag(), change.value().to_string()));
+                }
             }
         }
     }
