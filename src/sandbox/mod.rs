@@ -83,6 +83,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// What to put in an instance's `base_url`.
     pub base_url: String,
+    /// The made-up credentials the emulator accepts, one `name: value` per app, printed by
+    /// `rosterd sandbox` so a user can point a real instance at it. Never real secrets.
+    pub credentials: Vec<String>,
 }
 
 /// The running emulators. Dropping it does not stop them; call [`Sandbox::shutdown`].
@@ -101,6 +104,12 @@ impl Sandbox {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Sandbox> {
         let tracker = TaskTracker::new();
+        let cometchat_keys = state
+            .cometchat
+            .apps
+            .iter()
+            .map(|(app, a)| format!("app {app}: apikey {}", a.api_key))
+            .collect();
         let cometchat = CometChatEmulator::new(state.cometchat);
         let mut endpoints = Vec::new();
         endpoints.push(
@@ -109,6 +118,7 @@ impl Sandbox {
                 "/v3",
                 cometchat.router(),
                 ports.cometchat,
+                cometchat_keys,
                 &shutdown,
                 &tracker,
             )
@@ -154,6 +164,7 @@ async fn start_one(
     prefix: &str,
     router: Router,
     port: u16,
+    credentials: Vec<String>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Endpoint> {
@@ -175,11 +186,12 @@ async fn start_one(
         kind,
         addr,
         base_url: format!("http://{addr}{prefix}"),
+        credentials,
     })
 }
 
 /// Serve every emulator until `shutdown` is cancelled, seeded from `state_file` (or the demo
-/// world when none is given), printing each base URL to `out` first.
+/// world when none is given), printing each base URL and the keys it accepts to `out` first.
 pub async fn serve(
     state_file: Option<&Path>,
     ports: Ports,
@@ -193,6 +205,9 @@ pub async fn serve(
     let sandbox = Sandbox::start(state, ports, shutdown.clone()).await?;
     for e in sandbox.endpoints() {
         writeln!(out, "{}\t{}", e.kind, e.base_url)?;
+        for c in &e.credentials {
+            writeln!(out, "  {c}")?;
+        }
     }
     out.flush()?;
     shutdown.cancelled().await;

@@ -542,6 +542,62 @@ cometchat:
     sb.shutdown().await;
 }
 
+/// `rosterd sandbox` prints where each emulator listens and the key it accepts, and that key
+/// opens the printed URL.
+#[tokio::test]
+async fn cometchat_sandbox_command_prints_a_working_base_url_and_key() {
+    bounded(20, async {
+        let token = tokio_util::sync::CancellationToken::new();
+        let printed = Captured::default();
+        let mut sink = printed.clone();
+        let served = rosterd::sandbox::serve(
+            None,
+            rosterd::sandbox::Ports::EPHEMERAL,
+            &mut sink,
+            token.clone(),
+        );
+        let probe = async {
+            let text = loop {
+                let text = String::from_utf8(printed.0.lock().unwrap().clone()).unwrap();
+                if text.contains("apikey") {
+                    break text;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let mut lines = text.lines();
+            let first = lines.next().unwrap();
+            let (kind, url) = first.split_once('\t').unwrap();
+            assert_eq!(kind, "cometchat", "{text}");
+            let key = lines
+                .find_map(|l| l.split_once("apikey ").map(|(_, k)| k.trim().to_owned()))
+                .unwrap();
+            let seed = rosterd::sandbox::default_state().unwrap();
+            let (_, app) = seed.cometchat.apps.iter().next().unwrap();
+            assert_eq!(key, app.api_key);
+            let guid = app.groups.keys().next().unwrap();
+            let client = reqwest_client();
+            let ok = client
+                .get(format!("{url}/groups/{guid}"))
+                .header("apikey", &key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(ok.status().as_u16(), 200);
+            let refused = client
+                .get(format!("{url}/groups/{guid}"))
+                .header("apikey", "not-the-key")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(refused.status().as_u16(), 401);
+            token.cancel();
+        };
+        let (result, ()) = tokio::join!(served, probe);
+        result.unwrap();
+    })
+    .await;
+}
+
 #[test]
 fn cometchat_demo_seed_parses() {
     let state = rosterd::sandbox::default_state().unwrap();
