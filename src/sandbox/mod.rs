@@ -53,7 +53,8 @@ impl SandboxState {
         if json {
             Ok(serde_json::from_str(text)?)
         } else {
-            serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
+            crate::config::yaml::from_str(text)
+                .map_err(|e| anyhow::anyhow!("line {}, column {}: {}", e.line, e.column, e.message))
         }
     }
 

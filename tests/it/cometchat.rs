@@ -599,6 +599,15 @@ async fn cometchat_sandbox_command_prints_a_working_base_url_and_key() {
 }
 
 #[test]
+fn cometchat_sandbox_state_errors_name_the_line() {
+    let err = SandboxState::parse("cometchat:\n  apps:\n    demo:\n      nope: 1\n", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
 fn cometchat_demo_seed_parses() {
     let state = rosterd::sandbox::default_state().unwrap();
     assert!(!state.cometchat.apps.is_empty());
