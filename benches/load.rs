@@ -81,7 +81,11 @@ criterion_group!(benches, bench);
 fn main() {
     // Kept apart from criterion so the process's peak RSS reflects a single load, not the
     // generator or criterion's sample buffers.
-    if let Some(dir) = std::env::var_os("ROSTERD_BENCH_GENERATE") {
+    // ROSTERD_BENCH_TREE is the same switch under the name used for measuring
+    // `rosterd validate` on the tree from outside.
+    if let Some(dir) = std::env::var_os("ROSTERD_BENCH_GENERATE")
+        .or_else(|| std::env::var_os("ROSTERD_BENCH_TREE"))
+    {
         generate(Path::new(&dir));
         return;
     }
