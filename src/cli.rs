@@ -410,7 +410,7 @@ fn report_json(report: &Report) -> serde_json::Value {
                 serde_json::json!({
                     "group": g.group,
                     "provider": g.provider,
-                    "status": format!("{:?}", g.status).to_lowercase(),
+                    "status": g.status,
                     "error": g.error,
                     "outcomes": g.outcomes.iter().map(|o| serde_json::json!({
                         "op": o.kind, "member": o.member, "result": o.outcome,

@@ -55,7 +55,7 @@ impl Default for RunOptions {
 
 /// How a group's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum GroupStatus {
     /// Nothing to do.
     InSync,
