@@ -244,7 +244,13 @@ async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) ->
     };
     let apply = mode == Mode::Apply;
     let progress: Option<Arc<dyn reconcile::Progress>> = if apply {
-        Some(reconcile::default_progress())
+        let p = reconcile::default_progress();
+        // Long waits inside the HTTP layer (throttling, rate cap, backoff) show on the progress line.
+        let observer = p.clone();
+        crate::provider::http::set_wait_observer(Arc::new(move |why: &str, d| {
+            observer.waiting(why, d)
+        }));
+        Some(p)
     } else {
         None
     };
