@@ -181,17 +181,11 @@ pub async fn run(
         .collect();
 
     // Plans first, for every group, so the progress display knows the total of calls.
-    let planned = futures::future::join_all(groups.iter().map(|g| {
-        let sem = limits.get(g.provider.as_str()).cloned();
-        async move {
-            let _permit = match &sem {
-                Some(s) => s.clone().acquire_owned().await.ok(),
-                None => None,
-            };
-            let span = tracing::info_span!("group", group = %g.name, provider = %g.provider);
-            plan_one(g, targets, opts).instrument(span).await
-        }
-    }))
+    let planned = futures::future::join_all(
+        groups
+            .iter()
+            .map(|g| bounded(&limits, g, plan_one(g, targets, opts))),
+    )
     .await;
 
     if !opts.apply {
@@ -209,29 +203,31 @@ pub async fn run(
         p.calls_planned(total);
     }
 
-    let mut reports = futures::future::join_all(planned.into_iter().map(|(report, live)| {
-        let g = groups
-            .iter()
-            .find(|g| g.name == report.group)
-            .expect("report of a known group");
-        let sem = limits.get(g.provider.as_str()).cloned();
-        async move {
-            let _permit = match &sem {
-                Some(s) => s.clone().acquire_owned().await.ok(),
-                None => None,
-            };
-            let span = tracing::info_span!("group", group = %g.name, provider = %g.provider);
-            apply_one(g, report, live, targets, opts, audit)
-                .instrument(span)
-                .await
-        }
-    }))
-    .await;
+    // `join_all` keeps order, so plans line up with their groups.
+    let mut reports =
+        futures::future::join_all(groups.iter().zip(planned).map(|(g, (report, live))| {
+            bounded(&limits, g, apply_one(g, report, live, targets, opts, audit))
+        }))
+        .await;
     if let Some(p) = &opts.progress {
         p.finish();
     }
     reports.sort_by(|a, b| a.group.cmp(&b.group));
     Report { groups: reports }
+}
+
+/// Run one group's work inside its span, holding a permit of its provider instance.
+async fn bounded<T>(
+    limits: &BTreeMap<&str, Arc<Semaphore>>,
+    g: &DesiredGroup,
+    work: impl Future<Output = T>,
+) -> T {
+    let _permit = match limits.get(g.provider.as_str()) {
+        Some(s) => s.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    let span = tracing::info_span!("group", group = %g.name, provider = %g.provider);
+    work.instrument(span).await
 }
 
 /// Fetch and plan one group.
