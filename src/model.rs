@@ -264,7 +264,13 @@ pub struct Op {
 
 impl Op {
     pub fn new(kind: OpKind, member: MemberId) -> Self {
-        Op { kind, member, role: None, from: None, mute: None }
+        Op {
+            kind,
+            member,
+            role: None,
+            from: None,
+            mute: None,
+        }
     }
     pub fn with_role(mut self, role: Role) -> Self {
         self.role = Some(role);
@@ -323,15 +329,24 @@ pub struct MemberOutcome {
 
 impl MemberOutcome {
     pub fn done(member: MemberId) -> Self {
-        MemberOutcome { member, outcome: Outcome::Done }
+        MemberOutcome {
+            member,
+            outcome: Outcome::Done,
+        }
     }
     pub fn already(member: MemberId) -> Self {
-        MemberOutcome { member, outcome: Outcome::AlreadyDone }
+        MemberOutcome {
+            member,
+            outcome: Outcome::AlreadyDone,
+        }
     }
     pub fn failed(member: MemberId, code: impl Into<String>, message: impl Into<String>) -> Self {
         MemberOutcome {
             member,
-            outcome: Outcome::Failed { code: code.into(), message: message.into() },
+            outcome: Outcome::Failed {
+                code: code.into(),
+                message: message.into(),
+            },
         }
     }
 }

@@ -193,7 +193,9 @@ pub mod ids {
         let s = raw.trim().to_ascii_lowercase();
         if s.is_empty()
             || s.len() > 100
-            || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err(format!(
                 "a CometChat id (1-100 characters of a-z, 0-9, _ and -), found {raw:?}"
@@ -207,7 +209,9 @@ pub mod ids {
         let s = raw.trim();
         if s.is_empty()
             || s.len() > 32
-            || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'@' || b == b'.')
+            || !s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'@' || b == b'.'
+            })
         {
             return Err(format!(
                 "a Tencent UserID (1-32 characters of letters, digits, _ - @ .), found {raw:?}"
@@ -219,7 +223,9 @@ pub mod ids {
     pub fn tencent_group(raw: &str) -> Result<GroupId, String> {
         let s = raw.trim();
         if s.is_empty() || s.len() > 48 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("a Tencent GroupId (1-48 characters, no spaces), found {raw:?}"));
+            return Err(format!(
+                "a Tencent GroupId (1-48 characters, no spaces), found {raw:?}"
+            ));
         }
         Ok(GroupId(s.to_string()))
     }
@@ -266,7 +272,9 @@ pub mod ids {
             !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit() || b == b'-')
         });
         if !ok {
-            return Err(format!("a WhatsApp group id (<digits>@g.us), found {raw:?}"));
+            return Err(format!(
+                "a WhatsApp group id (<digits>@g.us), found {raw:?}"
+            ));
         }
         Ok(GroupId(s.to_string()))
     }
@@ -276,7 +284,9 @@ pub mod ids {
         let s = raw.trim();
         match s.parse::<u64>() {
             Ok(n) if n > 0 => Ok(MemberId(n.to_string())),
-            _ => Err(format!("a Bitrix24 user id (a positive integer), found {raw:?}")),
+            _ => Err(format!(
+                "a Bitrix24 user id (a positive integer), found {raw:?}"
+            )),
         }
     }
 
@@ -349,12 +359,12 @@ impl Instance {
 pub fn build(instance: &Instance) -> Result<std::sync::Arc<dyn Provider>, ProviderError> {
     match &instance.settings {
         KindSettings::Cometchat(_) => Ok(std::sync::Arc::new(cometchat::CometChat::new(instance)?)),
-        KindSettings::Tencent(_)
-        | KindSettings::Waha(_)
-        | KindSettings::Bitrix24(_) => Err(ProviderError::fatal(format!(
-            "provider {}: the {} client is not available in this build",
-            instance.name, instance.kind
-        ))),
+        KindSettings::Tencent(_) | KindSettings::Waha(_) | KindSettings::Bitrix24(_) => {
+            Err(ProviderError::fatal(format!(
+                "provider {}: the {} client is not available in this build",
+                instance.name, instance.kind
+            )))
+        }
     }
 }
 
@@ -384,13 +394,28 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn fatal(message: impl Into<String>) -> Self {
-        ProviderError { class: ErrorClass::Fatal, code: None, message: message.into(), retry_after: None }
+        ProviderError {
+            class: ErrorClass::Fatal,
+            code: None,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn transient(message: impl Into<String>) -> Self {
-        ProviderError { class: ErrorClass::Transient, code: None, message: message.into(), retry_after: None }
+        ProviderError {
+            class: ErrorClass::Transient,
+            code: None,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn throttled(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
-        ProviderError { class: ErrorClass::Throttled, code: None, message: message.into(), retry_after }
+        ProviderError {
+            class: ErrorClass::Throttled,
+            code: None,
+            message: message.into(),
+            retry_after,
+        }
     }
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
@@ -410,7 +435,11 @@ pub trait Provider: Send + Sync {
     async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError>;
 
     /// Exactly one write call for one batch; one outcome per member, in batch order.
-    async fn apply(&self, group: &GroupId, batch: &Batch) -> Result<Vec<MemberOutcome>, ProviderError>;
+    async fn apply(
+        &self,
+        group: &GroupId,
+        batch: &Batch,
+    ) -> Result<Vec<MemberOutcome>, ProviderError>;
 
     /// The capabilities in force for one group, where they depend on the live group (Tencent's
     /// group types). Defaults to the kind's static capabilities.
@@ -438,8 +467,14 @@ mod tests {
     #[test]
     fn waha_numbers_normalise_to_jids() {
         assert_eq!(ids::waha("+49 151 2345678").unwrap().0, "491512345678@c.us");
-        assert_eq!(ids::waha("+1 (555) 010-9999").unwrap().0, "15550109999@c.us");
-        assert_eq!(ids::waha("491512345678@s.whatsapp.net").unwrap().0, "491512345678@c.us");
+        assert_eq!(
+            ids::waha("+1 (555) 010-9999").unwrap().0,
+            "15550109999@c.us"
+        );
+        assert_eq!(
+            ids::waha("491512345678@s.whatsapp.net").unwrap().0,
+            "491512345678@c.us"
+        );
         assert_eq!(ids::waha("12345@lid").unwrap().0, "12345@lid");
         assert!(ids::waha("alice").is_err());
         assert!(ids::waha("+49 151").is_err());
