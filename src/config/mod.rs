@@ -37,7 +37,7 @@ pub struct Config {
 }
 
 /// What manifests are validated against: instances, people, teams and defaults.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Context {
     pub root_file: PathBuf,
     pub root: PathBuf,
@@ -57,7 +57,7 @@ pub struct Context {
 }
 
 /// people.yaml, checked: ids per person and team members, team cycles already refused.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct People {
     pub people: BTreeMap<String, BTreeMap<String, String>>,
     pub teams: BTreeMap<String, Vec<String>>,
