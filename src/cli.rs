@@ -100,6 +100,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The daemon: watch the files, reconcile on change and every `resync`, serve /healthz
+    /// /readyz /metrics /status.
+    Run(ConfigArg),
     /// Print the JSON Schema (draft-07) of rosterd.yaml, people.yaml and group manifests.
     Schema,
     /// Serve local emulators of the providers on loopback.
@@ -145,6 +148,17 @@ pub async fn run(cli: Cli) -> u8 {
         } => {
             let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
             reconcile_cmd(&sel, mode, allow_mass_removal).await
+        }
+        Command::Run(c) => {
+            let opts = crate::daemon::DaemonOptions::new(&c.config);
+            // The daemon installs its own SIGTERM/SIGINT/SIGHUP handling.
+            match crate::daemon::run(opts, tokio_util::sync::CancellationToken::new()).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    exit::ERROR
+                }
+            }
         }
         Command::Schema => {
             let s = serde_json::to_string_pretty(&crate::schema::schema()).expect("schema is JSON");

@@ -28,7 +28,7 @@ fn init_tracing(cli: &Cli) {
     let default = match (&cli.command, cli.verbose) {
         (_, v) if v >= 2 => "rosterd=trace",
         (_, 1) => "rosterd=debug",
-        (Command::Apply { .. } | Command::Sandbox { .. }, _) => "rosterd=info",
+        (Command::Apply { .. } | Command::Sandbox { .. } | Command::Run(_), _) => "rosterd=info",
         _ => "rosterd=warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

@@ -1,0 +1,68 @@
+//! The daemon's HTTP endpoints (loopback by default): `/healthz` (alive), `/readyz`
+//! (configuration loaded and every provider in use reached once), `/metrics` (Prometheus text),
+//! `/status` (JSON per group: last run, result, pending drift, last error; no secrets).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+
+/// Serve until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    match s.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let groups = s.status.read().map(|g| g.clone()).unwrap_or_default();
+    let errors: Vec<String> = s
+        .tree
+        .lock()
+        .map(|t| t.errors().iter().map(|d| d.to_string()).collect())
+        .unwrap_or_default();
+    Json(json!({
+        "ready": s.ready().is_ok(),
+        "groups": groups,
+        "file_errors": errors,
+    }))
+}
