@@ -2,4 +2,5 @@
 
 mod cli;
 mod cometchat;
+mod daemon;
 mod support;

@@ -1,0 +1,385 @@
+//! The daemon against the CometChat emulator, real HTTP on 127.0.0.1, every test bounded:
+//! edits converge, broken edits write nothing, deleted manifests remove nobody, atomic saves
+//! and ConfigMap symlink swaps are seen, drift is corrected on resync, quick edits coalesce,
+//! faults never remove a wanted member, and stopping finishes the call in flight.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rosterd::daemon::{DaemonOptions, run};
+use rosterd::sandbox::cometchat::Scope;
+use rosterd::sandbox::{Fault, FaultKind, Sandbox};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{CC_APP, CC_KEY, bounded, cc_state, group, sandbox};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// rosterd.yaml pointed at the sandbox, with the api key in a file (no process-wide env).
+fn write_root(dir: &Path, sb: &Sandbox, manifests: &str) -> PathBuf {
+    let base = sb.base_url(rosterd::provider::Kind::Cometchat).unwrap();
+    std::fs::write(dir.join("key"), CC_KEY).unwrap();
+    let root = format!(
+        "manifests: {manifests}\npeople: people.yaml\nresync: 1h\nproviders:\n  cc:\n    kind: cometchat\n    app_id: it\n    region: eu\n    api_key: {{ file: key }}\n    base_url: {base}\n    rate: 500/s\n    timeout: 5s\n"
+    );
+    std::fs::write(dir.join("rosterd.yaml"), root).unwrap();
+    std::fs::write(dir.join("people.yaml"), "people: {}\n").unwrap();
+    dir.join("rosterd.yaml")
+}
+
+fn manifest(members: &[&str]) -> String {
+    format!(
+        "group: team\nprovider: cc\nid: team\nadmins: [alice]\nparticipants: [{}]\nmax_removals: 100\n",
+        members.join(", ")
+    )
+}
+
+fn world() -> rosterd::sandbox::cometchat::State {
+    cc_state(
+        ["alice", "bob", "carol", "dave", "erin", "zed"].map(String::from),
+        vec![(
+            "team",
+            group(
+                Some("alice"),
+                &[("alice", Scope::Admin), ("zed", Scope::Participant)],
+                &[],
+            ),
+        )],
+    )
+}
+
+fn members(sb: &Sandbox) -> Vec<String> {
+    sb.cometchat
+        .group(CC_APP, "team")
+        .map(|g| g.members.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Daemon {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    port: u16,
+}
+
+fn start(config: &Path, resync: Duration) -> Daemon {
+    let port = free_port();
+    let mut opts = DaemonOptions::new(config);
+    opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    opts.debounce = Duration::from_millis(200);
+    opts.poll = Duration::from_secs(3600);
+    opts.resync = Some(resync);
+    opts.grace = Duration::from_secs(10);
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(run(opts, stop.clone()));
+    Daemon { stop, handle, port }
+}
+
+impl Daemon {
+    async fn get(&self, path: &str) -> (u16, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await;
+        match r {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+    async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+fn removed(sb: &Sandbox, who: &str) -> bool {
+    sb.cometchat
+        .writes()
+        .iter()
+        .any(|r| r.method == "DELETE" && r.path.ends_with(&format!("/members/{who}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_file() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let d = start(&cfg, Duration::from_secs(1));
+        until(15, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        assert_eq!(d.get("/healthz").await.0, 200);
+        let mut ready = 0;
+        for _ in 0..100 {
+            ready = d.get("/readyz").await.0;
+            if ready == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ready, 200, "ready once the provider was reached");
+
+        // An edit converges.
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol"]),
+        )
+        .unwrap();
+        until(15, "edit applied", || {
+            members(&sb) == ["alice", "bob", "carol"]
+        })
+        .await;
+
+        // A broken edit writes nothing and shows on /status; the last valid version stays.
+        let writes = sb.cometchat.writes().len();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            "group: team\nprovider: cc\nparticipants: [bob\n",
+        )
+        .unwrap();
+        let mut status = String::new();
+        for _ in 0..100 {
+            status = d.get("/status").await.1;
+            if status.contains("team.yaml") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            status.contains("team.yaml"),
+            "the error is on /status: {status}"
+        );
+        assert!(!status.contains(CC_KEY));
+        assert_eq!(
+            sb.cometchat.writes().len(),
+            writes,
+            "a broken edit writes nothing"
+        );
+        let metrics = d.get("/metrics").await.1;
+        assert!(metrics.contains("rosterd_manifest_errors 1"), "{metrics}");
+
+        // Drift made in the service is corrected from the last valid version on the next run.
+        sb.cometchat.with_state(|s| {
+            s.apps
+                .get_mut(CC_APP)
+                .unwrap()
+                .groups
+                .get_mut("team")
+                .unwrap()
+                .members
+                .remove("carol");
+        });
+        until(15, "drift corrected from the last valid version", || {
+            members(&sb) == ["alice", "bob", "carol"]
+        })
+        .await;
+        assert!(!removed(&sb, "bob") && !removed(&sb, "carol"));
+        d.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_removes_nobody_when_a_manifest_is_deleted() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let d = start(&cfg, Duration::from_millis(300));
+        until(15, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        std::fs::remove_file(dir.path().join("groups/team.yaml")).unwrap();
+        sb.cometchat.with_state(|s| {
+            let g = s
+                .apps
+                .get_mut(CC_APP)
+                .unwrap()
+                .groups
+                .get_mut("team")
+                .unwrap();
+            g.members.insert("erin".into(), Scope::Participant);
+        });
+        let writes = sb.cometchat.writes().len();
+        tokio::time::sleep(Duration::from_secs(2)).await; // several resync periods
+        assert_eq!(
+            sb.cometchat.writes().len(),
+            writes,
+            "an unmanaged group is not touched"
+        );
+        assert_eq!(members(&sb), ["alice", "bob", "erin"]);
+        let status = d.get("/status").await.1;
+        assert!(!status.contains("\"team\""), "{status}");
+        d.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_sees_atomic_saves_and_configmap_symlink_swaps() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "cm/");
+        // A ConfigMap volume: cm/team.yaml -> ..data/team.yaml, ..data -> ..v1
+        let cm = dir.path().join("cm");
+        std::fs::create_dir_all(cm.join("..v1")).unwrap();
+        std::fs::write(cm.join("..v1/team.yaml"), manifest(&["bob"])).unwrap();
+        std::os::unix::fs::symlink("..v1", cm.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/team.yaml", cm.join("team.yaml")).unwrap();
+        let d = start(&cfg, Duration::from_secs(3600));
+        until(15, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+
+        // The kubelet's update: a new version folder, then an atomic swap of ..data.
+        std::fs::create_dir_all(cm.join("..v2")).unwrap();
+        std::fs::write(cm.join("..v2/team.yaml"), manifest(&["bob", "dave"])).unwrap();
+        std::os::unix::fs::symlink("..v2", cm.join("..data_tmp")).unwrap();
+        std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+        until(15, "symlink swap seen", || {
+            members(&sb) == ["alice", "bob", "dave"]
+        })
+        .await;
+
+        // An editor's atomic save: write a temp file, rename it over the target.
+        let target = std::fs::canonicalize(cm.join("team.yaml")).unwrap();
+        let tmp = target.with_extension("tmp~");
+        std::fs::write(&tmp, manifest(&["bob", "dave", "erin"])).unwrap();
+        std::fs::rename(&tmp, &target).unwrap();
+        until(15, "atomic save seen", || {
+            members(&sb) == ["alice", "bob", "dave", "erin"]
+        })
+        .await;
+        d.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_coalesces_quick_edits_into_one_run() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let d = start(&cfg, Duration::from_secs(3600));
+        until(15, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reads_before = sb
+            .cometchat
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/groups/team"))
+            .count();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol"]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol", "dave"]),
+        )
+        .unwrap();
+        until(15, "both edits applied", || {
+            members(&sb) == ["alice", "bob", "carol", "dave"]
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let reads = sb
+            .cometchat
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/groups/team"))
+            .count();
+        // One run reads the group twice (plan, then verify).
+        assert_eq!(reads - reads_before, 2, "two quick edits make one run");
+        let adds = sb
+            .cometchat
+            .writes()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count();
+        assert_eq!(
+            adds, 2,
+            "the initial add and one add carrying both new members"
+        );
+        d.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_converges_under_injected_faults_and_never_removes_a_wanted_member() {
+    bounded(90, async {
+        let people: Vec<String> = (0..30).map(|i| format!("p{i:02}")).collect();
+        let mut users: Vec<String> = people.clone();
+        users.extend(["alice", "zed"].map(String::from));
+        // Every wanted member is present with the wrong scope: 30 scope changes and 1 kick.
+        let mut live: Vec<(&str, Scope)> = people
+            .iter()
+            .map(|p| (p.as_str(), Scope::Moderator))
+            .collect();
+        live.extend([("alice", Scope::Admin), ("zed", Scope::Participant)]);
+        let state = cc_state(users, vec![("team", group(Some("alice"), &live, &[]))]);
+        let sb = sandbox(state).await;
+        sb.cometchat
+            .inject(Fault::sometimes(0.07, FaultKind::Status(503)));
+        sb.cometchat
+            .inject(Fault::sometimes(0.07, FaultKind::Reset));
+        sb.cometchat.inject(Fault::sometimes(
+            0.06,
+            FaultKind::Slow(Duration::from_millis(300)),
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        let refs: Vec<&str> = people.iter().map(String::as_str).collect();
+        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&refs)).unwrap();
+        let d = start(&cfg, Duration::from_millis(500));
+        let mut want: Vec<String> = people.clone();
+        want.insert(0, "alice".into());
+        let in_sync = |sb: &Sandbox| {
+            sb.cometchat.group(CC_APP, "team").is_some_and(|g| {
+                g.members.keys().cloned().collect::<Vec<_>>() == want
+                    && g.members
+                        .iter()
+                        .all(|(m, s)| m == "alice" || *s == Scope::Participant)
+            })
+        };
+        until(60, "convergence under 20% faults", || in_sync(&sb)).await;
+        for p in &people {
+            assert!(!removed(&sb, p), "{p} is wanted and was removed");
+        }
+        assert!(
+            sb.cometchat.requests().iter().any(|r| r.fault.is_some()),
+            "faults were injected"
+        );
+        d.stop().await;
+    })
+    .await
+}
