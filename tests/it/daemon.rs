@@ -383,3 +383,125 @@ async fn daemon_converges_under_injected_faults_and_never_removes_a_wanted_membe
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_sigterm_lets_the_call_in_flight_finish_and_exits_0() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        // The first write takes 1.5 s: SIGTERM arrives while it is in flight.
+        sb.cometchat
+            .inject(Fault::next(1, FaultKind::Slow(Duration::from_millis(1500))).writes_only());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol"]),
+        )
+        .unwrap();
+        let root = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("listen: 127.0.0.1:{}\n{root}", free_port())).unwrap();
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rosterd"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Both reads of the plan are done once the members and bans are listed; the add follows.
+        until(20, "the plan was read", || {
+            sb.cometchat
+                .requests()
+                .iter()
+                .any(|r| r.path.ends_with("/bannedusers"))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+        let writes = sb.cometchat.writes();
+        assert_eq!(
+            writes.len(),
+            1,
+            "the call in flight completed, nothing after it: {writes:?}"
+        );
+        assert_eq!(writes[0].status, 200);
+        assert_eq!(
+            members(&sb),
+            ["alice", "bob", "carol", "zed"],
+            "the add landed; the kick was never sent"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_killed_mid_apply_and_restarted_converges_with_no_extra_removals() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        sb.cometchat
+            .inject(Fault::next(1, FaultKind::Slow(Duration::from_millis(1500))).writes_only());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol"]),
+        )
+        .unwrap();
+        let root = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("listen: 127.0.0.1:{}\n{root}", free_port())).unwrap();
+        let spawn = || {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("rosterd"))
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut child = spawn();
+        until(20, "the plan was read", || {
+            sb.cometchat
+                .requests()
+                .iter()
+                .any(|r| r.path.ends_with("/bannedusers"))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        child.kill().unwrap(); // SIGKILL mid-write
+        child.wait().unwrap();
+        let mut child = spawn();
+        until(20, "converged after restart", || {
+            members(&sb) == ["alice", "bob", "carol"]
+        })
+        .await;
+        let kicks: Vec<_> = sb
+            .cometchat
+            .writes()
+            .into_iter()
+            .filter(|r| r.method == "DELETE")
+            .collect();
+        assert_eq!(kicks.len(), 1, "only zed was ever removed: {kicks:?}");
+        assert!(kicks[0].path.ends_with("/members/zed"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    })
+    .await
+}
