@@ -1,0 +1,282 @@
+//! The daemon's figures (issue: daemon benchmarks). Not a criterion loop: each figure is one
+//! bounded scenario against the CometChat emulator on 127.0.0.1, printed as a line.
+//!
+//! Run: `cargo bench --bench daemon` (about a minute). Figures:
+//! 1. edit -> first write: time from a manifest write to the first write call the emulator sees;
+//! 2. convergence of 100 groups under a provider rate limit vs (write calls / rate) and vs
+//!    (all requests / rate);
+//! 3. idle RSS and CPU of `rosterd run` with 1,000 groups in sync (a child process, measured
+//!    from /proc), next to the RSS of `rosterd validate` on the same tree (the loaded state).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rosterd::daemon::{DaemonOptions, run};
+use rosterd::provider::Kind;
+use rosterd::sandbox::cometchat::{App, Group, RateLimit, Scope, State};
+use rosterd::sandbox::{Ports, Sandbox, SandboxState};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "bench-key-0000000000000000000000000000000";
+
+fn world(groups: usize, members_live: &[&str], rate: Option<RateLimit>) -> State {
+    let mut users: std::collections::BTreeSet<String> =
+        ["alice", "bob", "carol"].map(String::from).into();
+    users.extend((0..groups).map(|i| format!("u{i:04}")));
+    let groups = (0..groups)
+        .map(|i| {
+            let members = members_live
+                .iter()
+                .map(|m| {
+                    (
+                        m.to_string(),
+                        if *m == "alice" {
+                            Scope::Admin
+                        } else {
+                            Scope::Participant
+                        },
+                    )
+                })
+                .collect();
+            (
+                format!("g{i:04}"),
+                Group {
+                    name: None,
+                    owner: Some("alice".into()),
+                    members,
+                    banned: Default::default(),
+                },
+            )
+        })
+        .collect();
+    State {
+        apps: [(
+            "bench".to_string(),
+            App {
+                api_key: KEY.into(),
+                users,
+                groups,
+            },
+        )]
+        .into(),
+        rate_limit: rate,
+    }
+}
+
+fn tree(dir: &Path, base: &str, groups: usize, rate: &str, members: impl Fn(usize) -> String) {
+    std::fs::create_dir_all(dir.join("groups")).unwrap();
+    std::fs::write(dir.join("key"), KEY).unwrap();
+    std::fs::write(
+        dir.join("rosterd.yaml"),
+        format!("manifests: groups/\nresync: 1h\nlisten: 127.0.0.1:0\nproviders:\n  cc:\n    kind: cometchat\n    app_id: bench\n    region: eu\n    api_key: {{ file: key }}\n    base_url: {base}\n    rate: {rate}\n"),
+    )
+    .unwrap();
+    let mut text = String::new();
+    for i in 0..groups {
+        text.push_str(&format!(
+            "---\ngroup: g{i:04}\nprovider: cc\nid: g{i:04}\nadmins: [alice]\nparticipants: [{}]\n",
+            members(i)
+        ));
+    }
+    std::fs::write(dir.join("groups/all.yaml"), text).unwrap();
+}
+
+async fn wait(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+async fn sandbox(state: State) -> Sandbox {
+    Sandbox::start(
+        SandboxState { cometchat: state },
+        Ports::EPHEMERAL,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn edit_to_first_write() {
+    let sb = sandbox(world(1, &["alice", "bob"], None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    tree(
+        dir.path(),
+        sb.base_url(Kind::Cometchat).unwrap(),
+        1,
+        "1000/s",
+        |_| "bob".into(),
+    );
+    let mut opts = DaemonOptions::new(&dir.path().join("rosterd.yaml"));
+    opts.listen = Some("127.0.0.1:0".parse().unwrap());
+    let debounce = opts.debounce;
+    let stop = CancellationToken::new();
+    let h = tokio::spawn(run(opts, stop.clone()));
+    assert!(wait(10, || !sb.cometchat.requests().is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut samples = Vec::new();
+    for i in 0..8 {
+        let before = sb.cometchat.writes().len();
+        let who = if i % 2 == 0 { "bob, carol" } else { "bob" };
+        let t = Instant::now();
+        std::fs::write(
+            dir.path().join("groups/all.yaml"),
+            format!(
+                "group: g0000\nprovider: cc\nid: g0000\nadmins: [alice]\nparticipants: [{who}]\n"
+            ),
+        )
+        .unwrap();
+        assert!(
+            wait(10, || sb.cometchat.writes().len() > before).await,
+            "no write after the edit"
+        );
+        samples.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    samples.sort();
+    println!(
+        "edit -> first write: median {:?}, min {:?}, max {:?} over {} edits (debounce {:?}; target debounce + 200 ms = {:?})",
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1],
+        samples.len(),
+        debounce,
+        debounce + Duration::from_millis(200)
+    );
+    stop.cancel();
+    h.await.unwrap().unwrap();
+}
+
+async fn hundred_groups_under_a_rate_limit() {
+    let rate = 20u32;
+    let sb = sandbox(world(100, &["alice"], Some(RateLimit::per_second(rate)))).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Each group misses one member: one add call per group.
+    tree(
+        dir.path(),
+        sb.base_url(Kind::Cometchat).unwrap(),
+        100,
+        &format!("{rate}/s"),
+        |i| format!("u{i:04}"),
+    );
+    let mut opts = DaemonOptions::new(&dir.path().join("rosterd.yaml"));
+    opts.listen = Some("127.0.0.1:0".parse().unwrap());
+    let stop = CancellationToken::new();
+    let t = Instant::now();
+    let h = tokio::spawn(run(opts, stop.clone()));
+    let done = wait(300, || {
+        let st = sb.cometchat.state();
+        st.apps["bench"]
+            .groups
+            .iter()
+            .all(|(g, grp)| grp.members.len() == 2 || g.is_empty())
+    })
+    .await;
+    let elapsed = t.elapsed();
+    assert!(done, "100 groups did not converge");
+    let reqs = sb.cometchat.requests();
+    let writes = reqs.iter().filter(|r| r.is_write()).count();
+    let throttled = reqs.iter().filter(|r| r.status == 429).count();
+    let served = reqs.len() - throttled;
+    let ideal_writes = writes as f64 / rate as f64;
+    let ideal_all = served as f64 / rate as f64;
+    println!(
+        "100 groups at {rate} req/s: converged in {:.2} s; {writes} write calls ({:.2} s at the rate: {:.2}x), {served} requests in all incl. reads ({:.2} s: {:.2}x), {throttled} answered 429",
+        elapsed.as_secs_f64(),
+        ideal_writes,
+        elapsed.as_secs_f64() / ideal_writes,
+        ideal_all,
+        elapsed.as_secs_f64() / ideal_all
+    );
+    stop.cancel();
+    h.await.unwrap().unwrap();
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+}
+
+async fn idle_with_a_thousand_groups() {
+    let sb = sandbox(world(1000, &["alice", "bob"], None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    tree(
+        dir.path(),
+        sb.base_url(Kind::Cometchat).unwrap(),
+        1000,
+        "1000/s",
+        |_| "bob".into(),
+    );
+    let exe = env!("CARGO_BIN_EXE_rosterd");
+    let cfg = dir.path().join("rosterd.yaml");
+    let validate = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(exe)
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let loaded_kb: u64 = String::from_utf8_lossy(&validate.stderr)
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut child = std::process::Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // All 1,000 groups read once (3 reads each), then idle.
+    assert!(
+        wait(120, || sb.cometchat.requests().len() >= 3000).await,
+        "initial pass did not finish"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let ticks = cpu_ticks(pid) - c0;
+    let cpu = ticks as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+    let rss = rss_kb(pid);
+    println!(
+        "idle with 1,000 groups: RSS {:.1} MB (`rosterd validate` of the same tree peaks at {:.1} MB: +{:.1} MB), CPU {:.2}% over 20 s",
+        rss as f64 / 1024.0,
+        loaded_kb as f64 / 1024.0,
+        (rss as f64 - loaded_kb as f64) / 1024.0,
+        cpu
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful either: run once.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        edit_to_first_write().await;
+        hundred_groups_under_a_rate_limit().await;
+        idle_with_a_thousand_groups().await;
+    });
+}
