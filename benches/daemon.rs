@@ -197,6 +197,55 @@ async fn hundred_groups_under_a_rate_limit() {
     h.await.unwrap().unwrap();
 }
 
+/// The same 100 groups when the limit is on writes (WhatsApp-style pacing: `interval` between
+/// write calls, reads unpaced): convergence against (write calls / write rate).
+async fn hundred_groups_under_a_write_pace() {
+    let per_sec = 10.0;
+    let sb = sandbox(world(100, &["alice"], None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    tree(
+        dir.path(),
+        sb.base_url(Kind::Cometchat).unwrap(),
+        100,
+        "1000/s",
+        |i| format!("u{i:04}"),
+    );
+    let root = std::fs::read_to_string(dir.path().join("rosterd.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("rosterd.yaml"),
+        format!("{root}    interval: 100ms\n"),
+    )
+    .unwrap();
+    let mut opts = DaemonOptions::new(&dir.path().join("rosterd.yaml"));
+    opts.listen = Some("127.0.0.1:0".parse().unwrap());
+    let stop = CancellationToken::new();
+    let t = Instant::now();
+    let h = tokio::spawn(run(opts, stop.clone()));
+    let done = wait(300, || {
+        sb.cometchat.state().apps["bench"]
+            .groups
+            .values()
+            .all(|g| g.members.len() == 2)
+    })
+    .await;
+    let elapsed = t.elapsed();
+    assert!(done, "100 groups did not converge");
+    let writes = sb
+        .cometchat
+        .requests()
+        .iter()
+        .filter(|r| r.is_write())
+        .count();
+    let ideal = writes as f64 / per_sec;
+    println!(
+        "100 groups, writes paced at {per_sec}/s (interval 100ms): converged in {:.2} s; {writes} write calls ({ideal:.2} s at the pace: {:.2}x)",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() / ideal
+    );
+    stop.cancel();
+    h.await.unwrap().unwrap();
+}
+
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
@@ -277,6 +326,7 @@ fn main() {
     rt.block_on(async {
         edit_to_first_write().await;
         hundred_groups_under_a_rate_limit().await;
+        hundred_groups_under_a_write_pace().await;
         idle_with_a_thousand_groups().await;
     });
 }
