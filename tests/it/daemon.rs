@@ -103,11 +103,17 @@ impl Daemon {
     }
 }
 
+/// Whether the emulator ever removed or banned `who` (kick, single ban, or `usersToBan`).
 fn removed(sb: &Sandbox, who: &str) -> bool {
-    sb.cometchat
-        .writes()
-        .iter()
-        .any(|r| r.method == "DELETE" && r.path.ends_with(&format!("/members/{who}")))
+    sb.cometchat.writes().iter().any(|r| {
+        (r.method == "DELETE" && r.path.ends_with(&format!("/members/{who}")))
+            || (r.method == "POST" && r.path.ends_with(&format!("/bannedusers/{who}")))
+            || r.body
+                .as_ref()
+                .and_then(|b| b.get("usersToBan"))
+                .and_then(|b| b.as_array())
+                .is_some_and(|a| a.iter().any(|u| u == who))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
