@@ -390,40 +390,51 @@ async fn daemon_converges_under_injected_faults_and_never_removes_a_wanted_membe
     .await
 }
 
+/// A tree whose group needs an add then a kick, with the first write slowed to 1.5 s so a
+/// signal lands while it is in flight; returns the config path of a `rosterd run` process.
+async fn slow_first_write(sb: &Sandbox, dir: &Path) -> PathBuf {
+    sb.cometchat
+        .inject(Fault::next(1, FaultKind::Slow(Duration::from_millis(1500))).writes_only());
+    let cfg = write_root(dir, sb, "groups/");
+    std::fs::create_dir(dir.join("groups")).unwrap();
+    std::fs::write(dir.join("groups/team.yaml"), manifest(&["bob", "carol"])).unwrap();
+    let root = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("listen: 127.0.0.1:{}\n{root}", free_port())).unwrap();
+    cfg
+}
+
+fn spawn_daemon(cfg: &Path) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("rosterd"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until the plan's reads are done (the ban list is read last) and the first write is
+/// under way.
+async fn first_write_in_flight(sb: &Sandbox) {
+    until(20, "the plan was read", || {
+        sb.cometchat
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/bannedusers"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_sigterm_lets_the_call_in_flight_finish_and_exits_0() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        // The first write takes 1.5 s: SIGTERM arrives while it is in flight.
-        sb.cometchat
-            .inject(Fault::next(1, FaultKind::Slow(Duration::from_millis(1500))).writes_only());
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(
-            dir.path().join("groups/team.yaml"),
-            manifest(&["bob", "carol"]),
-        )
-        .unwrap();
-        let root = std::fs::read_to_string(&cfg).unwrap();
-        std::fs::write(&cfg, format!("listen: 127.0.0.1:{}\n{root}", free_port())).unwrap();
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rosterd"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Both reads of the plan are done once the members and bans are listed; the add follows.
-        until(20, "the plan was read", || {
-            sb.cometchat
-                .requests()
-                .iter()
-                .any(|r| r.path.ends_with("/bannedusers"))
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let cfg = slow_first_write(&sb, dir.path()).await;
+        let mut child = spawn_daemon(&cfg);
+        first_write_in_flight(&sb).await;
         let killed = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
@@ -461,39 +472,13 @@ async fn daemon_sigterm_lets_the_call_in_flight_finish_and_exits_0() {
 async fn daemon_killed_mid_apply_and_restarted_converges_with_no_extra_removals() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        sb.cometchat
-            .inject(Fault::next(1, FaultKind::Slow(Duration::from_millis(1500))).writes_only());
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(
-            dir.path().join("groups/team.yaml"),
-            manifest(&["bob", "carol"]),
-        )
-        .unwrap();
-        let root = std::fs::read_to_string(&cfg).unwrap();
-        std::fs::write(&cfg, format!("listen: 127.0.0.1:{}\n{root}", free_port())).unwrap();
-        let spawn = || {
-            std::process::Command::new(assert_cmd::cargo::cargo_bin("rosterd"))
-                .args(["run", "--config"])
-                .arg(&cfg)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let mut child = spawn();
-        until(20, "the plan was read", || {
-            sb.cometchat
-                .requests()
-                .iter()
-                .any(|r| r.path.ends_with("/bannedusers"))
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let cfg = slow_first_write(&sb, dir.path()).await;
+        let mut child = spawn_daemon(&cfg);
+        first_write_in_flight(&sb).await;
         child.kill().unwrap(); // SIGKILL mid-write
         child.wait().unwrap();
-        let mut child = spawn();
+        let mut child = spawn_daemon(&cfg);
         until(20, "converged after restart", || {
             members(&sb) == ["alice", "bob", "carol"]
         })
