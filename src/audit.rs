@@ -75,3 +75,45 @@ impl AuditLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MemberId;
+
+    #[test]
+    fn each_call_appends_a_call_line_and_a_line_per_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/audit.jsonl");
+        let outcomes = [
+            MemberOutcome::done(MemberId::new("a")),
+            MemberOutcome::failed(MemberId::new("b"), "NOT_FOUND", "no such user"),
+        ];
+        AuditLog::open(&path)
+            .unwrap()
+            .call("team", "cc", OpKind::Add, 2, &outcomes);
+        // A second open appends rather than truncating.
+        AuditLog::open(&path).unwrap().call(
+            "team",
+            "cc",
+            OpKind::Remove,
+            1,
+            &[MemberOutcome::already(MemberId::new("c"))],
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[0]["type"], "call");
+        assert_eq!(lines[0]["result"], "partial");
+        assert_eq!(lines[0]["members"], 2);
+        assert!(humantime::parse_rfc3339(lines[0]["ts"].as_str().unwrap()).is_ok());
+        assert_eq!(lines[2]["member"], "b");
+        assert_eq!(lines[2]["outcome"], "failed");
+        assert_eq!(lines[2]["code"], "NOT_FOUND");
+        assert_eq!(lines[3]["result"], "ok");
+        assert_eq!(lines[4]["outcome"], "already_done");
+    }
+}

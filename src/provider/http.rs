@@ -28,6 +28,7 @@ pub struct HttpOptions {
     pub instance: String,
     /// Per-request total timeout.
     pub timeout: Duration,
+    /// Timeout for establishing the connection (TCP and TLS).
     pub connect_timeout: Duration,
     /// Pause between write calls.
     pub interval: Duration,
@@ -39,6 +40,7 @@ pub struct HttpOptions {
     pub max_attempts: u32,
     /// First backoff step; doubles with jitter up to `max_backoff`.
     pub min_backoff: Duration,
+    /// Upper bound of one backoff step.
     pub max_backoff: Duration,
 }
 
@@ -61,6 +63,7 @@ impl Default for HttpOptions {
 /// One request a provider wants made.
 #[derive(Debug, Clone)]
 pub struct Call {
+    /// HTTP method.
     pub method: Method,
     /// Full URL. Never logged.
     pub url: String,
@@ -79,12 +82,16 @@ pub struct Call {
 /// A response as the classifier sees it.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// HTTP status code.
     pub status: u16,
+    /// Response headers (for `Retry-After` and rate-limit hints).
     pub headers: HeaderMap,
+    /// The whole body.
     pub body: bytes::Bytes,
 }
 
 impl Response {
+    /// Decode the body as JSON; an undecodable body is transient (proxies answer with HTML).
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ProviderError> {
         serde_json::from_slice(&self.body).map_err(|e| {
             ProviderError::transient(format!(
@@ -95,8 +102,8 @@ impl Response {
     }
 }
 
-/// Parse `Retry-After` (seconds or an HTTP date is not supported: seconds only, as every
-/// provider here sends seconds).
+/// Parse `Retry-After` as a number of seconds. HTTP dates are not accepted because no provider
+/// here sends them; an unparsable value yields `None` and the caller falls back to backoff.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -145,6 +152,7 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// Build the client, its connection pool and its rate limiter.
     pub fn new(opts: HttpOptions) -> Result<Self, ProviderError> {
         let client = build_reqwest(&opts)?;
         let limiter = match opts.rate {
@@ -176,6 +184,7 @@ impl HttpClient {
         })
     }
 
+    /// The settings the client was built with.
     pub fn options(&self) -> &HttpOptions {
         &self.opts
     }
@@ -347,6 +356,7 @@ impl HttpClient {
         })
     }
 
+    /// Requests made so far by every task of this instance.
     pub fn counts(&self) -> RequestCounts {
         RequestCounts {
             reads: self.reads.load(Ordering::Relaxed),

@@ -16,8 +16,11 @@ use super::{Capabilities, Kind, MuteSupport, Provider, ProviderError, RequestCou
 /// One write call as the memory provider saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedCall {
+    /// The group written to.
     pub group: GroupId,
+    /// The operation of the call.
     pub kind: OpKind,
+    /// The members the call carried, in batch order.
     pub members: Vec<MemberId>,
 }
 
@@ -43,6 +46,7 @@ pub struct MemoryProvider {
 }
 
 impl MemoryProvider {
+    /// An empty provider that enforces the capabilities of `kind`.
     pub fn new(kind: Kind) -> Self {
         MemoryProvider {
             kind,
@@ -54,6 +58,7 @@ impl MemoryProvider {
         }
     }
 
+    /// Pause `d` inside every call so concurrent calls overlap observably.
     pub fn with_latency(mut self, d: Duration) -> Self {
         self.latency = d;
         self
@@ -72,6 +77,7 @@ impl MemoryProvider {
             .insert(GroupId(id.to_string()), live);
     }
 
+    /// A group's live state as it is now.
     pub fn group(&self, id: &str) -> Option<LiveGroup> {
         self.state
             .lock()
@@ -287,5 +293,171 @@ fn check_caps(caps: &Capabilities, batch: &Batch) -> Result<(), ProviderError> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Op, Outcome};
+
+    fn m(s: &str) -> MemberId {
+        MemberId::new(s)
+    }
+
+    fn gid() -> GroupId {
+        GroupId("g".into())
+    }
+
+    fn provider(kind: Kind) -> MemoryProvider {
+        let p = MemoryProvider::new(kind);
+        let mut live = LiveGroup {
+            owner: Some(m("owner")),
+            ..LiveGroup::default()
+        };
+        live.members.insert(m("owner"), Role::Admin);
+        live.members.insert(m("alice"), Role::Participant);
+        p.set_group("g", live);
+        p
+    }
+
+    fn batch(kind: OpKind, ops: Vec<Op>) -> Batch {
+        Batch { kind, ops }
+    }
+
+    #[tokio::test]
+    async fn adds_answer_per_member_and_repeats_are_already_done() {
+        let p = provider(Kind::Cometchat);
+        p.nonexistent.lock().unwrap().insert(m("ghost"));
+        let b = batch(
+            OpKind::Add,
+            vec![
+                Op::new(OpKind::Add, m("bob")).with_role(Role::Moderator),
+                Op::new(OpKind::Add, m("ghost")).with_role(Role::Participant),
+                Op::new(OpKind::Add, m("alice")).with_role(Role::Participant),
+            ],
+        );
+        let out = p.apply(&gid(), &b).await.unwrap();
+        assert_eq!(out[0].outcome, Outcome::Done);
+        assert!(matches!(&out[1].outcome, Outcome::Failed { code, .. } if code == "NOT_FOUND"));
+        assert_eq!(out[2].outcome, Outcome::AlreadyDone);
+        let live = p.group("g").unwrap();
+        assert_eq!(live.members.get(&m("bob")), Some(&Role::Moderator));
+        assert!(!live.members.contains_key(&m("ghost")));
+        assert_eq!(p.log().len(), 1);
+        assert_eq!(p.log()[0].members, vec![m("bob"), m("ghost"), m("alice")]);
+    }
+
+    #[tokio::test]
+    async fn the_owner_is_never_removed_demoted_or_banned() {
+        let p = provider(Kind::Cometchat);
+        for (kind, op) in [
+            (OpKind::Remove, Op::new(OpKind::Remove, m("owner"))),
+            (
+                OpKind::Demote,
+                Op::new(OpKind::Demote, m("owner")).with_role(Role::Participant),
+            ),
+            (OpKind::Ban, Op::new(OpKind::Ban, m("owner"))),
+        ] {
+            let out = p.apply(&gid(), &batch(kind, vec![op])).await.unwrap();
+            assert!(
+                matches!(&out[0].outcome, Outcome::Failed { code, .. } if code == "OWNER"),
+                "{kind}: {:?}",
+                out[0]
+            );
+        }
+        let live = p.group("g").unwrap();
+        assert_eq!(live.members.get(&m("owner")), Some(&Role::Admin));
+        assert!(!live.bans.unwrap().contains(&m("owner")));
+    }
+
+    #[tokio::test]
+    async fn over_limit_batches_and_missing_capabilities_are_fatal() {
+        let p = provider(Kind::Cometchat);
+        let ops: Vec<Op> = (0..26)
+            .map(|i| Op::new(OpKind::Add, m(&format!("u{i}"))).with_role(Role::Participant))
+            .collect();
+        let e = p.apply(&gid(), &batch(OpKind::Add, ops)).await.unwrap_err();
+        assert!(e.to_string().contains("maximum is 25"), "{e}");
+
+        // CometChat has no mutes; WAHA has neither bans nor moderators.
+        let e = p
+            .apply(
+                &gid(),
+                &batch(OpKind::Mute, vec![Op::new(OpKind::Mute, m("alice"))]),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot mute"), "{e}");
+        let w = provider(Kind::Waha);
+        let e = w
+            .apply(
+                &gid(),
+                &batch(OpKind::Ban, vec![Op::new(OpKind::Ban, m("alice"))]),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot ban"), "{e}");
+        let e = w
+            .apply(
+                &gid(),
+                &batch(
+                    OpKind::Promote,
+                    vec![Op::new(OpKind::Promote, m("alice")).with_role(Role::Moderator)],
+                ),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("moderator"), "{e}");
+        // Refused calls change nothing and are not logged as sent.
+        assert!(p.log().is_empty() && w.log().is_empty());
+        assert_eq!(p.group("g").unwrap().members.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn fetches_fail_on_demand_and_then_recover() {
+        let p = provider(Kind::Tencent);
+        p.fail_next_fetches(2);
+        assert!(p.fetch(&gid()).await.is_err());
+        assert!(p.fetch(&gid()).await.is_err());
+        let live = p.fetch(&gid()).await.unwrap();
+        assert_eq!(live.members.len(), 2);
+        p.fail_fetches_of("g");
+        assert!(p.fetch(&gid()).await.is_err());
+        assert!(p.fetch(&GroupId("other".into())).await.is_err());
+        assert_eq!(p.requests().reads, 5);
+    }
+
+    #[tokio::test]
+    async fn bans_remove_the_member_and_unbans_lift_them() {
+        let p = provider(Kind::Tencent);
+        let out = p
+            .apply(
+                &gid(),
+                &batch(OpKind::Ban, vec![Op::new(OpKind::Ban, m("alice"))]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out[0].outcome, Outcome::Done);
+        let live = p.group("g").unwrap();
+        assert!(!live.members.contains_key(&m("alice")));
+        assert!(live.bans.as_ref().unwrap().contains(&m("alice")));
+        // A banned user cannot be added back until unbanned.
+        let add = batch(OpKind::Add, vec![Op::new(OpKind::Add, m("alice"))]);
+        let out = p.apply(&gid(), &add).await.unwrap();
+        assert!(matches!(&out[0].outcome, Outcome::Failed { code, .. } if code == "BANNED"));
+        let unban = batch(OpKind::Unban, vec![Op::new(OpKind::Unban, m("alice"))]);
+        assert_eq!(
+            p.apply(&gid(), &unban).await.unwrap()[0].outcome,
+            Outcome::Done
+        );
+        assert_eq!(
+            p.apply(&gid(), &unban).await.unwrap()[0].outcome,
+            Outcome::AlreadyDone
+        );
+        assert_eq!(
+            p.apply(&gid(), &add).await.unwrap()[0].outcome,
+            Outcome::Done
+        );
     }
 }

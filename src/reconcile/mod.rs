@@ -24,7 +24,9 @@ pub use progress::{LogProgress, Progress, TerminalProgress, default_progress};
 /// A provider instance's configuration and its client.
 #[derive(Clone)]
 pub struct Target {
+    /// The instance's settings (batch sizes, pacing).
     pub instance: Instance,
+    /// The client that reads and writes the instance's groups.
     pub provider: Arc<dyn Provider>,
 }
 
@@ -33,11 +35,13 @@ pub struct Target {
 pub struct RunOptions {
     /// Apply the plan (otherwise stop after planning).
     pub apply: bool,
+    /// Lift the mass-removal safety limit (SPEC: `--allow-mass-removal`).
     pub allow_mass_removal: bool,
     /// The clock, passed in: mutes are compared against it.
     pub now: SystemTime,
     /// Groups of one provider instance reconciled at the same time.
     pub per_instance_concurrency: usize,
+    /// Where apply progress is shown; `None` shows nothing.
     pub progress: Option<Arc<dyn Progress>>,
 }
 
@@ -72,21 +76,30 @@ pub enum GroupStatus {
 /// One operation's outcome for one member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OpOutcome {
+    /// The operation.
     pub kind: OpKind,
+    /// The member it was for.
     pub member: MemberId,
+    /// What the provider (or the engine, for skips) said.
     pub outcome: Outcome,
 }
 
 /// What happened to one group.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupReport {
+    /// The group's manifest name.
     pub group: String,
+    /// The provider instance name.
     pub provider: String,
+    /// The plan from the first read; `None` when the read failed.
     pub plan: Option<GroupPlan>,
+    /// Why the group could not be read (no secret or URL in it).
     pub error: Option<String>,
+    /// One entry per member per operation applied or skipped, in send order.
     pub outcomes: Vec<OpOutcome>,
     /// After apply: the plan computed from the re-read (empty = converged).
     pub drift: Option<GroupPlan>,
+    /// How the group ended.
     pub status: GroupStatus,
     /// Write calls sent for this group.
     pub calls: usize,
@@ -106,6 +119,7 @@ impl GroupReport {
         }
     }
 
+    /// Operations that failed or were skipped.
     pub fn failed_ops(&self) -> impl Iterator<Item = &OpOutcome> {
         self.outcomes.iter().filter(|o| !o.outcome.is_ok())
     }
@@ -114,6 +128,7 @@ impl GroupReport {
 /// The result of a run over many groups.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Per group, sorted by group name.
     pub groups: Vec<GroupReport>,
 }
 
@@ -413,10 +428,13 @@ fn pair(batch: &Batch, outcomes: Vec<MemberOutcome>) -> Vec<(Op, Outcome)> {
 }
 
 /// Tracks admins while a plan runs, so a failed admin add or promotion never lets later
-/// demotions or removals take the group below min(live admins, desired admins).
+/// demotions or removals take the group below min(live admins, desired admins). Without such
+/// a failure the plan's own end state already holds the desired admins, so nothing is held back.
 struct AdminFloor {
     admins: BTreeSet<MemberId>,
     floor: usize,
+    /// An add or promotion to admin failed earlier in this run.
+    tripped: bool,
 }
 
 impl AdminFloor {
@@ -431,13 +449,15 @@ impl AdminFloor {
         AdminFloor {
             floor: admins.len().min(desired),
             admins,
+            tripped: false,
         }
     }
 
     /// Split a batch into what may be sent and what must be skipped.
     fn filter(&self, batch: &Batch) -> (Batch, Vec<Op>) {
         let takes_admin = |op: &Op| {
-            matches!(op.kind, OpKind::Demote | OpKind::Remove | OpKind::Ban)
+            self.tripped
+                && matches!(op.kind, OpKind::Demote | OpKind::Remove | OpKind::Ban)
                 && self.admins.contains(&op.member)
         };
         let mut remaining = self.admins.len();
@@ -471,7 +491,11 @@ impl AdminFloor {
         }
     }
 
-    fn failed(&mut self, _op: &Op) {}
+    fn failed(&mut self, op: &Op) {
+        if matches!(op.kind, OpKind::Add | OpKind::Promote) && op.role == Some(Role::Admin) {
+            self.tripped = true;
+        }
+    }
 }
 
 /// How long a wait must be before it is worth telling the operator.

@@ -255,6 +255,34 @@ async fn a_failed_admin_add_keeps_the_admin_floor() {
 }
 
 #[tokio::test]
+async fn admins_are_replaced_when_every_admin_add_succeeds() {
+    let p = Arc::new(MemoryProvider::new(Kind::Cometchat));
+    p.set_group(
+        "g",
+        live(
+            "owner",
+            &[
+                ("owner", Role::Participant),
+                ("old1", Role::Admin),
+                ("old2", Role::Admin),
+            ],
+        ),
+    );
+    // One new admin for two old ones: the floor only guards against failed adds.
+    let g = desired("g", &[("owner", Role::Participant), ("new1", Role::Admin)]);
+    let report = run(&[g], &targets(p.clone()), &apply_opts(), None).await;
+    assert_eq!(report.exit_code(true, false), 0, "{report:?}");
+    let after = p.group("g").unwrap();
+    let admins: Vec<&MemberId> = after
+        .members
+        .iter()
+        .filter(|(_, r)| **r == Role::Admin)
+        .map(|(m, _)| m)
+        .collect();
+    assert_eq!(admins, vec![&m("new1")]);
+}
+
+#[tokio::test]
 async fn groups_of_one_instance_respect_the_concurrency_bound() {
     let p = Arc::new(MemoryProvider::new(Kind::Cometchat).with_latency(Duration::from_millis(20)));
     let groups: Vec<DesiredGroup> = (0..8)
