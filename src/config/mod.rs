@@ -54,6 +54,10 @@ pub struct Context {
     /// Instances whose entry has errors (already reported): groups using them are skipped
     /// rather than reported again as "unknown provider".
     pub broken_instances: BTreeSet<String>,
+    /// The kinds of the broken instances where `kind` itself was valid: their groups are still
+    /// checked against the kind (roles, ids, people), so one typo in rosterd.yaml does not hide
+    /// the manifests' own problems.
+    pub broken_kinds: BTreeMap<String, Kind>,
 }
 
 /// people.yaml, checked: ids per person and team members, team cycles already refused.
@@ -206,21 +210,36 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
 
     let mut instances = BTreeMap::new();
     let mut broken_instances = BTreeSet::new();
+    let mut broken_kinds = BTreeMap::new();
     for (name, entry) in &root_raw.providers {
         match instance(f, &root, name, entry, &mut diags) {
-            Some(inst) => {
+            Ok(inst) => {
                 instances.insert(name.clone(), inst);
             }
-            None => {
+            Err(kind) => {
                 broken_instances.insert(name.clone());
+                broken_kinds.extend(kind.map(|k| (name.clone(), k)));
             }
         }
     }
 
+    // Keys of a person's ids: every instance name (valid or not) and every kind, each with
+    // the kind whose id syntax applies.
+    let mut id_keys: BTreeMap<String, Kind> = Kind::ALL
+        .into_iter()
+        .map(|k| (k.as_str().to_string(), k))
+        .collect();
+    id_keys.extend(instances.iter().map(|(n, i)| (n.clone(), i.kind)));
+    id_keys.extend(broken_kinds.iter().map(|(n, k)| (n.clone(), *k)));
     let people = match &people_file {
         None => People::default(),
-        Some(pf) => match load_people(pf) {
-            Ok(p) => p,
+        // A people.yaml with semantic errors still serves the manifests' checks, so a wrong
+        // id of one person does not turn every other name into an error too.
+        Some(pf) => match people_of(pf, Some(&id_keys), &broken_instances) {
+            Ok((p, d)) => {
+                diags.extend(d);
+                p
+            }
             Err(d) => {
                 diags.extend(d);
                 People::default()
@@ -230,6 +249,7 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
 
     let ctx = Context {
         broken_instances,
+        broken_kinds,
         root_file: config_path.to_path_buf(),
         root: root.clone(),
         resync,
@@ -327,7 +347,7 @@ fn instance(
     name: &str,
     entry: &Spanned<BTreeMap<String, Spanned<serde_json::Value>>>,
     diags: &mut Diagnostics,
-) -> Option<Instance> {
+) -> Result<Instance, Option<Kind>> {
     let before = diags.len();
     let map = &entry.value;
     let at = |key: &str| map.get(key).map_or(pos(entry), pos);
@@ -335,20 +355,21 @@ fn instance(
         diags.push(Diagnostic::new(
             file,
             pos(entry),
-            format!("provider {name}: missing `kind` (one of cometchat, tencent, waha, bitrix24)"),
+            format!("provider {name}: missing `kind` (one of {})", kind_names()),
         ));
-        return None;
+        return Err(None);
     };
     let Some(kind) = kind_v.value.as_str().and_then(Kind::parse) else {
         diags.push(Diagnostic::new(
             file,
             pos(kind_v),
             format!(
-                "provider {name}: kind must be one of cometchat, tencent, waha, bitrix24, found {}",
+                "provider {name}: kind must be one of {}, found {}",
+                kind_names(),
                 kind_v.value
             ),
         ));
-        return None;
+        return Err(None);
     };
     let mut common = CommonSettings::default();
     let str_of = |key: &str, diags: &mut Diagnostics| -> Option<String> {
@@ -396,7 +417,8 @@ fn instance(
         }
     }
     for key in ["interval", "timeout"] {
-        if let Some(s) = str_of(key, diags) {
+        // A bare number (`interval: 5`) is a common slip; it gets the duration message too.
+        if let Some(s) = map.get(key).map(|v| scalar_text(&v.value)) {
             match humantime::parse_duration(&s) {
                 Ok(d) if key == "interval" => common.interval = Some(d),
                 Ok(d) if !d.is_zero() => common.timeout = Some(d),
@@ -405,11 +427,7 @@ fn instance(
         }
     }
     if let Some(v) = map.get("rate") {
-        let text = v
-            .value
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.value.to_string());
+        let text = scalar_text(&v.value);
         match parse_rate(&text) {
             Some(r) => common.rate = Some(r),
             None => diags.push(Diagnostic::new(file, pos(v), format!("provider {name}: rate: expected requests per time such as 10/s or 600/m, found {text:?}"))),
@@ -458,13 +476,6 @@ fn instance(
     let settings = match settings {
         Ok(s) => s,
         Err((key, msg)) => {
-            let msg = if msg.starts_with("unknown field") {
-                format!(
-                    "{msg} (or one of the common keys: base_url, batch_size, interval, rate, timeout, protected)"
-                )
-            } else {
-                msg
-            };
             let where_ = key.as_deref().map_or(pos(entry), at);
             let key = key.map(|k| format!("{k}: ")).unwrap_or_default();
             diags.push(Diagnostic::new(
@@ -472,7 +483,7 @@ fn instance(
                 where_,
                 format!("provider {name} ({kind}): {key}{msg}"),
             ));
-            return None;
+            return Err(Some(kind));
         }
     };
     if kind == Kind::Waha && common.base_url.is_none() {
@@ -483,14 +494,24 @@ fn instance(
         ));
     }
     if diags.len() > before {
-        return None;
+        return Err(Some(kind));
     }
-    Some(Instance {
+    Ok(Instance {
         name: name.to_string(),
         kind,
         common,
         settings,
     })
+}
+
+/// "cometchat, tencent, waha, bitrix24": every kind, so a new kind needs no edit here.
+fn kind_names() -> String {
+    Kind::ALL.map(Kind::as_str).join(", ")
+}
+
+/// A scalar as the text the user wrote: strings unquoted, numbers as digits.
+fn scalar_text(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
 /// Deserialize a kind's own keys; on error, the top-level key it concerns and the message.
@@ -500,16 +521,38 @@ fn settings<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.inner().to_string();
-        // Unknown keys are reported by name; point at them.
-        let key = inner
+        let unknown = inner
             .strip_prefix("unknown field `")
-            .and_then(|r| r.split('`').next())
-            .map(str::to_string)
-            .filter(|_| path == ".")
-            .or_else(|| {
-                (path != ".").then(|| path.split(['.', '[']).next().unwrap_or("").to_string())
-            });
-        (key.filter(|k| !k.is_empty()), inner)
+            .and_then(|r| r.split('`').next());
+        // serde_path_to_error ends the path of an unknown key with that key, which the
+        // message names already.
+        let parent = match unknown {
+            Some(_) => path.rsplit_once('.').map_or("", |(p, _)| p),
+            None if path == "." => "",
+            None => &path,
+        };
+        if parent.is_empty() {
+            // A top-level unknown key: point at it. The kind's keys are not the only ones
+            // accepted, so the list names the common keys too.
+            let msg = if unknown.is_some() {
+                format!(
+                    "{inner} (or one of the common keys: base_url, batch_size, interval, rate, timeout, protected)"
+                )
+            } else {
+                inner.clone()
+            };
+            return (unknown.map(str::to_string), msg);
+        }
+        // Nested keys (`oauth.client_id`) point at their top-level key, the finest position
+        // kept for a kind's own keys; the message names the rest of the path.
+        let top = parent.split(['.', '[']).next().unwrap_or("").to_string();
+        let rest = parent.get(top.len()..).unwrap_or("").trim_start_matches('.');
+        let msg = if rest.is_empty() {
+            inner
+        } else {
+            format!("{rest}: {inner}")
+        };
+        (Some(top).filter(|k| !k.is_empty()), msg)
     })
 }
 
@@ -535,8 +578,21 @@ fn root_secret_files(v: serde_json::Value, root: &Path) -> serde_json::Value {
     }
 }
 
-/// people.yaml: ids per person, team members, and no team cycles.
+/// people.yaml on its own: ids per person, team members, and no team cycles. Ids are not
+/// checked against provider kinds here (that needs rosterd.yaml; [`load_context`] does it).
 pub fn load_people(path: &Path) -> Result<People, Diagnostics> {
+    let (people, diags) = people_of(path, None, &BTreeSet::new())?;
+    diags.into_result(people)
+}
+
+/// people.yaml as far as it could be read, and its problems. With `id_keys` (instance and
+/// kind names -> the kind whose syntax applies), every id is checked and unknown keys are
+/// refused. `Err` only when the file cannot be read or parsed.
+fn people_of(
+    path: &Path,
+    id_keys: Option<&BTreeMap<String, Kind>>,
+    broken_instances: &BTreeSet<String>,
+) -> Result<(People, Diagnostics), Diagnostics> {
     let text = read(path)?;
     let raw: RawPeople = if text.trim().is_empty() {
         RawPeople::default()
@@ -552,6 +608,28 @@ pub fn load_people(path: &Path) -> Result<People, Diagnostics> {
                 pos(ids),
                 format!("person {name:?}: names must not start with @ (that marks a team)"),
             ));
+        }
+        for (key, id) in ids.value.iter().filter(|_| id_keys.is_some()) {
+            match id_keys.and_then(|k| k.get(key)) {
+                Some(kind) => {
+                    if let Err(e) = kind.normalize_member(&id.value.text()) {
+                        diags.push(Diagnostic::new(
+                            path,
+                            pos(id),
+                            format!("person {name}: {key}: expected {e}"),
+                        ));
+                    }
+                }
+                None if broken_instances.contains(key) => {}
+                None => diags.push(Diagnostic::new(
+                    path,
+                    pos(id),
+                    format!(
+                        "person {name}: {key:?} is neither a provider instance of rosterd.yaml nor a provider kind ({})",
+                        kind_names()
+                    ),
+                )),
+            }
         }
         let m: BTreeMap<String, String> = ids
             .value
@@ -603,7 +681,7 @@ pub fn load_people(path: &Path) -> Result<People, Diagnostics> {
             ));
         }
     }
-    diags.into_result(people)
+    Ok((people, diags))
 }
 
 fn find_cycle(
@@ -696,10 +774,17 @@ fn group(
             "group: expected a non-empty name",
         ));
     }
-    if ctx.broken_instances.contains(&doc.provider.value) {
-        return None;
-    }
-    let Some(inst) = ctx.instances.get(&doc.provider.value) else {
+    // A broken instance was reported in rosterd.yaml; its groups are still checked against
+    // its kind when the kind is known, and produce no group.
+    let inst = ctx.instances.get(&doc.provider.value);
+    let kind = match (inst, ctx.broken_kinds.get(&doc.provider.value)) {
+        (Some(i), _) => Some(i.kind),
+        (None, Some(k)) => Some(*k),
+        (None, None) if ctx.broken_instances.contains(&doc.provider.value) => return None,
+        (None, None) => None,
+    };
+    let inst_name = doc.provider.value.as_str();
+    let Some(kind) = kind else {
         let known: BTreeSet<&str> = ctx
             .instances
             .keys()
@@ -722,7 +807,6 @@ fn group(
         ));
         return None;
     };
-    let kind = inst.kind;
     let caps = kind.capabilities();
     let id = match kind.normalize_group(&doc.id.value.text()) {
         Ok(id) => id,
@@ -738,7 +822,8 @@ fn group(
     let resolver = Resolver {
         file,
         ctx,
-        inst,
+        instance: inst_name,
+        kind,
         group: &name,
     };
 
@@ -753,7 +838,7 @@ fn group(
         if !caps.supports_role(role) && !list.value.is_empty() {
             diags.push(Diagnostic::new(file, pos(list), format!(
                 "group {name}: provider {} ({kind}) has no {role} role; `{key}` cannot be used here",
-                inst.name
+                inst_name
             )));
             continue;
         }
@@ -788,7 +873,7 @@ fn group(
                 pos(list),
                 format!(
                     "group {name}: provider {} ({kind}) cannot ban members; remove `bans`",
-                    inst.name
+                    inst_name
                 ),
             ));
             return None;
@@ -811,7 +896,7 @@ fn group(
 
     let mutes = doc.mutes.as_ref().and_then(|list| {
         if caps.mutes == MuteSupport::No {
-            diags.push(Diagnostic::new(file, pos(list), format!("group {name}: provider {} ({kind}) cannot mute members; remove `mutes`", inst.name)));
+            diags.push(Diagnostic::new(file, pos(list), format!("group {name}: provider {} ({kind}) cannot mute members; remove `mutes`", inst_name)));
             return None;
         }
         let mut map = BTreeMap::new();
@@ -821,7 +906,7 @@ fn group(
                 Some(u) => match parse_time(&u.value) {
                     Some(t) if caps.mutes == MuteSupport::Timed => Mute::Until(t),
                     Some(_) => {
-                        diags.push(Diagnostic::new(file, pos(u), format!("group {name}: provider {} ({kind}) mutes only indefinitely; remove `until`", inst.name)));
+                        diags.push(Diagnostic::new(file, pos(u), format!("group {name}: provider {} ({kind}) mutes only indefinitely; remove `until`", inst_name)));
                         continue;
                     }
                     None => {
@@ -847,6 +932,7 @@ fn group(
     if diags.len() > before {
         return None;
     }
+    let inst = inst?;
     let (line, col) = pos(&doc.group);
     Some(DesiredGroup {
         name,
@@ -879,7 +965,9 @@ fn parse_time(s: &str) -> Option<SystemTime> {
 struct Resolver<'a> {
     file: &'a Path,
     ctx: &'a Context,
-    inst: &'a Instance,
+    /// The provider instance's name and kind.
+    instance: &'a str,
+    kind: Kind,
     group: &'a str,
 }
 
@@ -898,7 +986,7 @@ impl Resolver<'_> {
         out: &mut Vec<MemberId>,
         depth: usize,
     ) {
-        let kind = self.inst.kind;
+        let kind = self.kind;
         if let Some(team) = text.strip_prefix('@') {
             let Some(members) = self.ctx.people.teams.get(team) else {
                 diags.push(Diagnostic::new(
@@ -917,7 +1005,7 @@ impl Resolver<'_> {
             return;
         }
         if let Some(ids) = self.ctx.people.people.get(text) {
-            let id = ids.get(&self.inst.name).or_else(|| ids.get(kind.as_str()));
+            let id = ids.get(self.instance).or_else(|| ids.get(kind.as_str()));
             match id {
                 Some(id) => match kind.normalize_member(id) {
                     Ok(m) => out.push(m),
@@ -927,7 +1015,7 @@ impl Resolver<'_> {
                 },
                 None => diags.push(Diagnostic::new(self.file, pos(at), format!(
                     "group {}: person {text} has no id for provider instance {} or kind {kind} in people.yaml",
-                    self.group, self.inst.name
+                    self.group, self.instance
                 ))),
             }
             return;

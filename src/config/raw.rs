@@ -40,7 +40,7 @@ pub enum OneOrMany {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(
     untagged,
-    expecting = "max_removals: expected a count or a percentage such as \"10%\""
+    expecting = "expected a count or a percentage such as \"10%\""
 )]
 pub enum RawLimit {
     Count(u64),

@@ -173,3 +173,53 @@ fn rates_parse_in_several_units() {
     assert_eq!(parse_rate("fast"), None);
     assert_eq!(parse_rate("0/s"), None);
 }
+
+#[test]
+fn type_errors_name_their_key_and_a_broken_instance_hides_no_group_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[
+            (
+                "rosterd.yaml",
+                "manifests: groups/\npeople: people.yaml\nproviders:\n  cc:\n    kind: cometchat\n    app_id: a\n    region: eu\n    api_key: { env: K }\n    interval: 5\n  b24:\n    kind: bitrix24\n    oauth: { client_id: x, bogus: 1 }\n",
+            ),
+            (
+                "people.yaml",
+                "people:\n  alice: { cometchat: alice, slack: x }\n  bob: { cometchat: \"b o b\" }\n",
+            ),
+            (
+                "groups/g.yaml",
+                "group: g1\nprovider: cc\nid: g1\nadmins: alice\n---\ngroup: g2\nprovider: cc\nid: g2\nparticipants: [alice, [x]]\n---\ngroup: g3\nprovider: cc\nid: g3\nparticipants: [alice]\nmutes: []\n---\ngroup: g4\nprovider: b24\nid: chat1\nmoderators: [5]\nmutes:\n  - { member: 5, untill: 2030-01-01T00:00:00Z }\n",
+            ),
+        ],
+    );
+    let text = diags_text(&load(&cfg).unwrap_err(), dir.path());
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn people_ids_are_checked_against_their_kind_even_when_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[
+            ("rosterd.yaml", ROOT),
+            (
+                "people.yaml",
+                "people:\n  alice: { cometchat: alice }\n  eve: { tim: \"bad id with spaces\" }\n",
+            ),
+            (
+                "groups/g.yaml",
+                "group: g\nprovider: cc\nid: g\nadmins: [alice]\n",
+            ),
+        ],
+    );
+    let d = load(&cfg).unwrap_err();
+    assert_eq!(d.len(), 1, "{d}");
+    assert!(
+        d.0[0].file.ends_with("people.yaml") && d.0[0].line == 3,
+        "{d}"
+    );
+    assert!(d.to_string().contains("person eve: tim: expected"), "{d}");
+}

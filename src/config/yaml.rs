@@ -14,7 +14,7 @@ pub struct YamlError {
     pub message: String,
 }
 
-fn convert(e: serde_saphyr::Error) -> YamlError {
+fn convert(e: serde_saphyr::Error, path: Option<String>) -> YamlError {
     let (line, column) = e
         .location()
         .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
@@ -24,7 +24,13 @@ fn convert(e: serde_saphyr::Error) -> YamlError {
         Some(i) => text[..i].to_string(),
         None => text,
     };
-    let message = message.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    let message = plain(&message.replace(", set DuplicateKeyPolicy in Options if acceptable", ""));
+    // Type errors name the key they concern: "admins: expected a list" beats "expected a list"
+    // when a line holds several keys (flow mappings).
+    let message = match path {
+        Some(p) if !message.starts_with("duplicate mapping key") => format!("{p}: {message}"),
+        _ => message,
+    };
     YamlError {
         line,
         column,
@@ -32,9 +38,54 @@ fn convert(e: serde_saphyr::Error) -> YamlError {
     }
 }
 
+/// The parser's vocabulary in the words of the files' readers.
+fn plain(message: &str) -> String {
+    match message {
+        "expected sequence start" => "expected a list".to_string(),
+        "expected mapping start" => "expected a mapping (key: value)".to_string(),
+        "expected string scalar" | "expected scalar" => "expected a single value".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The key path of an error (`participants[1]`), without the fields `Spanned` adds; `None` at
+/// the top of the document.
+fn key_path(path: &serde_path_to_error::Path, unknown_field: bool) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    let segments: Vec<&Segment> = path.iter().collect();
+    // The path of an unknown key ends with that key, which the message names already.
+    let keep = segments.len() - usize::from(unknown_field && !segments.is_empty());
+    for seg in &segments[..keep] {
+        match seg {
+            Segment::Map { key } if matches!(key.as_str(), "value" | "referenced" | "span") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Unknown => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// Parse one YAML document.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    serde_saphyr::from_str(text).map_err(convert)
+    let mut path = None;
+    serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let unknown = matches!(
+                e.inner().without_snippet(),
+                serde_saphyr::Error::SerdeUnknownField { .. }
+            );
+            path = key_path(e.path(), unknown);
+            e.into_inner()
+        })
+    })
+    .map_err(|e| convert(e, path))
 }
 
 /// Parse every document of a multi-document file (`---` separated). Each document is parsed
@@ -68,7 +119,7 @@ pub fn from_str_multi<T: DeserializeOwned>(text: &str) -> Vec<Result<T, YamlErro
         }
         // Blank lines in front keep every line number that of the whole file.
         let padded = "\n".repeat(start) + &body;
-        out.push(serde_saphyr::from_str::<T>(&padded).map_err(convert));
+        out.push(from_str::<T>(&padded));
     }
     out
 }
