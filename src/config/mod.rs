@@ -93,6 +93,7 @@ pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
         }
         groups.extend(gs);
     }
+    diags.extend(check_unique_targets(&groups));
     let mut files = vec![ctx.root_file.clone()];
     files.extend(ctx.people_file.clone());
     files.extend(ctx.manifest_files.iter().cloned());
@@ -106,6 +107,41 @@ pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
         groups,
         files,
     })
+}
+
+/// Two manifests that manage the same provider group would undo each other's changes on every
+/// run, so each (provider instance, group id) may be declared once. The daemon, which loads
+/// files one by one, runs this over the groups of all files.
+pub fn check_unique_targets(groups: &[DesiredGroup]) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let mut seen: BTreeMap<(&str, &str), &DesiredGroup> = BTreeMap::new();
+    for g in groups {
+        match seen.get(&(g.provider.as_str(), g.id.as_str())) {
+            Some(first) => {
+                let (file, at) = split_source(&g.source);
+                diags.push(Diagnostic::new(
+                    &file,
+                    at,
+                    format!(
+                        "group {}: provider {} group {} is already managed by group {} at {}",
+                        g.name, g.provider, g.id, first.name, first.source
+                    ),
+                ));
+            }
+            None => {
+                seen.insert((g.provider.as_str(), g.id.as_str()), g);
+            }
+        }
+    }
+    diags
+}
+
+/// `file:line:col` (as [`DesiredGroup::source`] holds it) back into its parts.
+fn split_source(source: &str) -> (PathBuf, (u64, u64)) {
+    let mut parts = source.rsplitn(3, ':');
+    let col = parts.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+    let line = parts.next().and_then(|l| l.parse().ok()).unwrap_or(1);
+    (PathBuf::from(parts.next().unwrap_or(source)), (line, col))
 }
 
 fn read(path: &Path) -> Result<String, Diagnostics> {

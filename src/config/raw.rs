@@ -8,20 +8,53 @@ use serde::Deserialize;
 
 use super::yaml::Spanned;
 
-/// A YAML value used as a provider id: a string, or a number (Bitrix24 user ids).
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(untagged, expecting = "expected an id: a string or a number")]
-pub enum IdValue {
-    Text(String),
-    Number(u64),
-}
+/// A YAML scalar used as a provider id, kept exactly as written: `17` (Bitrix24), `007`,
+/// `+491512345678` and `no` stay the text the user typed, where a typed read would make them
+/// 7, a phone number without its `+`, or `false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdValue(pub String);
 
 impl IdValue {
     pub fn text(&self) -> String {
-        match self {
-            IdValue::Text(s) => s.clone(),
-            IdValue::Number(n) => n.to_string(),
+        self.0.clone()
+    }
+}
+
+impl<'de> Deserialize<'de> for IdValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IdValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an id: a string or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdValue, E> {
+                Ok(IdValue(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<IdValue, E> {
+                Ok(IdValue(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IdValue, E> {
+                Ok(IdValue(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IdValue, E> {
+                Ok(IdValue(v.to_string()))
+            }
         }
+        // Asking for a string makes the YAML parser hand over the scalar's source text.
+        d.deserialize_str(V)
+    }
+}
+
+impl JsonSchema for IdValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IdValue".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A person of people.yaml, a @team, or a raw provider id",
+            "type": ["string", "integer"]
+        })
     }
 }
 

@@ -223,3 +223,48 @@ fn people_ids_are_checked_against_their_kind_even_when_unused() {
     );
     assert!(d.to_string().contains("person eve: tim: expected"), "{d}");
 }
+
+#[test]
+fn one_provider_group_is_managed_by_one_manifest_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[
+            ("rosterd.yaml", ROOT),
+            ("people.yaml", "people: {}\n"),
+            (
+                "groups/a.yaml",
+                "group: first\nprovider: cc\nid: shared\nparticipants: [x]\n",
+            ),
+            (
+                "groups/b.yaml",
+                "# the same CometChat group, id written in capitals\ngroup: second\nprovider: cc\nid: SHARED\nparticipants: [y]\n---\ngroup: third\nprovider: tim\nid: shared\n",
+            ),
+        ],
+    );
+    let text = diags_text(&load(&cfg).unwrap_err(), dir.path());
+    assert_eq!(
+        text,
+        "groups/b.yaml:2:8: error: group second: provider cc group shared is already managed by group first at groups/a.yaml:1:8\n",
+        "the same id on another instance is another group"
+    );
+}
+
+#[test]
+fn ids_are_kept_as_written_not_as_yaml_numbers_or_booleans() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[
+            ("rosterd.yaml", ROOT),
+            ("people.yaml", "people:\n  bond: { tencent: 007 }\n"),
+            (
+                "groups/g.yaml",
+                "group: g\nprovider: tim\nid: g\nadmins: [bond]\nparticipants: [no, y, 0042, on]\n",
+            ),
+        ],
+    );
+    let c = load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let ids: Vec<&str> = c.groups[0].members.keys().map(|m| m.as_str()).collect();
+    assert_eq!(ids, ["0042", "007", "no", "on", "y"]);
+}

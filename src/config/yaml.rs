@@ -43,7 +43,12 @@ fn plain(message: &str) -> String {
     match message {
         "expected sequence start" => "expected a list".to_string(),
         "expected mapping start" => "expected a mapping (key: value)".to_string(),
-        "expected string scalar" | "expected scalar" => "expected a single value".to_string(),
+        "expected string scalar" | "expected scalar" => {
+            "expected a single value, not a list or a mapping".to_string()
+        }
+        "cannot deserialize null into string; use Option<String>" => {
+            "expected a value, found nothing".to_string()
+        }
         other => other.to_string(),
     }
 }
@@ -72,10 +77,16 @@ fn key_path(path: &serde_path_to_error::Path, unknown_field: bool) -> Option<Str
     (!out.is_empty()).then_some(out)
 }
 
+/// YAML 1.2 booleans only: a member called `no` or `y` is a name, not `false` (the "Norway
+/// problem" of YAML 1.1). Nothing in the files is a boolean.
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
 /// Parse one YAML document.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     let mut path = None;
-    serde_saphyr::with_deserializer_from_str(text, |de| {
+    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let unknown = matches!(
                 e.inner().without_snippet(),
@@ -96,7 +107,7 @@ pub fn from_str_multi<T: DeserializeOwned>(text: &str) -> Vec<Result<T, YamlErro
         return Vec::new();
     }
     // The common case, a valid file, takes one pass.
-    if let Ok(all) = serde_saphyr::from_multiple::<T>(text) {
+    if let Ok(all) = serde_saphyr::from_multiple_with_options::<T>(text, options()) {
         return all.into_iter().map(Ok).collect();
     }
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
