@@ -23,15 +23,25 @@ fn diags_text(d: &Diagnostics, base: &Path) -> String {
 
 #[test]
 fn the_demo_tree_and_every_example_load() {
-    for path in [
-        "manifests/rosterd.yaml",
-        "examples/tencent/rosterd.yaml",
-        "examples/waha/rosterd.yaml",
-        "examples/bitrix24/rosterd.yaml",
-    ] {
-        let cfg = load(Path::new(path)).unwrap_or_else(|d| panic!("{path}:\n{d}"));
-        assert!(!cfg.groups.is_empty(), "{path} declares groups");
+    // Every example folder with a rosterd.yaml is covered, including ones added later.
+    let mut paths = vec![PathBuf::from("manifests/rosterd.yaml")];
+    for e in std::fs::read_dir("examples").unwrap() {
+        let p = e.unwrap().path().join("rosterd.yaml");
+        if p.is_file() {
+            paths.push(p);
+        }
     }
+    let mut kinds = std::collections::BTreeSet::new();
+    for path in &paths {
+        let cfg = load(path).unwrap_or_else(|d| panic!("{}:\n{d}", path.display()));
+        assert!(!cfg.groups.is_empty(), "{} declares groups", path.display());
+        kinds.extend(cfg.instances.values().map(|i| i.kind));
+    }
+    assert_eq!(
+        kinds.len(),
+        crate::provider::Kind::ALL.len(),
+        "an example for every provider kind"
+    );
 }
 
 #[test]
