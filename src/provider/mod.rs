@@ -359,7 +359,8 @@ impl Instance {
 pub fn build(instance: &Instance) -> Result<std::sync::Arc<dyn Provider>, ProviderError> {
     match &instance.settings {
         KindSettings::Cometchat(_) => Ok(std::sync::Arc::new(cometchat::CometChat::new(instance)?)),
-        KindSettings::Tencent(_) | KindSettings::Waha(_) | KindSettings::Bitrix24(_) => {
+        KindSettings::Waha(_) => Ok(std::sync::Arc::new(waha::Waha::new(instance)?)),
+        KindSettings::Tencent(_) | KindSettings::Bitrix24(_) => {
             Err(ProviderError::fatal(format!(
                 "provider {}: the {} client is not available in this build",
                 instance.name, instance.kind

@@ -1,9 +1,39 @@
 //! WhatsApp through a WAHA server. See `shared/providers/waha.md`.
+//!
+//! WAHA is a thin HTTP layer over an unofficial WhatsApp client ("engine"), so three things
+//! shape this module:
+//! - the account: every call acts as one linked WhatsApp account (the session's `me`). The
+//!   session is checked once per client before any group is touched, because a session that is
+//!   not `WORKING` makes every group call wait ~15 s and then fail (waha.md §2);
+//! - ids: manifests name phone numbers (`<digits>@c.us`), while WhatsApp lists many members under
+//!   hidden `@lid` ids. Live members are matched to phones through the listing's `pn`, the
+//!   session's own lid and the lids API; a member whose phone stays unknown is reported in
+//!   [`LiveGroup::unresolved`] and never removed as unlisted (waha.md §6.4);
+//! - pacing: WAHA has no rate limiter, WhatsApp does, and it punishes fast adds (waha.md §5).
+//!   The defaults below are deliberately slow; `interval`, `rate` and `batch_size` override them.
+//!
+//! Retrying, pacing and cooldowns live in [`crate::provider::http`]; this module classifies
+//! answers (a `rate-overlimit` inside a 500 is a throttle, not a fault) and parses each engine's
+//! per-member results.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_json::{Value, json};
 
-use crate::config::secret::SecretRef;
+use crate::config::secret::{Secret, SecretRef};
+use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Role};
+use crate::provider::http::{Call, HttpClient, HttpOptions, Response};
+use crate::provider::{
+    Capabilities, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError, RequestCounts,
+};
 
 /// WAHA's own keys in a `providers:` entry (`base_url` is a common key and required here).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -17,4 +47,976 @@ pub struct Settings {
 
 fn default_session() -> String {
     "default".to_string()
+}
+
+/// Pause between two write calls when the instance sets no `interval`. A community report on
+/// whatsapp-web.js found ~10 s between adds sustainable for 100+ adds, while ~4 quick adds
+/// already drew `rate-overlimit` (waha.md §5).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Members per add call when the instance sets no `batch_size`: one, so that with
+/// [`DEFAULT_INTERVAL`] adds go out at the one-per-10-s pace the report found sustainable.
+/// Each member of a WEBJS add call is a separate quick add inside WhatsApp (waha.md §3.6).
+pub const DEFAULT_ADD_BATCH: usize = 1;
+
+/// Cap on requests per second (reads included) when the instance sets no `rate`: NOWEB without
+/// its store fetches every group from WhatsApp on each listing, so reads can trip the limit too.
+pub const DEFAULT_RATE: f64 = 2.0;
+
+/// Per-request timeout when the instance sets none: the session gate alone may hold a call
+/// ~15 s, and a WEBJS add takes ~0.5-1 s per member (waha.md §2, §3.6, §5).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The first pause after a `rate-overlimit`; it doubles on each further one in a row.
+pub const DEFAULT_THROTTLE_COOLDOWN: Duration = Duration::from_secs(60);
+
+/// The longest pause after repeated `rate-overlimit` answers (waha.md §5: cap ~15 min).
+pub const MAX_THROTTLE_COOLDOWN: Duration = Duration::from_secs(15 * 60);
+
+/// The most members a WhatsApp group holds.
+pub const MAX_GROUP_SIZE: usize = 1024;
+
+/// The client library inside WAHA; bodies of legacy listings and writes differ per engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Webjs,
+    Noweb,
+    Gows,
+    Wpp,
+    Other,
+}
+
+impl Engine {
+    fn parse(s: &str) -> Engine {
+        match s.to_ascii_uppercase().as_str() {
+            "WEBJS" => Engine::Webjs,
+            "NOWEB" => Engine::Noweb,
+            "GOWS" => Engine::Gows,
+            "WPP" => Engine::Wpp,
+            _ => Engine::Other,
+        }
+    }
+}
+
+/// The account a session acts as, learnt once per client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// `me.id` as `<digits>@c.us`.
+    pub me: MemberId,
+    /// `me.lid` as `<digits>@lid`, on servers that report it.
+    pub lid: Option<String>,
+    pub engine: Engine,
+}
+
+/// What the last listing of a group taught us: the id to send for each member (WEBJS looks
+/// members up by the exact listed id and silently skips others, waha.md §6.4) and whether the
+/// account may write at all.
+#[derive(Debug, Clone, Default)]
+struct GroupIds {
+    send_as: HashMap<MemberId, String>,
+    me_admin: bool,
+}
+
+const V2_UNKNOWN: u8 = 0;
+const V2_YES: u8 = 1;
+const V2_NO: u8 = 2;
+
+/// A WAHA client for one provider instance (one session, one WhatsApp account).
+pub struct Waha {
+    instance: String,
+    base: reqwest::Url,
+    session: String,
+    api_key: Secret,
+    http: HttpClient,
+    add_batch: usize,
+    throttle_cooldown: Duration,
+    /// `rate-overlimit` answers in a row, for the doubling cooldown.
+    throttle_streak: AtomicU32,
+    account: tokio::sync::OnceCell<Account>,
+    groups: Mutex<HashMap<GroupId, GroupIds>>,
+    /// Whether the server has the v2 participants listing (2025.11+).
+    v2: AtomicU8,
+    /// Whether the server has the lids API (2025.5+); cleared on its first 404.
+    lids_api: AtomicBool,
+}
+
+impl std::fmt::Debug for Waha {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waha")
+            .field("instance", &self.instance)
+            .field("session", &self.session)
+            .field("api_key", &self.api_key)
+            .field("add_batch", &self.add_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Waha {
+    /// Build the client of a `waha` instance, resolving its API key now.
+    pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
+        let settings = settings_of(instance)?;
+        let key = settings.api_key.resolve().map_err(|e| {
+            ProviderError::fatal(format!("provider {}: api_key: {e}", instance.name))
+        })?;
+        Self::with_key(instance, key)
+    }
+
+    /// Build the client with an already resolved key (the demo and tests hand one in).
+    pub fn with_key(instance: &Instance, api_key: Secret) -> Result<Self, ProviderError> {
+        let settings = settings_of(instance)?;
+        let base = base_url(&instance.name, instance.common.base_url.as_deref())?;
+        let session = settings.session.trim().to_string();
+        if session.is_empty() {
+            return Err(ProviderError::fatal(format!(
+                "provider {}: session must not be empty",
+                instance.name
+            )));
+        }
+        let http = HttpClient::new(http_options(instance))?;
+        Ok(Waha {
+            instance: instance.name.clone(),
+            base,
+            session,
+            api_key,
+            http,
+            add_batch: add_batch(instance),
+            throttle_cooldown: DEFAULT_THROTTLE_COOLDOWN,
+            throttle_streak: AtomicU32::new(0),
+            account: tokio::sync::OnceCell::new(),
+            groups: Mutex::new(HashMap::new()),
+            v2: AtomicU8::new(V2_UNKNOWN),
+            lids_api: AtomicBool::new(true),
+        })
+    }
+
+    /// Start the pause after a `rate-overlimit` at `d` instead of a minute (the demo and tests
+    /// run against an emulator whose limit resets in milliseconds).
+    pub fn with_throttle_cooldown(mut self, d: Duration) -> Self {
+        self.throttle_cooldown = d;
+        self
+    }
+
+    /// The account and engine of the session, checking it once per client (see [`Account`]).
+    pub async fn account(&self) -> Result<&Account, ProviderError> {
+        self.account.get_or_try_init(|| self.check_session()).await
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> String {
+        let mut url = self.base.clone();
+        {
+            // The base was checked to be a hierarchical http(s) URL in `base_url`.
+            let mut path = url.path_segments_mut().expect("base URL can have a path");
+            path.pop_if_empty();
+            path.extend(segments);
+        }
+        if !query.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        url.into()
+    }
+
+    fn group_url(&self, group: &GroupId, tail: &[&str]) -> String {
+        let mut segs = vec!["api", self.session.as_str(), "groups", group.as_str()];
+        segs.extend_from_slice(tail);
+        self.url(&segs, &[])
+    }
+
+    fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        // A key that cannot be a header value fails in `check_key`; its value is never echoed.
+        if let Ok(mut v) = HeaderValue::from_str(self.api_key.expose()) {
+            v.set_sensitive(true);
+            h.insert("x-api-key", v);
+        }
+        h
+    }
+
+    fn check_key(&self) -> Result<(), ProviderError> {
+        if HeaderValue::from_str(self.api_key.expose()).is_err() {
+            return Err(ProviderError::fatal(format!(
+                "provider {}: the api_key holds characters that cannot be sent in a header",
+                self.instance
+            )));
+        }
+        Ok(())
+    }
+
+    fn call(&self, method: Method, url: String, body: Option<Value>, kind: Option<OpKind>) -> Call {
+        let write = kind.is_some();
+        Call {
+            method,
+            url,
+            headers: self.headers(),
+            body,
+            write,
+            idempotent: kind.is_none_or(|k| (Kind::Waha.capabilities().idempotent)(k)),
+            label: kind.map_or("read", |k| match k {
+                OpKind::Add => "add",
+                OpKind::Remove => "remove",
+                OpKind::Promote => "promote",
+                OpKind::Demote => "demote",
+                _ => "write",
+            }),
+        }
+    }
+
+    /// Classify a non-2xx answer, turning `rate-overlimit` into a throttle whose cooldown
+    /// doubles while WhatsApp keeps refusing.
+    fn error(&self, r: &Response, label: &str) -> ProviderError {
+        let mut e = classify_error(r, label);
+        if e.class == ErrorClass::Throttled {
+            let streak = self.throttle_streak.fetch_add(1, Ordering::Relaxed).min(16);
+            let wait = self
+                .throttle_cooldown
+                .saturating_mul(1u32 << streak)
+                .min(MAX_THROTTLE_COOLDOWN.max(self.throttle_cooldown));
+            e.retry_after = Some(wait);
+        }
+        e
+    }
+
+    fn ok(&self) {
+        self.throttle_streak.store(0, Ordering::Relaxed);
+    }
+
+    async fn check_session(&self) -> Result<Account, ProviderError> {
+        self.check_key()?;
+        let url = self.url(&["api", "sessions", &self.session], &[]);
+        let session = self.session.clone();
+        let name = self.instance.clone();
+        let info: SessionInfo = self
+            .http
+            .call(self.call(Method::GET, url, None, None), |r| {
+                if r.status == 404 || r.status == 422 {
+                    return Err(ProviderError::fatal(format!(
+                        "provider {name}: WAHA has no session {session:?} (WAHA Core serves only \"default\"): {}",
+                        short_message(r)
+                    )));
+                }
+                if !is_success(r.status) {
+                    return Err(self.error(r, "read session"));
+                }
+                r.json()
+            })
+            .await?;
+        let status = info.status.unwrap_or_default();
+        if status != "WORKING" {
+            let hint = match status.as_str() {
+                "SCAN_QR_CODE" => "link the phone by scanning the QR code",
+                "STARTING" => "it is starting; try again shortly",
+                "STOPPED" => "start the session",
+                "FAILED" => "restart the session (and check the phone is still linked)",
+                _ => "check the session in WAHA",
+            };
+            let err = format!(
+                "provider {}: WAHA session {:?} is {status}, not WORKING: {hint}; no group of this instance is read or changed",
+                self.instance, self.session
+            );
+            return Err(if status == "STARTING" {
+                ProviderError::transient(err)
+            } else {
+                ProviderError::fatal(err)
+            }
+            .with_code(format!("session-{}", status.to_ascii_lowercase())));
+        }
+        let me = info.me.ok_or_else(|| {
+            ProviderError::fatal(format!(
+                "provider {}: WAHA session {:?} reports no account (me); link a phone first",
+                self.instance, self.session
+            ))
+        })?;
+        let me_id = jid(&me.id)
+            .filter(|j| j.server == Server::Phone)
+            .ok_or_else(|| {
+                ProviderError::fatal(format!(
+                    "provider {}: WAHA session {:?} reports an unusable account id {:?}",
+                    self.instance, self.session, me.id
+                ))
+            })?;
+        let lid = me
+            .lid
+            .as_deref()
+            .and_then(jid)
+            .filter(|j| j.server == Server::Lid)
+            .map(|j| j.to_string());
+        let engine = info
+            .engine
+            .and_then(|e| e.engine)
+            .map_or(Engine::Other, |e| Engine::parse(&e));
+        tracing::debug!(instance = %self.instance, ?engine, "WAHA session is working");
+        Ok(Account {
+            me: MemberId(me_id.to_string()),
+            lid,
+            engine,
+        })
+    }
+
+    /// The participant rows of a group: the v2 listing when the server has it, else the
+    /// engine's legacy listing.
+    async fn list(&self, group: &GroupId) -> Result<Vec<Row>, ProviderError> {
+        if self.v2.load(Ordering::Relaxed) != V2_NO {
+            let url = self.group_url(group, &["participants", "v2"]);
+            let got = self
+                .http
+                .call(self.call(Method::GET, url, None, None), |r| {
+                    if r.status == 404 && is_missing_route(r) {
+                        return Ok(None);
+                    }
+                    if !is_success(r.status) {
+                        return Err(self.error(r, "list participants"));
+                    }
+                    let rows: Vec<Value> = r.json()?;
+                    rows.iter()
+                        .map(parse_row)
+                        .collect::<Result<_, _>>()
+                        .map(Some)
+                })
+                .await?;
+            match got {
+                Some(rows) => {
+                    self.v2.store(V2_YES, Ordering::Relaxed);
+                    self.ok();
+                    return Ok(rows);
+                }
+                None => self.v2.store(V2_NO, Ordering::Relaxed),
+            }
+        }
+        let url = self.group_url(group, &["participants"]);
+        let rows = self
+            .http
+            .call(self.call(Method::GET, url, None, None), |r| {
+                if !is_success(r.status) {
+                    return Err(self.error(r, "list participants"));
+                }
+                let rows: Vec<Value> = r.json()?;
+                rows.iter().map(parse_row).collect::<Result<_, _>>()
+            })
+            .await?;
+        self.ok();
+        Ok(rows)
+    }
+
+    /// The phone of a `@lid` the listing gave none for, from the lids API; `None` when the
+    /// server does not know it (or is too old to have the API).
+    async fn lookup_lid(&self, lid: &str) -> Result<Option<Jid>, ProviderError> {
+        if !self.lids_api.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let url = self.url(&["api", &self.session, "lids", lid], &[]);
+        let got = self
+            .http
+            .call(self.call(Method::GET, url, None, None), |r| {
+                if r.status == 404 {
+                    return Ok(Err(()));
+                }
+                if !is_success(r.status) {
+                    return Err(self.error(r, "look up lid"));
+                }
+                let v: Value = r.json()?;
+                Ok(Ok(v
+                    .get("pn")
+                    .and_then(Value::as_str)
+                    .and_then(jid)
+                    .filter(|j| j.server == Server::Phone)))
+            })
+            .await?;
+        match got {
+            Ok(pn) => Ok(pn),
+            Err(()) => {
+                // An unknown lid answers `pn: null`; a 404 is a server older than the API.
+                self.lids_api.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// One write call; the per-member outcomes in `ops` order.
+    async fn write(
+        &self,
+        group: &GroupId,
+        kind: OpKind,
+        ops: &[Op],
+        ids: &GroupIds,
+        engine: Engine,
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let tail: [&str; 2] = match kind {
+            OpKind::Add => ["participants", "add"],
+            OpKind::Remove => ["participants", "remove"],
+            OpKind::Promote => ["admin", "promote"],
+            OpKind::Demote => ["admin", "demote"],
+            other => {
+                return Err(ProviderError::fatal(format!(
+                    "provider {}: WhatsApp groups have no {other}",
+                    self.instance
+                )));
+            }
+        };
+        // Adds go by phone; everything else by the exact id the listing gave (waha.md §6.4).
+        let sent: Vec<String> = ops
+            .iter()
+            .map(|op| match kind {
+                OpKind::Add => op.member.0.clone(),
+                _ => ids
+                    .send_as
+                    .get(&op.member)
+                    .cloned()
+                    .unwrap_or_else(|| op.member.0.clone()),
+            })
+            .collect();
+        let mut body = json!({
+            "participants": sent.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>()
+        });
+        if kind == OpKind::Add && engine == Engine::Webjs {
+            // A private invite is a message the operator did not ask for.
+            body["autoSendInviteV4"] = json!(false);
+        }
+        let url = self.group_url(group, &tail);
+        let label = self
+            .call(Method::POST, String::new(), None, Some(kind))
+            .label;
+        let results = self
+            .http
+            .call(self.call(Method::POST, url, Some(body), Some(kind)), |r| {
+                if !is_success(r.status) {
+                    return Err(self.error(r, label));
+                }
+                parse_results(r, label)
+            })
+            .await?;
+        self.ok();
+        Ok(ops
+            .iter()
+            .zip(&sent)
+            .map(|(op, sent)| outcome(kind, op, sent, &results))
+            .collect())
+    }
+
+    fn cached(&self, group: &GroupId) -> Option<GroupIds> {
+        self.groups.lock().ok()?.get(group).cloned()
+    }
+}
+
+fn settings_of(instance: &Instance) -> Result<&Settings, ProviderError> {
+    match &instance.settings {
+        KindSettings::Waha(s) => Ok(s),
+        other => Err(ProviderError::fatal(format!(
+            "provider {}: expected waha settings, found {}",
+            instance.name,
+            other.kind()
+        ))),
+    }
+}
+
+fn base_url(name: &str, raw: Option<&str>) -> Result<reqwest::Url, ProviderError> {
+    let raw = raw.ok_or_else(|| {
+        ProviderError::fatal(format!(
+            "provider {name}: base_url is required: the WAHA server's address"
+        ))
+    })?;
+    let mut url = reqwest::Url::parse(raw).map_err(|e| {
+        ProviderError::fatal(format!("provider {name}: base_url is not a URL: {e}"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(ProviderError::fatal(format!(
+            "provider {name}: base_url must be an http(s) URL"
+        )));
+    }
+    // Every route starts with /api/; a base that already ends in it would double it.
+    if url.path().trim_end_matches('/').ends_with("/api") {
+        let p = url
+            .path()
+            .trim_end_matches('/')
+            .trim_end_matches("/api")
+            .to_string();
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
+/// Pacing of one instance: its own `interval`, `rate` and `timeout` over the slow defaults.
+fn http_options(instance: &Instance) -> HttpOptions {
+    let mut o = HttpOptions::for_instance(instance, Some(DEFAULT_RATE), DEFAULT_INTERVAL);
+    o.timeout = instance.common.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    o
+}
+
+/// Members per add call: `batch_size` when set (capped by the planner), else one.
+fn add_batch(instance: &Instance) -> usize {
+    instance
+        .common
+        .batch_size
+        .unwrap_or(DEFAULT_ADD_BATCH)
+        .max(1)
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+/// Express's "Cannot GET /api/..." 404 of a route the server does not have.
+fn is_missing_route(r: &Response) -> bool {
+    String::from_utf8_lossy(&r.body).contains("Cannot ")
+}
+
+/// Which server of WhatsApp an id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Phone,
+    Lid,
+}
+
+/// A member id reduced to its digits and server: `@s.whatsapp.net` is `@c.us`, device
+/// suffixes (`123:45@lid`) are dropped (waha.md §6.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Jid {
+    user: String,
+    server: Server,
+}
+
+impl std::fmt::Display for Jid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.server {
+            Server::Phone => write!(f, "{}@c.us", self.user),
+            Server::Lid => write!(f, "{}@lid", self.user),
+        }
+    }
+}
+
+fn jid(raw: &str) -> Option<Jid> {
+    let (user, server) = raw.trim().split_once('@')?;
+    let user = user.split(':').next().unwrap_or(user);
+    if user.is_empty() || !user.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let server = match server {
+        "c.us" | "s.whatsapp.net" => Server::Phone,
+        "lid" => Server::Lid,
+        _ => return None,
+    };
+    Some(Jid {
+        user: user.to_string(),
+        server,
+    })
+}
+
+/// A participant as any listing gives it.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    /// The id exactly as listed, to send back in writes.
+    raw: String,
+    id: Jid,
+    /// The phone, where the listing gives it.
+    pn: Option<Jid>,
+    admin: bool,
+    superadmin: bool,
+}
+
+fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// One row of the v2 listing or of any engine's legacy listing, told apart by its shape.
+fn parse_row(v: &Value) -> Result<Row, ProviderError> {
+    let bad = || {
+        ProviderError::fatal(format!(
+            "list participants: unexpected participant entry {}",
+            truncate(&v.to_string(), 200)
+        ))
+    };
+    let (raw, pn, admin, superadmin) = if let Some(j) = str_field(v, "JID") {
+        // GOWS legacy: JID may be the lid, PhoneNumber the phone.
+        let pn = str_field(v, "PhoneNumber").map(String::from);
+        let is = |k| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+        (j.to_string(), pn, is("IsAdmin"), is("IsSuperAdmin"))
+    } else if let Some(id) = v.get("id").filter(|i| i.is_object()) {
+        // WEBJS legacy: the id is an object.
+        let raw = str_field(id, "_serialized").ok_or_else(bad)?.to_string();
+        let is = |k| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+        (raw, None, is("isAdmin"), is("isSuperAdmin"))
+    } else if let Some(role) = str_field(v, "role") {
+        // v2: uniform across engines.
+        let raw = str_field(v, "id").ok_or_else(bad)?.to_string();
+        let pn = str_field(v, "pn").map(String::from);
+        match role {
+            "superadmin" => (raw, pn, true, true),
+            "admin" => (raw, pn, true, false),
+            "participant" | "left" => (raw, pn, false, false),
+            _ => return Err(bad()),
+        }
+    } else {
+        // NOWEB legacy: `admin` is null, "admin" or "superadmin".
+        let raw = str_field(v, "id").ok_or_else(bad)?.to_string();
+        let pn = str_field(v, "phoneNumber").map(String::from);
+        let admin = str_field(v, "admin");
+        (raw, pn, admin.is_some(), admin == Some("superadmin"))
+    };
+    let id = jid(&raw).ok_or_else(bad)?;
+    let pn = pn
+        .as_deref()
+        .and_then(jid)
+        .filter(|j| j.server == Server::Phone);
+    Ok(Row {
+        raw,
+        id,
+        pn,
+        admin,
+        superadmin,
+    })
+}
+
+/// One member's result of a write call, as any engine reports it.
+#[derive(Debug, Clone, PartialEq)]
+struct MemberResult {
+    /// Every id digits string the result names (JID, phone, lid).
+    users: Vec<String>,
+    code: u16,
+    message: String,
+}
+
+/// The per-member results of a 2xx write answer. `None` means the engine reports nothing per
+/// member (WEBJS remove/promote/demote answer `{"status":200}`): the engine's re-read tells.
+fn parse_results(r: &Response, label: &str) -> Result<Option<Vec<MemberResult>>, ProviderError> {
+    if r.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = match serde_json::from_slice(&r.body) {
+        Ok(v) => v,
+        Err(_) => Value::String(String::from_utf8_lossy(&r.body).into_owned()),
+    };
+    let users_of = |ids: &[Option<&str>]| -> Vec<String> {
+        ids.iter()
+            .flatten()
+            .filter_map(|s| jid(s))
+            .map(|j| j.user)
+            .collect()
+    };
+    match &v {
+        Value::String(s) => {
+            // WEBJS answers 200 with a plain error string when the account is not admin.
+            let class = if s.contains("admin rights") {
+                "the WhatsApp account is not an admin of this group"
+            } else {
+                "the engine refused the call"
+            };
+            Err(
+                ProviderError::fatal(format!("{label}: {class}: {}", truncate(s, 200)))
+                    .with_code("not-authorized"),
+            )
+        }
+        Value::Array(items) => Ok(Some(
+            items
+                .iter()
+                .map(|it| {
+                    if it.get("JID").is_some() {
+                        let code = it.get("Error").and_then(Value::as_u64).unwrap_or(0) as u16;
+                        MemberResult {
+                            users: users_of(&[
+                                str_field(it, "JID"),
+                                str_field(it, "PhoneNumber"),
+                                str_field(it, "LID"),
+                            ]),
+                            code: if code == 0 { 200 } else { code },
+                            message: String::new(),
+                        }
+                    } else {
+                        let code = match it.get("status") {
+                            Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
+                            Some(Value::Number(n)) => n.as_u64().unwrap_or(0) as u16,
+                            _ => 0,
+                        };
+                        MemberResult {
+                            users: users_of(&[str_field(it, "jid"), str_field(it, "id")]),
+                            code,
+                            message: String::new(),
+                        }
+                    }
+                })
+                .collect(),
+        )),
+        Value::Object(map) if map.len() == 1 && map.contains_key("status") => Ok(None),
+        Value::Object(map) => Ok(Some(
+            map.iter()
+                .filter(|(_, r)| r.is_object())
+                .map(|(id, r)| MemberResult {
+                    users: users_of(&[Some(id.as_str())]),
+                    code: r.get("code").and_then(Value::as_u64).unwrap_or(0) as u16,
+                    message: str_field(r, "message").unwrap_or_default().to_string(),
+                })
+                .collect(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+fn outcome(
+    kind: OpKind,
+    op: &Op,
+    sent: &str,
+    results: &Option<Vec<MemberResult>>,
+) -> MemberOutcome {
+    let member = op.member.clone();
+    let Some(results) = results else {
+        return MemberOutcome::done(member);
+    };
+    let keys: BTreeSet<String> = [op.member.as_str(), sent]
+        .into_iter()
+        .filter_map(jid)
+        .map(|j| j.user)
+        .collect();
+    let Some(r) = results
+        .iter()
+        .find(|r| r.users.iter().any(|u| keys.contains(u)))
+    else {
+        return MemberOutcome::failed(
+            member,
+            "NO_RESULT",
+            "the server returned no result for this member",
+        );
+    };
+    let text = |default: &str| {
+        if r.message.is_empty() {
+            default.to_string()
+        } else {
+            r.message.clone()
+        }
+    };
+    match (kind, r.code) {
+        (_, 200 | 201) => MemberOutcome::done(member),
+        (OpKind::Add, 409) => MemberOutcome::already(member),
+        (OpKind::Remove, 404) => MemberOutcome::already(member),
+        (OpKind::Add, 403) => MemberOutcome::failed(
+            member,
+            "403",
+            text("their privacy settings forbid adding them; only a private invite works"),
+        ),
+        (OpKind::Add, 404) => MemberOutcome::failed(member, "404", text("not a WhatsApp number")),
+        (OpKind::Add, 408) => MemberOutcome::failed(
+            member,
+            "408",
+            text("left the group recently and cannot be re-added yet"),
+        ),
+        (OpKind::Add, 417) => MemberOutcome::failed(
+            member,
+            "417",
+            text("cannot be added to this community group"),
+        ),
+        (OpKind::Add, 419) => MemberOutcome::failed(
+            member,
+            "419",
+            text(&format!("the group is full ({MAX_GROUP_SIZE} members)")),
+        ),
+        (_, code) => MemberOutcome::failed(member, code.to_string(), text("refused by WhatsApp")),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The server's own short text of an error answer: `message`, `error`, or the 500 envelope's
+/// `exception` fields. Never the echoed request (waha.md §4).
+fn short_message(r: &Response) -> String {
+    let v: Value = match serde_json::from_slice(&r.body) {
+        Ok(v) => v,
+        Err(_) => return String::new(),
+    };
+    let mut parts = Vec::new();
+    if let Some(ex) = v.get("exception") {
+        for k in ["message", "details", "data"] {
+            match ex.get(k) {
+                Some(Value::String(s)) if !s.is_empty() => parts.push(s.clone()),
+                Some(Value::Number(n)) => parts.push(n.to_string()),
+                _ => {}
+            }
+        }
+    } else {
+        for k in ["error", "message", "status"] {
+            if let Some(s) = str_field(&v, k) {
+                parts.push(s.to_string());
+            }
+        }
+    }
+    truncate(&parts.join(": "), 300)
+}
+
+/// Classify a non-2xx answer (waha.md §4). WAHA turns every engine failure into a 500, so the
+/// class comes from the engine's text: `rate-overlimit` is WhatsApp throttling, connection
+/// troubles are transient, refusals (rights, unknown group, bad request) are not.
+pub fn classify_error(r: &Response, label: &str) -> ProviderError {
+    let text = short_message(r);
+    let lower = text.to_ascii_lowercase();
+    let message = if text.is_empty() {
+        format!("{label}: HTTP {}", r.status)
+    } else {
+        format!("{label}: HTTP {}: {text}", r.status)
+    };
+    let (class, code): (ErrorClass, Option<&str>) = match r.status {
+        _ if lower.contains("rate-overlimit") || lower.contains("overlimit") => {
+            (ErrorClass::Throttled, Some("rate-overlimit"))
+        }
+        401 => (ErrorClass::Fatal, Some("unauthorized")),
+        403 => (ErrorClass::Fatal, Some("forbidden")),
+        422 if lower.contains("starting") => (ErrorClass::Transient, Some("session-not-working")),
+        422 => (ErrorClass::Fatal, Some("session-not-working")),
+        500 if lower.contains("not-authorized") || lower.contains("forbidden") => {
+            (ErrorClass::Fatal, Some("not-authorized"))
+        }
+        500 if lower.contains("item-not-found")
+            || lower.contains("not found")
+            || lower.contains("does not exist")
+            || lower.contains("not participating") =>
+        {
+            (ErrorClass::Fatal, Some("item-not-found"))
+        }
+        500 if lower.contains("bad-request") => (ErrorClass::Fatal, Some("bad-request")),
+        // A body the controller could not read: a bug on our side, never retried.
+        500 if lower.contains("typeerror") => (ErrorClass::Fatal, Some("type-error")),
+        500 if lower.contains("expected at least 1 children") => {
+            (ErrorClass::Fatal, Some("no-such-member"))
+        }
+        429 => (ErrorClass::Throttled, None),
+        s if s >= 500 || s == 408 => (ErrorClass::Transient, None),
+        _ => (ErrorClass::Fatal, None),
+    };
+    let e = ProviderError {
+        class,
+        code: None,
+        message,
+        retry_after: None,
+    };
+    match code {
+        Some(c) => e.with_code(c),
+        None => e,
+    }
+}
+
+#[derive(Deserialize)]
+struct SessionInfo {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    me: Option<SessionMe>,
+    #[serde(default)]
+    engine: Option<SessionEngine>,
+}
+
+#[derive(Deserialize)]
+struct SessionMe {
+    id: String,
+    #[serde(default)]
+    lid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SessionEngine {
+    #[serde(default)]
+    engine: Option<String>,
+}
+
+#[async_trait]
+impl Provider for Waha {
+    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+        let account = self.account().await?.clone();
+        let rows = self.list(group).await?;
+        let me_user = jid(account.me.as_str()).map(|j| j.user);
+        let me_lid = account.lid.as_deref().and_then(jid).map(|j| j.user);
+
+        let mut live = LiveGroup {
+            me: Some(account.me.clone()),
+            ..LiveGroup::default()
+        };
+        let mut ids = GroupIds::default();
+        for row in rows {
+            let phone = match row.id.server {
+                Server::Phone => Some(row.id.clone()),
+                Server::Lid if Some(&row.id.user) == me_lid.as_ref() => jid(account.me.as_str()),
+                Server::Lid => match row.pn.clone() {
+                    Some(pn) => Some(pn),
+                    None => self.lookup_lid(&row.id.to_string()).await?,
+                },
+            };
+            let key = MemberId(phone.as_ref().unwrap_or(&row.id).to_string());
+            if phone.is_none() {
+                live.unresolved.insert(key.clone());
+            }
+            let is_me = phone.as_ref().map(|p| &p.user) == me_user.as_ref();
+            if is_me {
+                ids.me_admin = row.admin || row.superadmin;
+            }
+            if row.superadmin {
+                live.owner = Some(key.clone());
+            }
+            let role = if row.admin || row.superadmin {
+                Role::Admin
+            } else {
+                Role::Participant
+            };
+            ids.send_as.insert(key.clone(), row.raw);
+            live.members.insert(key, role);
+        }
+        if let Ok(mut g) = self.groups.lock() {
+            g.insert(group.clone(), ids);
+        }
+        Ok(live)
+    }
+
+    async fn apply(
+        &self,
+        group: &GroupId,
+        batch: &Batch,
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let account = self.account().await?.clone();
+        let ids = match self.cached(group) {
+            Some(ids) => ids,
+            None => {
+                self.fetch(group).await?;
+                self.cached(group).unwrap_or_default()
+            }
+        };
+        if !ids.me_admin {
+            return Err(ProviderError::fatal(format!(
+                "provider {}: the WhatsApp account {} is not an admin of group {group}; WAHA writes need admin rights",
+                self.instance, account.me
+            ))
+            .with_code("not-authorized"));
+        }
+        let per_call = match batch.kind {
+            OpKind::Add => self.add_batch,
+            k => (Kind::Waha.capabilities().max_batch)(k).max(1),
+        };
+        let mut out = Vec::with_capacity(batch.ops.len());
+        for chunk in batch.ops.chunks(per_call) {
+            out.extend(
+                self.write(group, batch.kind, chunk, &ids, account.engine)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn capabilities_for(&self, _live: &LiveGroup) -> Capabilities {
+        *Kind::Waha.capabilities()
+    }
+
+    fn requests(&self) -> RequestCounts {
+        self.http.counts()
+    }
+}
+
+/// How long adding `n` members takes under the default pacing when nothing throttles: one call
+/// per member (or per `batch` members) and [`DEFAULT_INTERVAL`] between calls, not counting the
+/// calls' own time. For docs and the pacing test.
+pub fn default_add_time(n: usize, batch: Option<usize>) -> Duration {
+    let calls = n.div_ceil(batch.unwrap_or(DEFAULT_ADD_BATCH).max(1));
+    DEFAULT_INTERVAL * calls.saturating_sub(1) as u32
 }
