@@ -125,8 +125,11 @@ impl Tree {
         }
 
         // Groups by name; a name declared in two files is an error and the first file wins.
+        // Two manifests managing one provider group would undo each other: the first file wins
+        // there too (check_unique_targets reports it).
         let mut groups: BTreeMap<String, DesiredGroup> = BTreeMap::new();
         let mut dups = Vec::new();
+        let mut targets = BTreeSet::new();
         for (path, f) in &self.files {
             for g in &f.groups {
                 if let Some(first) = groups.get(&g.name) {
@@ -140,9 +143,18 @@ impl Tree {
                     ));
                     continue;
                 }
+                if !targets.insert((g.provider.clone(), g.id.clone())) {
+                    continue;
+                }
                 groups.insert(g.name.clone(), g.clone());
             }
         }
+        let ordered: Vec<DesiredGroup> = self
+            .files
+            .values()
+            .flat_map(|f| f.groups.iter().cloned())
+            .collect();
+        dups.extend(config::check_unique_targets(&ordered).0);
         for (name, g) in &groups {
             if self.groups.get(name) != Some(g) {
                 out.changed.insert(name.clone());
