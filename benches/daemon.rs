@@ -94,7 +94,10 @@ async fn wait(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 async fn sandbox(state: State) -> Sandbox {
     Sandbox::start(
-        SandboxState { cometchat: state },
+        SandboxState {
+            cometchat: state,
+            ..SandboxState::default()
+        },
         Ports::EPHEMERAL,
         CancellationToken::new(),
     )

@@ -28,8 +28,10 @@ use tokio_util::task::TaskTracker;
 use crate::provider::Kind;
 
 pub mod cometchat;
+pub mod waha;
 
 pub use cometchat::CometChatEmulator;
+pub use waha::WahaEmulator;
 
 /// The seed (and dump) of every emulator, as one YAML or JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,8 @@ pub use cometchat::CometChatEmulator;
 pub struct SandboxState {
     #[serde(default)]
     pub cometchat: cometchat::State,
+    #[serde(default)]
+    pub waha: waha::State,
 }
 
 impl SandboxState {
@@ -68,13 +72,20 @@ impl SandboxState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
     pub cometchat: u16,
+    pub waha: u16,
 }
 
 impl Ports {
     /// Every emulator on an ephemeral port (tests, `rosterd demo`).
-    pub const EPHEMERAL: Ports = Ports { cometchat: 0 };
+    pub const EPHEMERAL: Ports = Ports {
+        cometchat: 0,
+        waha: 0,
+    };
     /// The fixed ports `rosterd sandbox` uses, matching the sample `manifests/rosterd.yaml`.
-    pub const FIXED: Ports = Ports { cometchat: 8081 };
+    pub const FIXED: Ports = Ports {
+        cometchat: 8081,
+        waha: 8083,
+    };
 }
 
 /// One running emulator.
@@ -92,6 +103,7 @@ pub struct Endpoint {
 /// The running emulators. Dropping it does not stop them; call [`Sandbox::shutdown`].
 pub struct Sandbox {
     pub cometchat: CometChatEmulator,
+    pub waha: WahaEmulator,
     endpoints: Vec<Endpoint>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -125,9 +137,19 @@ impl Sandbox {
             )
             .await?,
         );
+        let waha_keys = vec![format!(
+            "session {}: X-Api-Key {}",
+            state.waha.session, state.waha.api_key
+        )];
+        let waha = WahaEmulator::new(state.waha);
+        endpoints.push(
+            start_one(Kind::Waha, "", waha.router(), ports.waha, waha_keys, &shutdown, &tracker)
+                .await?,
+        );
         tracker.close();
         Ok(Sandbox {
             cometchat,
+            waha,
             endpoints,
             shutdown,
             tracker,
@@ -150,6 +172,7 @@ impl Sandbox {
     pub fn dump(&self) -> SandboxState {
         SandboxState {
             cometchat: self.cometchat.state(),
+            waha: self.waha.state(),
         }
     }
 

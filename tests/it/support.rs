@@ -56,7 +56,10 @@ pub fn group(owner: Option<&str>, members: &[(&str, Scope)], banned: &[&str]) ->
 /// Start a sandbox on ephemeral ports.
 pub async fn sandbox(cometchat: State) -> Sandbox {
     Sandbox::start(
-        SandboxState { cometchat },
+        SandboxState {
+            cometchat,
+            ..SandboxState::default()
+        },
         Ports::EPHEMERAL,
         CancellationToken::new(),
     )
