@@ -143,8 +143,16 @@ impl Sandbox {
         )];
         let waha = WahaEmulator::new(state.waha);
         endpoints.push(
-            start_one(Kind::Waha, "", waha.router(), ports.waha, waha_keys, &shutdown, &tracker)
-                .await?,
+            start_one(
+                Kind::Waha,
+                "",
+                waha.router(),
+                ports.waha,
+                waha_keys,
+                &shutdown,
+                &tracker,
+            )
+            .await?,
         );
         tracker.close();
         Ok(Sandbox {
