@@ -20,11 +20,10 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Conn, Fault, FaultKind, FaultWhen};
+use super::{Conn, Fault, FaultKind, Faults};
 
 /// The most ids one `POST members` call may carry across all four arrays.
 pub const MAX_IDS: usize = 25;
@@ -207,7 +206,7 @@ struct Limiter {
 struct Inner {
     state: Mutex<State>,
     log: Mutex<Vec<LoggedRequest>>,
-    faults: Mutex<Vec<Fault>>,
+    faults: Faults,
     limiter: Mutex<Limiter>,
 }
 
@@ -223,7 +222,7 @@ impl CometChatEmulator {
             inner: Arc::new(Inner {
                 state: Mutex::new(state.normalized()),
                 log: Mutex::new(Vec::new()),
-                faults: Mutex::new(Vec::new()),
+                faults: Faults::default(),
                 limiter: Mutex::new(Limiter {
                     window: 0,
                     count: 0,
@@ -286,36 +285,11 @@ impl CometChatEmulator {
     }
 
     pub fn inject(&self, fault: Fault) {
-        lock(&self.inner.faults).push(fault);
+        self.inner.faults.inject(fault);
     }
 
     pub fn clear_faults(&self) {
-        lock(&self.inner.faults).clear();
-    }
-
-    /// The fault that takes this request, if any; "next N" faults count down.
-    fn take_fault(&self, method: &Method) -> Option<FaultKind> {
-        let mut faults = lock(&self.inner.faults);
-        let mut hit = None;
-        for f in faults.iter_mut() {
-            if f.writes_only && method == Method::GET {
-                continue;
-            }
-            match &mut f.when {
-                FaultWhen::Next(n) if *n > 0 => {
-                    *n -= 1;
-                    hit = Some(f.kind);
-                    break;
-                }
-                FaultWhen::Probability(p) if rand::rng().random_bool(p.clamp(0.0, 1.0)) => {
-                    hit = Some(f.kind);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        faults.retain(|f| !matches!(f.when, FaultWhen::Next(0)));
-        hit
+        self.inner.faults.clear();
     }
 
     /// Count the request against the window. `Err` carries the 429 headers, `Ok` the
@@ -462,7 +436,7 @@ async fn handle(AxState(emu): AxState<CometChatEmulator>, req: Request) -> Respo
         }
     };
 
-    match emu.take_fault(&method) {
+    match emu.inner.faults.take(method != Method::GET) {
         Some(FaultKind::Status(code)) => {
             entry.status = code;
             entry.fault = Some(format!("status {code}"));

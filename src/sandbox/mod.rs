@@ -297,6 +297,52 @@ impl Fault {
     }
 }
 
+/// The injected faults of one emulator. "Next N" faults count down and then go; probabilistic
+/// ones roll for every request they match.
+#[derive(Debug, Default)]
+pub struct Faults(std::sync::Mutex<Vec<Fault>>);
+
+impl Faults {
+    pub fn inject(&self, fault: Fault) {
+        self.lock().push(fault);
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// The fault that takes a request, if any. `is_write`: the request changes state.
+    pub fn take(&self, is_write: bool) -> Option<FaultKind> {
+        use rand::Rng as _;
+        let mut faults = self.lock();
+        let mut hit = None;
+        for f in faults.iter_mut() {
+            if f.writes_only && !is_write {
+                continue;
+            }
+            match &mut f.when {
+                FaultWhen::Next(n) if *n > 0 => {
+                    *n -= 1;
+                    hit = Some(f.kind);
+                    break;
+                }
+                FaultWhen::Probability(p) if rand::rng().random_bool(p.clamp(0.0, 1.0)) => {
+                    hit = Some(f.kind);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        faults.retain(|f| !matches!(f.when, FaultWhen::Next(0)));
+        hit
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Fault>> {
+        // A test that panicked while holding the lock must not hide the faults from the next.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// What an injected fault does.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
