@@ -786,6 +786,45 @@ impl Tencent {
     }
 }
 
+impl Tencent {
+    /// Hand the group to `new`. Tencent demotes the previous owner to `Member`, while rosterd's
+    /// model (and the plan made from it) keeps every other member's role; so where the type
+    /// has admins the previous owner, who was read as an admin, is made `Admin` again and any
+    /// change the manifest wants for them is planned from there.
+    async fn transfer(
+        &self,
+        group: &GroupId,
+        new: &MemberId,
+    ) -> Result<MemberOutcome, ProviderError> {
+        let (ty, previous) = self.group_info(group).await?;
+        let g = group.as_str();
+        let out = self
+            .single(
+                "change_group_owner",
+                json!({"GroupId": g, "NewOwner_Account": new.as_str()}),
+                "transfer owner",
+                new,
+            )
+            .await?;
+        if let (true, true, Some(prev)) = (out.outcome.is_ok(), ty.has_admins(), previous)
+            && &prev != new
+        {
+            let restored = self
+                .single(
+                    "modify_group_member_info",
+                    json!({"GroupId": g, "Member_Account": prev.as_str(), "Role": "Admin"}),
+                    "keep previous owner admin",
+                    &prev,
+                )
+                .await?;
+            if !restored.outcome.is_ok() {
+                tracing::warn!(instance = %self.instance, member = %prev, outcome = ?restored.outcome, "the previous owner could not be kept an admin");
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn ids_invalid(s: &str) -> bool {
     crate::provider::ids::tencent(s).is_err()
 }
@@ -1037,15 +1076,7 @@ impl Provider for Tencent {
                             )
                             .await?
                         }
-                        _ => {
-                            self.single(
-                                "change_group_owner",
-                                json!({"GroupId": g, "NewOwner_Account": a}),
-                                "transfer owner",
-                                &op.member,
-                            )
-                            .await?
-                        }
+                        _ => self.transfer(group, &op.member).await?,
                     };
                     out.push(outcome);
                 }
