@@ -95,7 +95,7 @@ pub fn unsupported(
         why.push("it cannot mute members; remove `mutes`".to_string());
     }
     for (m, role) in &desired.members {
-        if !caps.supports_role(*role) && desired.owner.as_ref() != Some(m) {
+        if !caps.supports_role(*role) {
             why.push(format!("it has no {role} role (listed for {m})"));
             break;
         }
