@@ -893,3 +893,37 @@ async fn tencent_throttled_answers_are_waited_out_without_repeating_writes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tencent_demo_applies_the_tencent_group_and_prints_no_key() {
+    bounded(60, async {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        let mut out = Vec::new();
+        let code = rosterd::demo::demo(&dir, &mut out, false).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(code, 0, "{out}");
+        let (first, rest) = out.split_once("== apply ==").expect("an apply section");
+        for what in [
+            "dave_tim muted indefinitely",
+            "mallory_tim banned",
+            "owner -> alice_tim",
+        ] {
+            assert!(first.contains(what), "the first plan has {what}:\n{first}");
+        }
+        assert!(
+            rest.contains("group game-lobby: applied and verified"),
+            "{rest}"
+        );
+        let second = rest.split_once("== plan after apply ==").unwrap().1;
+        assert!(
+            second.contains("group game-lobby (tim tencent, id @TGS#demo-lobby)\n  in sync"),
+            "{second}"
+        );
+        assert!(
+            !out.contains("sandbox-demo-tencent-key"),
+            "the key is never printed"
+        );
+        assert!(!out.contains("usersig"), "{out}");
+    })
+    .await;
+}
