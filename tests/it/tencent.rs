@@ -927,3 +927,49 @@ async fn tencent_demo_applies_the_tencent_group_and_prints_no_key() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tencent_mute_ends_shifted_by_the_services_clock_cause_no_churn() {
+    bounded(30, async {
+        let accounts: Vec<String> = ["boss", "a"].map(String::from).to_vec();
+        let g = group(
+            GroupType::Public,
+            Some("boss"),
+            &[("a", MemberRole::Member)],
+        );
+        let sb = sandbox(world(&accounts, vec![("@TGS#skew", g)], Limits::default())).await;
+        // The service's clock runs 3 s ahead of ours: it stores MuteUntil = until + 3.
+        sb.tencent.set_now(Some(at(T + 3)));
+        let inst = instance(&sb, None);
+        let c = Arc::new(
+            Tencent::with_key(&inst, Secret::new(KEY))
+                .unwrap()
+                .with_clock(Arc::new(|| at(T))),
+        );
+        let t = BTreeMap::from([(
+            "tim".to_string(),
+            Target {
+                instance: inst,
+                provider: c,
+            },
+        )]);
+        let mut d = desired("@TGS#skew", Some("boss"), &[("a", Role::Participant)]);
+        d.mutes = Some(BTreeMap::from([(mid("a"), Mute::Until(at(T + 3600)))]));
+        let r = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert_eq!(
+            r.groups[0].status,
+            GroupStatus::Applied,
+            "{:?}",
+            r.groups[0].drift
+        );
+        assert_eq!(
+            sb.tencent.group(APP, "@TGS#skew").unwrap().muted["a"],
+            T + 3 + 3600
+        );
+        let again = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert!(again.plan().is_empty(), "{:?}", again.plan());
+        assert_eq!(write_calls(&sb), 1, "one mute call, no re-mute");
+        sb.shutdown().await;
+    })
+    .await;
+}
