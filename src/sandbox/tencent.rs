@@ -15,6 +15,7 @@
 //!   account is accepted (a mute survives leaving, §3.6);
 //! - the app's edition switch for bans (`bans_enabled: false`) answers 10059 on every ban
 //!   command, the ban list included;
+//! - ten failed UserSig checks within a minute lock the SDKAppID out with 70050 for a minute;
 //! - time comes from a settable clock, so tests move it instead of sleeping.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -223,7 +224,14 @@ struct Inner {
     limiter: Mutex<Limiter>,
     /// A fixed time (tests); `None` follows the system clock.
     now: Mutex<Option<SystemTime>>,
+    /// Per SDKAppID, when UserSig checks failed (emulator clock), for the 70050 lock.
+    auth_failures: Mutex<HashMap<String, Vec<u64>>>,
 }
+
+/// Failed UserSig checks within [`LOCK_WINDOW`] seconds that lock an app out (70050, §5).
+pub const LOCK_AFTER: usize = 10;
+/// How long failures count, and how long the lock lasts, in seconds.
+pub const LOCK_WINDOW: u64 = 60;
 
 /// A handle on one Tencent emulator; clones share the same state.
 #[derive(Clone)]
@@ -248,6 +256,7 @@ impl TencentEmulator {
                     count: 0,
                 }),
                 now: Mutex::new(None),
+                auth_failures: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -465,6 +474,22 @@ async fn handle(AxState(emu): AxState<TencentEmulator>, req: Request) -> Respons
     }
 
     let now = unix(emu.now());
+    let app_key = params.get("sdkappid").cloned().unwrap_or_default();
+    let locked = {
+        let mut f = lock(&emu.inner.auth_failures);
+        let times = f.entry(app_key.clone()).or_default();
+        times.retain(|t| t + LOCK_WINDOW > now);
+        times.len() >= LOCK_AFTER
+    };
+    if locked {
+        entry.error_code = Some(70050);
+        emu.log(entry);
+        return axum::Json(fail(
+            70050,
+            "too many failed UserSig checks; locked for about a minute",
+        ))
+        .into_response();
+    }
     let answer = {
         let mut state = lock(&emu.inner.state);
         route(
@@ -478,6 +503,15 @@ async fn handle(AxState(emu): AxState<TencentEmulator>, req: Request) -> Respons
         )
     };
     entry.error_code = answer["ErrorCode"].as_u64();
+    if entry
+        .error_code
+        .is_some_and(|c| (70000..70050).contains(&c))
+    {
+        lock(&emu.inner.auth_failures)
+            .entry(app_key)
+            .or_default()
+            .push(now);
+    }
     emu.log(entry);
     axum::Json(answer).into_response()
 }

@@ -973,3 +973,39 @@ async fn tencent_mute_ends_shifted_by_the_services_clock_cause_no_churn() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tencent_repeated_bad_usersigs_lock_the_app_and_the_client_stops_at_once() {
+    bounded(30, async {
+        let g = group(GroupType::Public, Some("boss"), &[]);
+        let sb = sandbox(world(
+            &["boss".into()],
+            vec![("@TGS#lock", g)],
+            Limits::default(),
+        ))
+        .await;
+        let inst = instance(&sb, None);
+        let bad = client(&sb, &inst, "not-the-key");
+        for _ in 0..10 {
+            let e = bad.fetch(&gid("@TGS#lock")).await.unwrap_err();
+            assert_eq!(e.code.as_deref(), Some("70009"));
+        }
+        assert_eq!(
+            sb.tencent.requests().len(),
+            10,
+            "an auth error is never retried"
+        );
+        // Now even the right key is refused until the lock ends.
+        let good = client(&sb, &inst, KEY);
+        let e = good.fetch(&gid("@TGS#lock")).await.unwrap_err();
+        assert_eq!(
+            (e.class, e.code.as_deref()),
+            (ErrorClass::Fatal, Some("70050"))
+        );
+        assert_clean(&e.message);
+        sb.tencent.set_now(Some(at(T + 61)));
+        assert!(good.fetch(&gid("@TGS#lock")).await.is_ok());
+        sb.shutdown().await;
+    })
+    .await;
+}
