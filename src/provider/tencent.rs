@@ -490,7 +490,9 @@ impl Tencent {
                     let account = m["Member_Account"].as_str().ok_or_else(|| {
                         ProviderError::transient("list members: an entry has no Member_Account")
                     })?;
-                    let role = m["Role"].as_str().unwrap_or_default().to_string();
+                    // A missing role is an unreadable entry, not a plain member: guessing
+                    // could demote an admin.
+                    let role = m["Role"].as_str().unwrap_or("(none)").to_string();
                     let until = m
                         .get("MuteUntil")
                         .or_else(|| m.get("ShutUpUntil"))
@@ -1008,7 +1010,7 @@ impl Provider for Tencent {
                     }
                 }
                 "Admin" => Role::Admin,
-                "Member" | "" => Role::Participant,
+                "Member" => Role::Participant,
                 other => {
                     return Err(ProviderError::fatal(format!(
                         "list members: member {id} has an unknown role {other:?}"

@@ -571,7 +571,7 @@ async fn tencent_work_group_refuses_mutes_and_admins_at_plan_naming_the_type() {
 }
 
 #[tokio::test]
-async fn tencent_live_groups_are_refused_at_read() {
+async fn tencent_live_and_missing_groups_are_refused_at_read() {
     bounded(30, async {
         let g = group(GroupType::AvChatRoom, Some("boss"), &[]);
         let sb = sandbox(world(
@@ -586,6 +586,14 @@ async fn tencent_live_groups_are_refused_at_read() {
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Fatal);
         assert!(e.message.contains("AVChatRoom"), "{e}");
+        let e = client(&sb, &instance(&sb, None), KEY)
+            .fetch(&gid("@TGS#nowhere"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.class, e.code.as_deref()),
+            (ErrorClass::Fatal, Some("10010"))
+        );
         sb.shutdown().await;
     })
     .await;
