@@ -160,6 +160,17 @@ fn sandbox_target(
                 .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
             Arc::new(client)
         }
+        (KindSettings::Tencent(s), Kind::Tencent) => {
+            let app = state.tencent.apps.get(&s.sdk_app_id).with_context(|| {
+                format!("the sandbox state has no Tencent app {}", s.sdk_app_id)
+            })?;
+            let client = crate::provider::tencent::Tencent::with_key(
+                &instance,
+                Secret::new(app.secret_key.clone()),
+            )
+            .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
+            Arc::new(client)
+        }
         _ => return Ok(None),
     };
     Ok(Some(Target { instance, provider }))

@@ -11,7 +11,7 @@ pub use diff::{apply_op, plan_group, simulate};
 use serde::Serialize;
 
 use crate::model::{Batch, DesiredGroup, GroupId, LiveGroup, MemberId, Op, OpKind};
-use crate::provider::{Capabilities, Kind};
+use crate::provider::{Capabilities, Kind, MuteSupport};
 
 /// The plan of one group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,6 +73,48 @@ pub fn untouchable<'a>(
         .iter()
         .chain(live.owner.iter())
         .chain(live.me.iter())
+}
+
+/// What the manifest asks of a group that the group's own capabilities rule out (a provider
+/// whose capabilities depend on the live group, e.g. a Tencent group's type). `validate` checks
+/// the kind's static capabilities offline; this is the same check against the live group, made
+/// before planning so the refusal names the group and its type instead of failing mid-apply.
+pub fn unsupported(
+    desired: &DesiredGroup,
+    live: &LiveGroup,
+    caps: &Capabilities,
+) -> Option<String> {
+    let mut why = Vec::new();
+    if desired.bans.as_ref().is_some_and(|b| !b.is_empty()) && !caps.bans {
+        why.push(
+            "it has no ban list (the group type, or the app's edition, lacks bans); remove `bans`"
+                .to_string(),
+        );
+    }
+    if desired.mutes.as_ref().is_some_and(|m| !m.is_empty()) && caps.mutes == MuteSupport::No {
+        why.push("it cannot mute members; remove `mutes`".to_string());
+    }
+    for (m, role) in &desired.members {
+        if !caps.supports_role(*role) {
+            why.push(format!("it has no {role} role (listed for {m})"));
+            break;
+        }
+    }
+    if why.is_empty() {
+        return None;
+    }
+    let ty = live
+        .group_type
+        .as_deref()
+        .map_or(String::new(), |t| format!(" of type {t}"));
+    Some(format!(
+        "group {} ({} group {}{ty}): {}; nothing planned or applied (manifest {})",
+        desired.name,
+        desired.kind,
+        desired.id,
+        why.join("; "),
+        desired.source
+    ))
 }
 
 /// A group whose live state could not be read: reported, never planned from half a roster.

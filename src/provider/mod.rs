@@ -360,7 +360,8 @@ pub fn build(instance: &Instance) -> Result<std::sync::Arc<dyn Provider>, Provid
     match &instance.settings {
         KindSettings::Cometchat(_) => Ok(std::sync::Arc::new(cometchat::CometChat::new(instance)?)),
         KindSettings::Waha(_) => Ok(std::sync::Arc::new(waha::Waha::new(instance)?)),
-        KindSettings::Tencent(_) | KindSettings::Bitrix24(_) => Err(ProviderError::fatal(format!(
+        KindSettings::Tencent(_) => Ok(std::sync::Arc::new(tencent::Tencent::new(instance)?)),
+        KindSettings::Bitrix24(_) => Err(ProviderError::fatal(format!(
             "provider {}: the {} client is not available in this build",
             instance.name, instance.kind
         ))),

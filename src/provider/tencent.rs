@@ -1,9 +1,33 @@
 //! Tencent Cloud Chat (IM server REST API v4). See `shared/providers/tencent.md`.
+//!
+//! Every call is a POST whose query string carries a UserSig (an HMAC token, [`usersig`]), so
+//! no request URL may reach a log line or an error: the shared HTTP layer strips URLs from
+//! transport errors, and the service's own `ErrorInfo` is scrubbed of the credential before it
+//! is quoted. Answers are HTTP 200 with an `ErrorCode`; the class of a failure is decided by
+//! that code (§4), never by the status. Capabilities depend on the group's type (§1), which
+//! [`Tencent::fetch`] reads and [`Provider::capabilities_for`] turns into the group's
+//! capabilities, so the planner refuses what a type cannot do before anything is written.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use reqwest::Method;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_json::{Value, json};
 
-use crate::config::secret::SecretRef;
+use crate::config::secret::{Secret, SecretRef};
+use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Mute, Op, OpKind, Role};
+use crate::provider::http::{Call, HttpClient, HttpOptions, Response};
+use crate::provider::{
+    Capabilities, ErrorClass, Instance, Kind, KindSettings, MuteSupport, Provider, ProviderError,
+    RequestCounts, TENCENT_CAPS,
+};
+
+pub mod usersig;
 
 /// Tencent's own keys in a `providers:` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -16,4 +40,1246 @@ pub struct Settings {
     /// A regional domain name (`singapore`, `guangzhou`, ...); or set `base_url`.
     #[serde(default)]
     pub region: Option<String>,
+    /// Raise (or lower) the most members one write call carries, per kind of call. The
+    /// documentation disagrees across versions (adds: 20, 300 or 500 per call); the defaults
+    /// are the most recent page's figures, and an over-limit answer (10005) is split anyway.
+    #[serde(default)]
+    pub max_batch: Option<MaxBatch>,
+}
+
+/// Per-call maxima by kind of write call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaxBatch {
+    /// `add_group_member` (default 20).
+    #[serde(default)]
+    pub add: Option<usize>,
+    /// `delete_group_member` (default 100).
+    #[serde(default)]
+    pub remove: Option<usize>,
+    /// `forbid_send_msg`, mutes and unmutes (default 500).
+    #[serde(default)]
+    pub mute: Option<usize>,
+    /// `ban_group_member` / `unban_group_member` (default 20).
+    #[serde(default)]
+    pub ban: Option<usize>,
+}
+
+/// The regions and their REST domains (§2). Aliases name the same data centre.
+pub const REGIONS: [(&str, &str); 13] = [
+    ("china", "console.tim.qq.com"),
+    ("guangzhou", "console.tim.qq.com"),
+    ("singapore", "adminapisgp.im.qcloud.com"),
+    ("seoul", "adminapikr.im.qcloud.com"),
+    ("korea", "adminapikr.im.qcloud.com"),
+    ("tokyo", "adminapijpn.im.qcloud.com"),
+    ("frankfurt", "adminapiger.im.qcloud.com"),
+    ("germany", "adminapiger.im.qcloud.com"),
+    ("silicon-valley", "adminapiusa.im.qcloud.com"),
+    ("usa", "adminapiusa.im.qcloud.com"),
+    ("jakarta", "adminapiidn.im.qcloud.com"),
+    ("mumbai", "adminapiind.im.qcloud.com"),
+    ("riyadh", "adminapiksa.im.qcloud.com"),
+];
+
+/// Requests per second when the instance sets no `rate`: well under the service's 200 per
+/// second per API, so other apps sharing the SDKAppID keep headroom (§5).
+pub const DEFAULT_RATE: f64 = 20.0;
+
+/// Members per page of `get_group_member_info` (the recommended 100, §3.2).
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// Ban-list page size (the documented maximum, §3.8).
+const BAN_PAGE: usize = 100;
+
+/// `MuteTime`/`Duration` meaning "forever" (§3.6), and the `MuteUntil` that says so.
+pub const FOREVER: u64 = u32::MAX as u64;
+
+/// Lifetime of the UserSigs the client issues. Short, so a leaked one is worth little; renewed
+/// [`USERSIG_RENEW`] before it ends.
+pub const USERSIG_TTL: u64 = 24 * 3600;
+const USERSIG_RENEW: u64 = 300;
+
+/// A stored mute end within this of the one we asked for is the one we asked for: the service
+/// computes it from its own clock at receipt (§3.6).
+const MUTE_TOLERANCE: u64 = 5;
+
+/// The largest groups are 100,000 members (Community, §6.10); a listing past this is a server
+/// ignoring paging.
+const MAX_LISTED: usize = 200_000;
+
+/// Where time comes from; tests pass a fixed clock so mutes are exact without sleeping.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// A Tencent Cloud Chat group type, by its REST name (§1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupType {
+    /// Work: owner and members only, no mutes.
+    Private,
+    Public,
+    /// Meeting.
+    ChatRoom,
+    /// Paged by cursor.
+    Community,
+    /// Live: no member list, no adds or deletes.
+    AvChatRoom,
+}
+
+impl GroupType {
+    pub fn parse(s: &str) -> Option<GroupType> {
+        match s {
+            "Private" | "Work" => Some(GroupType::Private),
+            "Public" => Some(GroupType::Public),
+            "ChatRoom" | "Meeting" => Some(GroupType::ChatRoom),
+            "Community" => Some(GroupType::Community),
+            "AVChatRoom" | "Live" => Some(GroupType::AvChatRoom),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupType::Private => "Private",
+            GroupType::Public => "Public",
+            GroupType::ChatRoom => "ChatRoom",
+            GroupType::Community => "Community",
+            GroupType::AvChatRoom => "AVChatRoom",
+        }
+    }
+
+    /// Whether members can be made admins.
+    pub fn has_admins(self) -> bool {
+        !matches!(self, GroupType::Private | GroupType::AvChatRoom)
+    }
+
+    /// Whether members can be muted.
+    pub fn has_mutes(self) -> bool {
+        !matches!(self, GroupType::Private)
+    }
+}
+
+/// The per-call maxima in force for one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Maxima {
+    add: usize,
+    remove: usize,
+    mute: usize,
+    ban: usize,
+}
+
+impl Maxima {
+    fn from_settings(m: Option<MaxBatch>) -> Maxima {
+        let d = (TENCENT_CAPS.max_batch)(OpKind::Add);
+        let m = m.unwrap_or_default();
+        Maxima {
+            add: m.add.unwrap_or(d).max(1),
+            remove: m
+                .remove
+                .unwrap_or((TENCENT_CAPS.max_batch)(OpKind::Remove))
+                .max(1),
+            mute: m
+                .mute
+                .unwrap_or((TENCENT_CAPS.max_batch)(OpKind::Mute))
+                .max(1),
+            ban: m
+                .ban
+                .unwrap_or((TENCENT_CAPS.max_batch)(OpKind::Ban))
+                .max(1),
+        }
+    }
+
+    fn of(&self, k: OpKind) -> usize {
+        match k {
+            OpKind::Add => self.add,
+            OpKind::Remove => self.remove,
+            OpKind::Mute | OpKind::Unmute => self.mute,
+            OpKind::Ban | OpKind::Unban => self.ban,
+            OpKind::Promote | OpKind::Demote | OpKind::TransferOwner => 1,
+        }
+    }
+}
+
+// `Capabilities::max_batch` is a plain `fn` (capabilities are static data for every other
+// kind), so an instance's configured maxima are interned in a small table and reached through
+// one monomorphised function per slot.
+const SLOTS: usize = 16;
+static MAXIMA: Mutex<Vec<Maxima>> = Mutex::new(Vec::new());
+
+fn slot<const I: usize>(k: OpKind) -> usize {
+    let table = MAXIMA.lock().unwrap_or_else(|e| e.into_inner());
+    table
+        .get(I)
+        .map_or_else(|| (TENCENT_CAPS.max_batch)(k), |m| m.of(k))
+}
+
+static SLOT_FNS: [fn(OpKind) -> usize; SLOTS] = [
+    slot::<0>, slot::<1>, slot::<2>, slot::<3>, slot::<4>, slot::<5>, slot::<6>, slot::<7>,
+    slot::<8>, slot::<9>, slot::<10>, slot::<11>, slot::<12>, slot::<13>, slot::<14>, slot::<15>,
+];
+
+/// The `max_batch` function for these maxima: the kind's static one when nothing is
+/// overridden, else an interned slot (identical settings share one).
+fn max_batch_fn(name: &str, m: Maxima) -> Result<fn(OpKind) -> usize, ProviderError> {
+    if m == Maxima::from_settings(None) {
+        return Ok(TENCENT_CAPS.max_batch);
+    }
+    let mut table = MAXIMA.lock().unwrap_or_else(|e| e.into_inner());
+    let idx = match table.iter().position(|t| *t == m) {
+        Some(i) => i,
+        None if table.len() < SLOTS => {
+            table.push(m);
+            table.len() - 1
+        }
+        None => {
+            return Err(ProviderError::fatal(format!(
+                "provider {name}: more than {SLOTS} different max_batch settings across tencent instances"
+            )));
+        }
+    };
+    Ok(SLOT_FNS[idx])
+}
+
+struct CachedSig {
+    value: String,
+    /// Unix seconds after which a new one is issued.
+    renew_at: u64,
+}
+
+/// A Tencent Cloud Chat REST client for one provider instance.
+pub struct Tencent {
+    instance: String,
+    base: reqwest::Url,
+    sdk_app_id: u64,
+    identifier: String,
+    secret: Secret,
+    http: HttpClient,
+    clock: Clock,
+    max_batch: fn(OpKind) -> usize,
+    sig: Mutex<Option<CachedSig>>,
+    /// Per kind of write: a smaller maximum the service taught us by answering 10005.
+    learned: Mutex<HashMap<OpKind, usize>>,
+    /// The mute ends we asked for, per (group, member), to read back the service's
+    /// receipt-time arithmetic as the value we sent.
+    sent_mutes: Mutex<HashMap<(String, String), SystemTime>>,
+    /// Members per page when listing. A field so tests can page through small pages.
+    pub page_size: usize,
+}
+
+impl std::fmt::Debug for Tencent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tencent")
+            .field("instance", &self.instance)
+            .field("sdk_app_id", &self.sdk_app_id)
+            .field("identifier", &self.identifier)
+            .field("secret_key", &self.secret)
+            .field("page_size", &self.page_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tencent {
+    /// Build the client of a `tencent` instance, resolving its secret key now.
+    pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
+        let settings = settings_of(instance)?;
+        let key = settings.secret_key.resolve().map_err(|e| {
+            ProviderError::fatal(format!("provider {}: secret_key: {e}", instance.name))
+        })?;
+        Self::with_key(instance, key)
+    }
+
+    /// Build the client with an already resolved key (the demo and tests hand one in).
+    pub fn with_key(instance: &Instance, secret: Secret) -> Result<Self, ProviderError> {
+        let s = settings_of(instance)?;
+        let base = base_url(&instance.name, instance.common.base_url.as_deref(), s)?;
+        if ids_invalid(&s.identifier) {
+            return Err(ProviderError::fatal(format!(
+                "provider {}: identifier must be a Tencent UserID (the app admin), found {:?}",
+                instance.name, s.identifier
+            )));
+        }
+        let max_batch = max_batch_fn(&instance.name, Maxima::from_settings(s.max_batch))?;
+        Ok(Tencent {
+            instance: instance.name.clone(),
+            base,
+            sdk_app_id: s.sdk_app_id,
+            identifier: s.identifier.clone(),
+            secret,
+            http: HttpClient::new(http_options(instance))?,
+            clock: Arc::new(SystemTime::now),
+            max_batch,
+            sig: Mutex::new(None),
+            learned: Mutex::new(HashMap::new()),
+            sent_mutes: Mutex::new(HashMap::new()),
+            page_size: DEFAULT_PAGE_SIZE,
+        })
+    }
+
+    /// Read time from `clock` (UserSig issue times, `MuteTime = until − now`).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Use pages of `n` members (1..=200) when listing.
+    pub fn with_page_size(mut self, n: usize) -> Self {
+        self.page_size = n.clamp(1, 200);
+        self
+    }
+
+    fn now_secs(&self) -> u64 {
+        unix((self.clock)())
+    }
+
+    /// The cached UserSig, or a fresh one when it is near its end.
+    fn usersig(&self) -> String {
+        let now = self.now_secs();
+        let mut cache = self.sig.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref()
+            && now < c.renew_at
+        {
+            return c.value.clone();
+        }
+        let value = usersig::generate(
+            self.secret.expose(),
+            &self.identifier,
+            self.sdk_app_id,
+            now,
+            USERSIG_TTL,
+        );
+        *cache = Some(CachedSig {
+            value: value.clone(),
+            renew_at: now + USERSIG_TTL - USERSIG_RENEW,
+        });
+        value
+    }
+
+    fn forget_usersig(&self) {
+        *self.sig.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn url(&self, command: &str, sig: &str) -> String {
+        let mut url = self.base.clone();
+        {
+            // The base was checked to be a hierarchical http(s) URL in `base_url`.
+            let mut path = url.path_segments_mut().expect("base URL can have a path");
+            path.pop_if_empty();
+            path.extend(["v4", "group_open_http_svc", command]);
+        }
+        url.query_pairs_mut()
+            .append_pair("sdkappid", &self.sdk_app_id.to_string())
+            .append_pair("identifier", &self.identifier)
+            .append_pair("usersig", sig)
+            .append_pair("random", &rand::random::<u32>().to_string())
+            .append_pair("contenttype", "json");
+        url.into()
+    }
+
+    /// One command: the envelope's fields on `ErrorCode` 0, else the classified error. An
+    /// expired UserSig (70001) is reissued once.
+    async fn command(
+        &self,
+        command: &'static str,
+        body: Value,
+        write: bool,
+        label: &'static str,
+    ) -> Result<Value, ProviderError> {
+        let mut reissued = false;
+        loop {
+            let sig = self.usersig();
+            let call = Call {
+                method: Method::POST,
+                url: self.url(command, &sig),
+                headers: json_headers(),
+                body: Some(body.clone()),
+                write,
+                idempotent: true,
+                label,
+            };
+            let scrub = [sig.clone(), self.secret.expose().to_string()];
+            let result = self
+                .http
+                .call(call, |r| classify(r, label, &scrub, &self.instance))
+                .await;
+            match result {
+                Err(e) if e.code.as_deref() == Some("70001") && !reissued => {
+                    reissued = true;
+                    self.forget_usersig();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn group_info(
+        &self,
+        group: &GroupId,
+    ) -> Result<(GroupType, Option<MemberId>), ProviderError> {
+        let v = self
+            .command(
+                "get_group_info",
+                json!({
+                    "GroupIdList": [group.as_str()],
+                    "ResponseFilter": {"GroupBaseInfoFilter": ["Type", "Owner_Account", "MemberNum"]},
+                }),
+                false,
+                "get group info",
+            )
+            .await?;
+        let info = v["GroupInfo"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|g| g["GroupId"].as_str() == Some(group.as_str()))
+            })
+            .ok_or_else(|| {
+                ProviderError::transient(format!("get group info: no entry for group {group}"))
+            })?;
+        let code = info["ErrorCode"].as_u64().unwrap_or(0);
+        if code != 0 {
+            let text = info["ErrorInfo"].as_str().unwrap_or_default();
+            return Err(ProviderError::fatal(format!(
+                "group {group}: Tencent error {code}: {text}"
+            ))
+            .with_code(code.to_string()));
+        }
+        let ty = info["Type"].as_str().unwrap_or_default();
+        let ty = GroupType::parse(ty).ok_or_else(|| {
+            ProviderError::fatal(format!("group {group}: unknown group type {ty:?}"))
+        })?;
+        let owner = info["Owner_Account"]
+            .as_str()
+            .filter(|o| !o.is_empty())
+            .map(MemberId::new);
+        Ok((ty, owner))
+    }
+
+    /// Every page of the member list: (account, role, mute end). A roster that changed size
+    /// while being paged is read again, since offsets shift (§3.2).
+    async fn members(
+        &self,
+        group: &GroupId,
+        ty: GroupType,
+    ) -> Result<Vec<(String, String, u64)>, ProviderError> {
+        'attempt: for _ in 0..3 {
+            let mut out: Vec<(String, String, u64)> = Vec::new();
+            let mut offset = 0usize;
+            let mut next = String::new();
+            let mut total: Option<u64> = None;
+            loop {
+                let mut body = json!({
+                    "GroupId": group.as_str(),
+                    "Limit": self.page_size,
+                    "MemberInfoFilter": ["Role", "MuteUntil"],
+                });
+                if ty == GroupType::Community {
+                    body["Next"] = json!(next);
+                } else {
+                    body["Offset"] = json!(offset);
+                }
+                let v = self
+                    .command("get_group_member_info", body, false, "list members")
+                    .await?;
+                let num = v["MemberNum"].as_u64();
+                if total.is_some() && num.is_some() && total != num {
+                    continue 'attempt;
+                }
+                total = total.or(num);
+                let page = v["MemberList"].as_array().cloned().unwrap_or_default();
+                let n = page.len();
+                for m in page {
+                    let account = m["Member_Account"].as_str().ok_or_else(|| {
+                        ProviderError::transient("list members: an entry has no Member_Account")
+                    })?;
+                    // A missing role is an unreadable entry, not a plain member: guessing
+                    // could demote an admin.
+                    let role = m["Role"].as_str().unwrap_or("(none)").to_string();
+                    let until = m
+                        .get("MuteUntil")
+                        .or_else(|| m.get("ShutUpUntil"))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    out.push((account.to_string(), role, until));
+                }
+                if out.len() > MAX_LISTED {
+                    return Err(ProviderError::fatal(format!(
+                        "list members: more than {MAX_LISTED} entries; the server seems to ignore paging"
+                    )));
+                }
+                if ty == GroupType::Community {
+                    next = v["Next"].as_str().unwrap_or_default().to_string();
+                    if next.is_empty() {
+                        return Ok(out);
+                    }
+                } else {
+                    offset += n;
+                    if n < self.page_size || total.is_some_and(|t| offset as u64 >= t) {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Err(ProviderError::transient(format!(
+            "list members: the roster of {group} kept changing while it was read"
+        )))
+    }
+
+    /// The ban list, or `None` where the app's edition or console switch has no bans.
+    async fn bans(&self, group: &GroupId) -> Result<Option<BTreeSet<MemberId>>, ProviderError> {
+        let mut out = BTreeSet::new();
+        let mut offset = 0u64;
+        loop {
+            let v = match self
+                .command(
+                    "get_group_ban_member",
+                    json!({"GroupId": group.as_str(), "Limit": BAN_PAGE, "Offset": offset}),
+                    false,
+                    "list banned",
+                )
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if matches!(e.code.as_deref(), Some("10059" | "10007")) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            for b in v["BannedAccountList"].as_array().into_iter().flatten() {
+                if let Some(a) = b["Member_Account"].as_str() {
+                    out.insert(MemberId::new(a));
+                }
+            }
+            let next = v["NextOffset"].as_u64().unwrap_or(0);
+            if next == 0 || next <= offset || out.len() > MAX_LISTED {
+                return Ok(Some(out));
+            }
+            offset = next;
+        }
+    }
+
+    fn learned(&self, kind: OpKind) -> Option<usize> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&kind)
+            .copied()
+    }
+
+    fn learn(&self, kind: OpKind, max: usize) {
+        let mut l = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        let e = l.entry(kind).or_insert(max);
+        *e = (*e).min(max);
+    }
+
+    /// Send a bulk write in as few calls as the service takes: a batch answered with 10005
+    /// (too many accounts) is halved, and the smaller size is kept for later batches; an add
+    /// answered with 10019 (an unknown account fails the whole call) is halved until the
+    /// unknown accounts stand alone, each then a per-member failure.
+    async fn bulk(
+        &self,
+        group: &GroupId,
+        batch: &Batch,
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let kind = batch.kind;
+        let cap = self.learned(kind).unwrap_or(usize::MAX).max(1);
+        let mut queue: VecDeque<Vec<&Op>> =
+            batch.ops.chunks(cap).map(|c| c.iter().collect()).collect();
+        let mut outcomes: HashMap<MemberId, MemberOutcome> = HashMap::new();
+        while let Some(ops) = queue.pop_front() {
+            match self.bulk_once(group, kind, &ops).await {
+                Ok(outs) => outcomes.extend(outs.into_iter().map(|o| (o.member.clone(), o))),
+                Err(e) if e.code.as_deref() == Some("10005") && ops.len() > 1 => {
+                    let half = ops.len().div_ceil(2);
+                    self.learn(kind, half);
+                    tracing::debug!(instance = %self.instance, op = %kind, size = half, "over the per-call maximum; splitting");
+                    let (a, b) = ops.split_at(half);
+                    queue.push_front(b.to_vec());
+                    queue.push_front(a.to_vec());
+                }
+                Err(e) if e.code.as_deref() == Some("10019") && kind == OpKind::Add => {
+                    if ops.len() == 1 {
+                        let m = ops[0].member.clone();
+                        outcomes.insert(
+                            m.clone(),
+                            MemberOutcome::failed(
+                                m,
+                                "10019",
+                                "the account does not exist in the app",
+                            ),
+                        );
+                    } else {
+                        let (a, b) = ops.split_at(ops.len().div_ceil(2));
+                        queue.push_front(b.to_vec());
+                        queue.push_front(a.to_vec());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(batch
+            .ops
+            .iter()
+            .map(|op| {
+                outcomes.remove(&op.member).unwrap_or_else(|| {
+                    MemberOutcome::failed(
+                        op.member.clone(),
+                        "NO_RESULT",
+                        "the provider returned no result for this member",
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// One bulk call for `ops` (all of `kind`).
+    async fn bulk_once(
+        &self,
+        group: &GroupId,
+        kind: OpKind,
+        ops: &[&Op],
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let accounts: Vec<&str> = ops.iter().map(|o| o.member.as_str()).collect();
+        let g = group.as_str();
+        let done = || {
+            ops.iter()
+                .map(|o| MemberOutcome::done(o.member.clone()))
+                .collect()
+        };
+        match kind {
+            OpKind::Add => {
+                let list: Vec<Value> = accounts
+                    .iter()
+                    .map(|a| json!({"Member_Account": a}))
+                    .collect();
+                let v = self
+                    .command(
+                        "add_group_member",
+                        json!({"GroupId": g, "Silence": 1, "MemberList": list}),
+                        true,
+                        "add",
+                    )
+                    .await?;
+                let results: HashMap<&str, u64> = v["MemberList"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| Some((m["Member_Account"].as_str()?, m["Result"].as_u64()?)))
+                    .collect();
+                Ok(ops
+                    .iter()
+                    .map(|o| {
+                        let m = o.member.clone();
+                        match results.get(o.member.as_str()) {
+                            Some(1) => MemberOutcome::done(m),
+                            Some(2) => MemberOutcome::already(m),
+                            Some(3) => MemberOutcome::failed(
+                                m,
+                                "PENDING",
+                                "waiting for the invitee to confirm (Result 3)",
+                            ),
+                            Some(r) => MemberOutcome::failed(
+                                m,
+                                format!("RESULT_{r}"),
+                                "the service did not add this account (banned, or refused)",
+                            ),
+                            None => MemberOutcome::failed(
+                                m,
+                                "NO_RESULT",
+                                "the provider returned no result for this member",
+                            ),
+                        }
+                    })
+                    .collect())
+            }
+            OpKind::Remove => {
+                self.command(
+                    "delete_group_member",
+                    json!({"GroupId": g, "Silence": 1, "Reason": "rosterd sync", "MemberToDel_Account": accounts}),
+                    true,
+                    "remove",
+                )
+                .await?;
+                Ok(done())
+            }
+            OpKind::Mute | OpKind::Unmute => {
+                let mute_time = match (kind, ops[0].mute) {
+                    (OpKind::Unmute, _) => 0,
+                    (_, Some(mu)) => mute_seconds(mu, (self.clock)()),
+                    (_, None) => {
+                        return Err(ProviderError::fatal(format!(
+                            "mute of {} carries no end",
+                            ops[0].member
+                        )));
+                    }
+                };
+                if kind == OpKind::Mute && mute_time == 0 {
+                    // Already past its end: nothing to send, and 0 would mean "unmute".
+                    return Ok(done());
+                }
+                let label = if kind == OpKind::Mute {
+                    "mute"
+                } else {
+                    "unmute"
+                };
+                self.command(
+                    "forbid_send_msg",
+                    json!({"GroupId": g, "Members_Account": accounts, "MuteTime": mute_time}),
+                    true,
+                    label,
+                )
+                .await?;
+                let mut sent = self.sent_mutes.lock().unwrap_or_else(|e| e.into_inner());
+                for o in ops {
+                    let key = (g.to_string(), o.member.0.clone());
+                    match o.mute {
+                        Some(Mute::Until(t)) if kind == OpKind::Mute => {
+                            sent.insert(key, t);
+                        }
+                        _ => {
+                            sent.remove(&key);
+                        }
+                    }
+                }
+                Ok(done())
+            }
+            OpKind::Ban => {
+                self.command(
+                    "ban_group_member",
+                    json!({"GroupId": g, "Members_Account": accounts, "Duration": FOREVER, "Description": "rosterd: banned by manifest"}),
+                    true,
+                    "ban",
+                )
+                .await?;
+                Ok(done())
+            }
+            OpKind::Unban => {
+                self.command(
+                    "unban_group_member",
+                    json!({"GroupId": g, "Members_Account": accounts}),
+                    true,
+                    "unban",
+                )
+                .await?;
+                Ok(done())
+            }
+            OpKind::Promote | OpKind::Demote | OpKind::TransferOwner => {
+                unreachable!("single-member kinds are not sent in bulk")
+            }
+        }
+    }
+
+    /// One single-member call. A refusal about this member (bad parameter, no permission,
+    /// unknown account) is its outcome; anything else fails the call.
+    async fn single(
+        &self,
+        command: &'static str,
+        body: Value,
+        label: &'static str,
+        member: &MemberId,
+    ) -> Result<MemberOutcome, ProviderError> {
+        match self.command(command, body, true, label).await {
+            Ok(_) => Ok(MemberOutcome::done(member.clone())),
+            Err(e) if matches!(e.code.as_deref(), Some("10004" | "10007" | "10019")) => {
+                Ok(MemberOutcome::failed(
+                    member.clone(),
+                    e.code.clone().unwrap_or_default(),
+                    e.message,
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Tencent {
+    /// Hand the group to `new`. Tencent demotes the previous owner to `Member`, while rosterd's
+    /// model (and the plan made from it) keeps every other member's role; so where the type
+    /// has admins the previous owner, who was read as an admin, is made `Admin` again and any
+    /// change the manifest wants for them is planned from there.
+    async fn transfer(
+        &self,
+        group: &GroupId,
+        new: &MemberId,
+    ) -> Result<MemberOutcome, ProviderError> {
+        let (ty, previous) = self.group_info(group).await?;
+        let g = group.as_str();
+        let out = self
+            .single(
+                "change_group_owner",
+                json!({"GroupId": g, "NewOwner_Account": new.as_str()}),
+                "transfer owner",
+                new,
+            )
+            .await?;
+        if let (true, true, Some(prev)) = (out.outcome.is_ok(), ty.has_admins(), previous)
+            && &prev != new
+        {
+            let restored = self
+                .single(
+                    "modify_group_member_info",
+                    json!({"GroupId": g, "Member_Account": prev.as_str(), "Role": "Admin"}),
+                    "keep previous owner admin",
+                    &prev,
+                )
+                .await?;
+            if !restored.outcome.is_ok() {
+                tracing::warn!(instance = %self.instance, member = %prev, outcome = ?restored.outcome, "the previous owner could not be kept an admin");
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn ids_invalid(s: &str) -> bool {
+    crate::provider::ids::tencent(s).is_err()
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `MuteTime` for a mute: seconds from `now` to its end (rounded up, so a mute never ends
+/// early), [`FOREVER`] without an end, 0 when the end has passed.
+pub fn mute_seconds(mute: Mute, now: SystemTime) -> u64 {
+    match mute {
+        Mute::Indefinite => FOREVER,
+        Mute::Until(t) => match t.duration_since(now) {
+            Ok(d) => {
+                let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                s.min(FOREVER - 1)
+            }
+            Err(_) => 0,
+        },
+    }
+}
+
+fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h
+}
+
+fn settings_of(instance: &Instance) -> Result<&Settings, ProviderError> {
+    match &instance.settings {
+        KindSettings::Tencent(s) => Ok(s),
+        other => Err(ProviderError::fatal(format!(
+            "provider {}: expected tencent settings, found {}",
+            instance.name,
+            other.kind()
+        ))),
+    }
+}
+
+/// `common.base_url`, else `https://{the region's domain}`.
+fn base_url(name: &str, over: Option<&str>, s: &Settings) -> Result<reqwest::Url, ProviderError> {
+    let raw = match (over, s.region.as_deref()) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(r)) => {
+            let r = r.trim().to_ascii_lowercase();
+            let domain = REGIONS
+                .iter()
+                .find(|(n, _)| *n == r)
+                .map(|(_, d)| *d)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = REGIONS.iter().map(|(n, _)| *n).collect();
+                    ProviderError::fatal(format!(
+                        "provider {name}: region must be one of {}; found {r:?}",
+                        names.join(", ")
+                    ))
+                })?;
+            format!("https://{domain}")
+        }
+        (None, None) => {
+            return Err(ProviderError::fatal(format!(
+                "provider {name}: set region (e.g. singapore) or base_url"
+            )));
+        }
+    };
+    let url = reqwest::Url::parse(&raw).map_err(|e| {
+        ProviderError::fatal(format!("provider {name}: base_url is not a URL: {e}"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(ProviderError::fatal(format!(
+            "provider {name}: base_url must be an http(s) URL"
+        )));
+    }
+    Ok(url)
+}
+
+/// Pacing of one instance: its own settings, else 20 requests/s; backoff from 250 ms capped at
+/// a few seconds, since throttled answers carry no Retry-After (§5).
+fn http_options(instance: &Instance) -> HttpOptions {
+    HttpOptions {
+        min_backoff: Duration::from_millis(250),
+        max_backoff: Duration::from_secs(5),
+        ..HttpOptions::for_instance(instance, Some(DEFAULT_RATE), Duration::ZERO)
+    }
+}
+
+/// Codes that mean the credentials or the app are wrong: stop, and say which setting to check.
+fn is_auth_code(code: u64) -> bool {
+    matches!(
+        code,
+        60004 | 60005 | 60006 | 60010 | 60016 | 60020 | 70000..=70999
+    )
+}
+
+/// The class of a non-zero `ErrorCode` (§4).
+pub fn class_of(code: u64) -> ErrorClass {
+    match code {
+        10006 | 60007 | 60011 | 60018 | 60019 => ErrorClass::Throttled,
+        10002 | 60008 => ErrorClass::Transient,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+/// Turn one answer into its fields or a classified error. The message quotes the service's
+/// `ErrorInfo` with `scrub` (the UserSig, the key) blanked, and never the URL.
+fn classify(
+    r: &Response,
+    label: &str,
+    scrub: &[String],
+    instance: &str,
+) -> Result<Value, ProviderError> {
+    if r.status != 200 {
+        let msg = format!("{label}: HTTP {}", r.status);
+        return Err(match r.status {
+            429 => ProviderError::throttled(msg, crate::provider::http::retry_after(&r.headers)),
+            408 | 500.. => ProviderError::transient(msg),
+            _ => ProviderError::fatal(msg),
+        });
+    }
+    let v: Value = r.json()?;
+    let code = match &v["ErrorCode"] {
+        Value::Number(n) => n.as_u64().unwrap_or(u64::MAX),
+        _ if v["ActionStatus"] == "OK" => 0,
+        _ => {
+            return Err(ProviderError::transient(format!(
+                "{label}: an answer without ErrorCode"
+            )));
+        }
+    };
+    if code == 0 {
+        return Ok(v);
+    }
+    let mut info = v["ErrorInfo"].as_str().unwrap_or_default().to_string();
+    for s in scrub.iter().filter(|s| !s.is_empty()) {
+        info = info.replace(s.as_str(), "***");
+    }
+    let message = if is_auth_code(code) {
+        format!(
+            "provider {instance}: {label}: authentication failed (Tencent error {code}: {info}); \
+             check sdk_app_id, identifier, secret_key and region"
+        )
+    } else {
+        format!("{label}: Tencent error {code}: {info}")
+    };
+    Err(ProviderError {
+        class: class_of(code),
+        code: Some(code.to_string()),
+        message,
+        retry_after: None,
+    })
+}
+
+#[async_trait]
+impl Provider for Tencent {
+    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+        let (ty, owner_account) = self.group_info(group).await?;
+        if ty == GroupType::AvChatRoom {
+            return Err(ProviderError::fatal(format!(
+                "group {group} is of type AVChatRoom (Live): it has no member list and takes no \
+                 adds or removals, so rosterd cannot manage it"
+            )));
+        }
+        let listed = self.members(group, ty).await?;
+        let sent = self
+            .sent_mutes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut members = BTreeMap::new();
+        let mut mutes = BTreeMap::new();
+        let mut role_owner = None;
+        for (account, role, until) in listed {
+            let id = MemberId::new(account);
+            let role = match role.as_str() {
+                "Owner" => {
+                    role_owner = Some(id.clone());
+                    if ty.has_admins() {
+                        Role::Admin
+                    } else {
+                        Role::Participant
+                    }
+                }
+                "Admin" => Role::Admin,
+                "Member" => Role::Participant,
+                other => {
+                    return Err(ProviderError::fatal(format!(
+                        "list members: member {id} has an unknown role {other:?}"
+                    )));
+                }
+            };
+            if until != 0 {
+                let mute = if until >= FOREVER {
+                    Mute::Indefinite
+                } else {
+                    match sent.get(&(group.0.clone(), id.0.clone())) {
+                        Some(t) if unix(*t).abs_diff(until) <= MUTE_TOLERANCE => Mute::Until(*t),
+                        _ => Mute::Until(UNIX_EPOCH + Duration::from_secs(until)),
+                    }
+                };
+                mutes.insert(id.clone(), mute);
+            }
+            members.insert(id, role);
+        }
+        let bans = self.bans(group).await?;
+        Ok(LiveGroup {
+            members,
+            owner: owner_account.or(role_owner),
+            bans,
+            mutes,
+            me: Some(MemberId::new(self.identifier.clone())),
+            unresolved: BTreeSet::new(),
+            group_type: Some(ty.as_str().to_string()),
+        })
+    }
+
+    async fn apply(
+        &self,
+        group: &GroupId,
+        batch: &Batch,
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        match batch.kind {
+            OpKind::Add
+            | OpKind::Remove
+            | OpKind::Mute
+            | OpKind::Unmute
+            | OpKind::Ban
+            | OpKind::Unban => self.bulk(group, batch).await,
+            kind => {
+                let mut out = Vec::with_capacity(batch.ops.len());
+                for op in &batch.ops {
+                    let g = group.as_str();
+                    let a = op.member.as_str();
+                    let outcome = match kind {
+                        OpKind::Promote | OpKind::Demote => {
+                            let role = match op.role {
+                                Some(Role::Admin) => "Admin",
+                                Some(_) => "Member",
+                                None => {
+                                    return Err(ProviderError::fatal(format!(
+                                        "{kind} of {a} carries no target role"
+                                    )));
+                                }
+                            };
+                            self.single(
+                                "modify_group_member_info",
+                                json!({"GroupId": g, "Member_Account": a, "Role": role}),
+                                kind.as_str(),
+                                &op.member,
+                            )
+                            .await?
+                        }
+                        _ => self.transfer(group, &op.member).await?,
+                    };
+                    out.push(outcome);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn capabilities_for(&self, live: &LiveGroup) -> Capabilities {
+        let ty = live
+            .group_type
+            .as_deref()
+            .and_then(GroupType::parse)
+            .unwrap_or(GroupType::Public);
+        Capabilities {
+            roles: if ty.has_admins() {
+                &[Role::Admin, Role::Participant]
+            } else {
+                &[Role::Participant]
+            },
+            bans: live.bans.is_some(),
+            mutes: if ty.has_mutes() {
+                MuteSupport::Timed
+            } else {
+                MuteSupport::No
+            },
+            transfer_owner: ty != GroupType::AvChatRoom,
+            max_batch: self.max_batch,
+            ..*Kind::Tencent.capabilities()
+        }
+    }
+
+    fn requests(&self) -> RequestCounts {
+        self.http.counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::CommonSettings;
+
+    fn instance(base_url: Option<&str>, region: Option<&str>, max: Option<MaxBatch>) -> Instance {
+        Instance {
+            name: "tim".into(),
+            kind: Kind::Tencent,
+            common: CommonSettings {
+                base_url: base_url.map(String::from),
+                ..CommonSettings::default()
+            },
+            settings: KindSettings::Tencent(Settings {
+                sdk_app_id: 1_400_000_000,
+                identifier: "administrator".into(),
+                secret_key: SecretRef::Env("ROSTERD_TEST_UNUSED_TENCENT".into()),
+                region: region.map(String::from),
+                max_batch: max,
+            }),
+        }
+    }
+
+    fn resp(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn tencent_region_selects_the_domain_and_base_url_overrides_it() {
+        let c =
+            Tencent::with_key(&instance(None, Some("Singapore"), None), Secret::new("k")).unwrap();
+        let u = c.url("add_group_member", "SIG");
+        assert!(
+            u.starts_with("https://adminapisgp.im.qcloud.com/v4/group_open_http_svc/add_group_member?sdkappid=1400000000&identifier=administrator&usersig=SIG&random="),
+            "{u}"
+        );
+        assert!(u.ends_with("&contenttype=json"));
+        let e =
+            Tencent::with_key(&instance(None, Some("mars"), None), Secret::new("k")).unwrap_err();
+        assert!(e.message.contains("region"), "{e}");
+        let c = Tencent::with_key(
+            &instance(Some("http://127.0.0.1:9/"), Some("mars"), None),
+            Secret::new("k"),
+        )
+        .unwrap();
+        assert!(
+            c.url("x", "s")
+                .starts_with("http://127.0.0.1:9/v4/group_open_http_svc/x?")
+        );
+    }
+
+    #[test]
+    fn tencent_debug_output_hides_the_key() {
+        let c = Tencent::with_key(
+            &instance(None, Some("tokyo"), None),
+            Secret::new("topsecretkey"),
+        )
+        .unwrap();
+        let sig = c.usersig();
+        let d = format!("{c:?}");
+        assert!(!d.contains("topsecretkey") && !d.contains(&sig), "{d}");
+    }
+
+    #[test]
+    fn tencent_usersig_is_cached_until_shortly_before_its_end() {
+        let now = Arc::new(Mutex::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        let n = now.clone();
+        let c = Tencent::with_key(&instance(None, Some("tokyo"), None), Secret::new("k"))
+            .unwrap()
+            .with_clock(Arc::new(move || *n.lock().unwrap()));
+        let first = c.usersig();
+        *now.lock().unwrap() += Duration::from_secs(USERSIG_TTL - USERSIG_RENEW - 1);
+        assert_eq!(c.usersig(), first);
+        *now.lock().unwrap() += Duration::from_secs(1);
+        let second = c.usersig();
+        assert_ne!(second, first);
+        let claims = usersig::decode(&second).unwrap();
+        assert_eq!(claims.time, 1_700_000_000 + USERSIG_TTL - USERSIG_RENEW);
+        assert!(usersig::verify(&claims, "k"));
+    }
+
+    #[test]
+    fn tencent_errors_are_classified_by_error_code_in_the_200_envelope() {
+        let c = |body: &str| classify(&resp(200, body), "x", &["SIG".into()], "tim");
+        assert!(c(r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#).is_ok());
+        for (code, class) in [
+            (10006, ErrorClass::Throttled),
+            (60007, ErrorClass::Throttled),
+            (10002, ErrorClass::Transient),
+            (10007, ErrorClass::Fatal),
+            (70009, ErrorClass::Fatal),
+        ] {
+            let e = c(&format!(
+                r#"{{"ActionStatus":"FAIL","ErrorCode":{code},"ErrorInfo":"bad usersig SIG"}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(
+                (e.class, e.code.as_deref()),
+                (class, Some(code.to_string().as_str()))
+            );
+            assert!(!e.message.contains("SIG"), "{e}");
+        }
+        let e =
+            c(r#"{"ActionStatus":"FAIL","ErrorCode":70001,"ErrorInfo":"expired"}"#).unwrap_err();
+        assert!(e.message.contains("authentication failed"), "{e}");
+        let e = classify(&resp(502, "bad gateway"), "x", &[], "tim").unwrap_err();
+        assert_eq!(e.class, ErrorClass::Transient);
+        let e = classify(&resp(200, "<html>"), "x", &[], "tim").unwrap_err();
+        assert_eq!(e.class, ErrorClass::Transient);
+    }
+
+    #[test]
+    fn tencent_mute_time_counts_from_the_clock_passed_in() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(mute_seconds(Mute::Indefinite, now), FOREVER);
+        assert_eq!(
+            mute_seconds(Mute::Until(now + Duration::from_secs(3600)), now),
+            3600
+        );
+        assert_eq!(
+            mute_seconds(Mute::Until(now + Duration::from_millis(1500)), now),
+            2
+        );
+        assert_eq!(
+            mute_seconds(Mute::Until(now - Duration::from_secs(1)), now),
+            0
+        );
+    }
+
+    #[test]
+    fn tencent_max_batch_override_raises_the_maximum_per_kind() {
+        let c = Tencent::with_key(
+            &instance(
+                None,
+                Some("tokyo"),
+                Some(MaxBatch {
+                    add: Some(300),
+                    remove: Some(500),
+                    ..MaxBatch::default()
+                }),
+            ),
+            Secret::new("k"),
+        )
+        .unwrap();
+        let caps = c.capabilities_for(&LiveGroup {
+            group_type: Some("Public".into()),
+            bans: Some(BTreeSet::new()),
+            ..LiveGroup::default()
+        });
+        assert_eq!((caps.max_batch)(OpKind::Add), 300);
+        assert_eq!((caps.max_batch)(OpKind::Remove), 500);
+        assert_eq!((caps.max_batch)(OpKind::Mute), 500);
+        assert_eq!((caps.max_batch)(OpKind::Ban), 20);
+        assert_eq!((caps.max_batch)(OpKind::Promote), 1);
+        let d = Tencent::with_key(&instance(None, Some("tokyo"), None), Secret::new("k")).unwrap();
+        let work = d.capabilities_for(&LiveGroup {
+            group_type: Some("Private".into()),
+            ..LiveGroup::default()
+        });
+        assert_eq!((work.max_batch)(OpKind::Add), 20);
+        assert!(!work.bans && work.mutes == MuteSupport::No && !work.supports_role(Role::Admin));
+    }
 }

@@ -264,6 +264,11 @@ async fn plan_one(
             return (report, None);
         }
     };
+    if let Some(why) = plan::unsupported(g, &live, &target.provider.capabilities_for(&live)) {
+        tracing::warn!(reason = %why, "the group cannot do what its manifest asks");
+        report.error = Some(why);
+        return (report, None);
+    }
     let plan = make_plan(g, &live, target, opts);
     report.status = if plan.blocked.is_some() {
         GroupStatus::Blocked

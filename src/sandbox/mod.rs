@@ -28,9 +28,11 @@ use tokio_util::task::TaskTracker;
 use crate::provider::Kind;
 
 pub mod cometchat;
+pub mod tencent;
 pub mod waha;
 
 pub use cometchat::CometChatEmulator;
+pub use tencent::TencentEmulator;
 pub use waha::WahaEmulator;
 
 /// The seed (and dump) of every emulator, as one YAML or JSON document.
@@ -41,6 +43,8 @@ pub struct SandboxState {
     pub cometchat: cometchat::State,
     #[serde(default)]
     pub waha: waha::State,
+    #[serde(default)]
+    pub tencent: tencent::State,
 }
 
 impl SandboxState {
@@ -73,6 +77,7 @@ impl SandboxState {
 pub struct Ports {
     pub cometchat: u16,
     pub waha: u16,
+    pub tencent: u16,
 }
 
 impl Ports {
@@ -80,11 +85,13 @@ impl Ports {
     pub const EPHEMERAL: Ports = Ports {
         cometchat: 0,
         waha: 0,
+        tencent: 0,
     };
     /// The fixed ports `rosterd sandbox` uses, matching the sample `manifests/rosterd.yaml`.
     pub const FIXED: Ports = Ports {
         cometchat: 8081,
         waha: 8083,
+        tencent: 8084,
     };
 }
 
@@ -104,6 +111,7 @@ pub struct Endpoint {
 pub struct Sandbox {
     pub cometchat: CometChatEmulator,
     pub waha: WahaEmulator,
+    pub tencent: TencentEmulator,
     endpoints: Vec<Endpoint>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -154,10 +162,35 @@ impl Sandbox {
             )
             .await?,
         );
+        let tencent_keys = state
+            .tencent
+            .apps
+            .iter()
+            .map(|(id, a)| {
+                format!(
+                    "sdk_app_id {id}: identifier {}, secret_key {}",
+                    a.admin, a.secret_key
+                )
+            })
+            .collect();
+        let tencent = TencentEmulator::new(state.tencent);
+        endpoints.push(
+            start_one(
+                Kind::Tencent,
+                "",
+                tencent.router(),
+                ports.tencent,
+                tencent_keys,
+                &shutdown,
+                &tracker,
+            )
+            .await?,
+        );
         tracker.close();
         Ok(Sandbox {
             cometchat,
             waha,
+            tencent,
             endpoints,
             shutdown,
             tracker,
@@ -181,6 +214,7 @@ impl Sandbox {
         SandboxState {
             cometchat: self.cometchat.state(),
             waha: self.waha.state(),
+            tencent: self.tencent.state(),
         }
     }
 

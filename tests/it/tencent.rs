@@ -1,0 +1,1019 @@
+//! Tencent Cloud Chat: the client against the stateful emulator over real HTTP. Time is a
+//! fixed clock shared by the emulator, the client and the planner, so timed mutes are exact and
+//! no test sleeps to let one expire.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rosterd::config::secret::{Secret, SecretRef};
+use rosterd::model::*;
+use rosterd::plan::render;
+use rosterd::provider::tencent::{MaxBatch, Settings, Tencent};
+use rosterd::provider::{CommonSettings, ErrorClass, Instance, Kind, KindSettings, Provider};
+use rosterd::reconcile::{self, GroupStatus, Report, RunOptions, Target};
+use rosterd::sandbox::tencent::{
+    App, FOREVER, Group, GroupType, Limits, MemberRole, RateLimit, State, clock_of,
+};
+use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{bounded, users};
+
+const APP: u64 = 1_400_000_042;
+/// The app's key. It must never show up in any output.
+const KEY: &str = "it-tencent-5bd2850fff3ecb11d7c805251c51ee46";
+/// The fixed "now" of the tests.
+const T: u64 = 1_800_000_000;
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn mid(s: &str) -> MemberId {
+    MemberId::new(s)
+}
+
+fn gid(s: &str) -> GroupId {
+    GroupId(s.to_string())
+}
+
+fn group(ty: GroupType, owner: Option<&str>, members: &[(&str, MemberRole)]) -> Group {
+    Group {
+        group_type: ty,
+        owner: owner.map(String::from),
+        members: members.iter().map(|(a, r)| (a.to_string(), *r)).collect(),
+        ..Group::default()
+    }
+}
+
+fn world(accounts: &[String], groups: Vec<(&str, Group)>, limits: Limits) -> State {
+    State {
+        apps: BTreeMap::from([(
+            APP,
+            App {
+                secret_key: KEY.into(),
+                admin: "administrator".into(),
+                accounts: accounts.iter().cloned().collect(),
+                bans_enabled: true,
+                limits,
+                groups: groups
+                    .into_iter()
+                    .map(|(g, grp)| (g.to_string(), grp))
+                    .collect(),
+            },
+        )]),
+        rate_limit: None,
+    }
+}
+
+/// A sandbox whose Tencent emulator's clock stands at `T`.
+async fn sandbox(state: State) -> Sandbox {
+    let sb = Sandbox::start(
+        SandboxState {
+            tencent: state,
+            ..SandboxState::default()
+        },
+        Ports::EPHEMERAL,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("sandbox starts");
+    sb.tencent.set_now(Some(at(T)));
+    sb
+}
+
+fn instance(sb: &Sandbox, max_batch: Option<MaxBatch>) -> Instance {
+    Instance {
+        name: "tim".into(),
+        kind: Kind::Tencent,
+        common: CommonSettings {
+            base_url: sb.base_url(Kind::Tencent).map(String::from),
+            rate: Some(1000.0),
+            timeout: Some(Duration::from_secs(5)),
+            ..CommonSettings::default()
+        },
+        settings: KindSettings::Tencent(Settings {
+            sdk_app_id: APP,
+            identifier: "administrator".into(),
+            secret_key: SecretRef::Env("ROSTERD_IT_UNSET_TENCENT_KEY".into()),
+            region: None,
+            max_batch,
+        }),
+    }
+}
+
+/// A client on the emulator's clock.
+fn client(sb: &Sandbox, inst: &Instance, key: &str) -> Tencent {
+    Tencent::with_key(inst, Secret::new(key))
+        .expect("client builds")
+        .with_clock(clock_of(&sb.tencent))
+}
+
+fn targets(sb: &Sandbox, max_batch: Option<MaxBatch>) -> BTreeMap<String, Target> {
+    let inst = instance(sb, max_batch);
+    let provider = Arc::new(client(sb, &inst, KEY));
+    BTreeMap::from([(
+        "tim".to_string(),
+        Target {
+            instance: inst,
+            provider,
+        },
+    )])
+}
+
+fn opts(apply: bool, now: u64) -> RunOptions {
+    RunOptions {
+        apply,
+        allow_mass_removal: true,
+        now: at(now),
+        ..RunOptions::default()
+    }
+}
+
+fn desired(id: &str, owner: Option<&str>, members: &[(&str, Role)]) -> DesiredGroup {
+    DesiredGroup {
+        name: format!("{id}-group"),
+        provider: "tim".into(),
+        kind: Kind::Tencent,
+        id: gid(id),
+        owner: owner.map(mid),
+        members: members.iter().map(|(m, r)| (mid(m), *r)).collect(),
+        bans: None,
+        mutes: None,
+        unlisted: Unlisted::Remove,
+        max_removals: RemovalLimit::Count(100_000),
+        protected: BTreeSet::new(),
+        source: "tests/it/tencent.rs".into(),
+    }
+}
+
+fn write_calls(sb: &Sandbox) -> usize {
+    sb.tencent.writes().len()
+}
+
+fn role_of(r: Role) -> MemberRole {
+    match r {
+        Role::Admin => MemberRole::Admin,
+        _ => MemberRole::Member,
+    }
+}
+
+#[tokio::test]
+async fn tencent_round_trip_converges_with_timed_mutes_bans_and_owner_then_stays_quiet() {
+    bounded(60, async {
+        let mut accounts = users("p", 120);
+        accounts.extend(
+            [
+                "owner0", "alice", "demoted", "gone1", "gone2", "mallory", "forgiven", "mexp",
+                "mext", "msame", "mun", "mforever", "new1", "new2",
+            ]
+            .map(String::from),
+        );
+        let mut live: Vec<(&str, MemberRole)> = accounts[..120]
+            .iter()
+            .map(|a| (a.as_str(), MemberRole::Member))
+            .collect();
+        live.extend([
+            ("alice", MemberRole::Member),
+            ("demoted", MemberRole::Admin),
+            ("gone1", MemberRole::Member),
+            ("gone2", MemberRole::Admin),
+            ("mallory", MemberRole::Member),
+            ("mexp", MemberRole::Member),
+            ("mext", MemberRole::Member),
+            ("msame", MemberRole::Member),
+            ("mun", MemberRole::Member),
+            ("mforever", MemberRole::Member),
+        ]);
+        let mut g = group(GroupType::Public, Some("owner0"), &live);
+        g.muted = BTreeMap::from([
+            ("mexp".into(), T - 100),   // expired: the manifest wants it again
+            ("mext".into(), T + 60),    // ends soon: the manifest extends it
+            ("msame".into(), T + 3600), // already right
+            ("mun".into(), T + 1000),   // not in the manifest: unmuted
+        ]);
+        g.banned = BTreeMap::from([("forgiven".into(), FOREVER)]);
+        let sb = sandbox(world(&accounts, vec![("@TGS#round", g)], Limits::default())).await;
+
+        let mut want: Vec<(&str, Role)> = accounts[..120]
+            .iter()
+            .map(|a| (a.as_str(), Role::Participant))
+            .collect();
+        want.extend([
+            ("owner0", Role::Admin),
+            ("alice", Role::Admin),
+            ("demoted", Role::Participant),
+            ("mexp", Role::Participant),
+            ("mext", Role::Participant),
+            ("msame", Role::Participant),
+            ("mun", Role::Participant),
+            ("mforever", Role::Participant),
+            ("new1", Role::Participant),
+            ("new2", Role::Admin),
+        ]);
+        let mut d = desired("@TGS#round", Some("alice"), &want);
+        d.bans = Some(BTreeSet::from([mid("mallory")]));
+        d.mutes = Some(BTreeMap::from([
+            (mid("mexp"), Mute::Until(at(T + 7200))),
+            (mid("mext"), Mute::Until(at(T + 86_400))),
+            (mid("msame"), Mute::Until(at(T + 3600))),
+            (mid("mforever"), Mute::Indefinite),
+            (mid("new1"), Mute::Until(at(T + 600))),
+        ]));
+        let t = targets(&sb, None);
+
+        let first = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        let g0 = &first.groups[0];
+        assert_eq!(
+            g0.status,
+            GroupStatus::Applied,
+            "{:?} {:?}",
+            g0.error,
+            g0.drift
+        );
+        let plan = g0.plan.as_ref().unwrap();
+        for kind in [
+            OpKind::Add,
+            OpKind::Promote,
+            OpKind::Demote,
+            OpKind::Remove,
+            OpKind::Mute,
+            OpKind::Unmute,
+            OpKind::Ban,
+            OpKind::Unban,
+            OpKind::TransferOwner,
+        ] {
+            assert!(plan.count(kind) > 0, "the drift covers {kind}");
+        }
+
+        // The emulator now holds exactly the manifest.
+        let after = sb.tencent.group(APP, "@TGS#round").unwrap();
+        assert_eq!(after.owner.as_deref(), Some("alice"));
+        let mut expect: BTreeMap<String, MemberRole> = d
+            .members
+            .iter()
+            .map(|(m, r)| (m.0.clone(), role_of(*r)))
+            .collect();
+        expect.insert("alice".into(), MemberRole::Owner);
+        assert_eq!(after.members, expect);
+        assert_eq!(
+            after.muted,
+            BTreeMap::from([
+                ("mexp".to_string(), T + 7200),
+                ("mext".to_string(), T + 86_400),
+                ("msame".to_string(), T + 3600),
+                ("mforever".to_string(), FOREVER),
+                ("new1".to_string(), T + 600),
+            ])
+        );
+        assert_eq!(
+            after.banned.keys().cloned().collect::<Vec<_>>(),
+            vec!["mallory".to_string()]
+        );
+
+        let second = reconcile::run(std::slice::from_ref(&d), &t, &opts(false, T), None).await;
+        assert!(second.plan().is_empty(), "{:?}", second.plan());
+        sb.tencent.clear_log();
+        let again = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert_eq!(again.groups[0].status, GroupStatus::InSync);
+        assert_eq!(write_calls(&sb), 0, "a converged group takes no write call");
+
+        // Two hours later new1's and mexp's mutes have ended on both sides: still nothing to do.
+        sb.tencent.set_now(Some(at(T + 7300)));
+        let later = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T + 7300), None).await;
+        assert!(later.plan().is_empty(), "{:?}", later.plan());
+        assert_eq!(write_calls(&sb), 0);
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// Drift of 400 adds, 150 removals and 200 mutes (one end): the write calls it takes.
+async fn large_drift(max_batch: Option<MaxBatch>, limits: Limits) -> (usize, usize) {
+    let kept = users("k", 200);
+    let gone = users("r", 150);
+    let new = users("n", 400);
+    let accounts: Vec<String> = kept
+        .iter()
+        .chain(&gone)
+        .chain(&new)
+        .cloned()
+        .chain(["boss".to_string()])
+        .collect();
+    let live: Vec<(&str, MemberRole)> = kept
+        .iter()
+        .chain(&gone)
+        .map(|a| (a.as_str(), MemberRole::Member))
+        .collect();
+    let g = group(GroupType::Public, Some("boss"), &live);
+    let sb = sandbox(world(&accounts, vec![("@TGS#big", g)], limits)).await;
+    let want: Vec<(&str, Role)> = kept
+        .iter()
+        .chain(&new)
+        .map(|a| (a.as_str(), Role::Participant))
+        .chain([("boss", Role::Admin)])
+        .collect();
+    let mut d = desired("@TGS#big", Some("boss"), &want);
+    d.mutes = Some(
+        kept.iter()
+            .map(|k| (mid(k), Mute::Until(at(T + 3600))))
+            .collect(),
+    );
+    let t = targets(&sb, max_batch);
+    let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+    assert_eq!(
+        report.groups[0].status,
+        GroupStatus::Applied,
+        "{:?}",
+        report.groups[0].error
+    );
+    let after = sb.tencent.group(APP, "@TGS#big").unwrap();
+    assert_eq!(after.members.len(), 601);
+    assert_eq!(after.muted.len(), 200);
+    assert!(after.muted.values().all(|u| *u == T + 3600));
+    let calls = write_calls(&sb);
+    assert_eq!(report.calls(), calls, "one request per planned call");
+    sb.shutdown().await;
+    (calls, report.groups[0].plan.as_ref().unwrap().calls())
+}
+
+#[tokio::test]
+async fn tencent_large_drift_takes_the_minimum_write_calls() {
+    bounded(60, async {
+        // Defaults: 20 adds, 100 deletes, 500 mutes per call.
+        let minimum = 400usize.div_ceil(20) + 150usize.div_ceil(100) + 200usize.div_ceil(500);
+        let (calls, planned) = large_drift(None, Limits::default()).await;
+        println!("tencent 400 adds/150 removals/200 mutes, default maxima: {calls} write calls, minimum {minimum}");
+        assert_eq!((calls, planned), (minimum, minimum));
+
+        // An app whose service takes more per call, with the instance's maxima raised to match.
+        let raised = MaxBatch {
+            add: Some(300),
+            remove: Some(500),
+            ..MaxBatch::default()
+        };
+        let limits = Limits {
+            add: 300,
+            delete: 500,
+            ..Limits::default()
+        };
+        let minimum = 400usize.div_ceil(300) + 150usize.div_ceil(500) + 200usize.div_ceil(500);
+        let (calls, _) = large_drift(Some(raised), limits).await;
+        println!("tencent 400 adds/150 removals/200 mutes, maxima raised to 300/500/500: {calls} write calls, minimum {minimum}");
+        assert_eq!(calls, minimum);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_over_limit_batches_are_split_and_the_rest_goes_on() {
+    bounded(60, async {
+        let new = users("n", 130);
+        let mut accounts = new.clone();
+        accounts.push("boss".into());
+        let g = group(GroupType::Public, Some("boss"), &[]);
+        // The instance believes in 300 per add; this app takes 50.
+        let limits = Limits {
+            add: 50,
+            ..Limits::default()
+        };
+        let sb = sandbox(world(&accounts, vec![("@TGS#split", g)], limits)).await;
+        let want: Vec<(&str, Role)> = new
+            .iter()
+            .map(|a| (a.as_str(), Role::Participant))
+            .collect();
+        let d = desired("@TGS#split", Some("boss"), &want);
+        let t = targets(
+            &sb,
+            Some(MaxBatch {
+                add: Some(300),
+                ..MaxBatch::default()
+            }),
+        );
+        let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert_eq!(report.groups[0].status, GroupStatus::Applied);
+        assert_eq!(
+            sb.tencent.group(APP, "@TGS#split").unwrap().members.len(),
+            131
+        );
+        let adds: Vec<_> = sb
+            .tencent
+            .writes()
+            .into_iter()
+            .filter(|r| r.command == "add_group_member")
+            .collect();
+        let refused = adds.iter().filter(|r| r.error_code == Some(10005)).count();
+        assert!(refused >= 1, "the first batch was over the limit");
+        for r in adds.iter().filter(|r| r.error_code == Some(0)) {
+            let n = r.body.as_ref().unwrap()["MemberList"]
+                .as_array()
+                .unwrap()
+                .len();
+            assert!(n <= 50, "accepted calls carry at most 50, found {n}");
+        }
+        // 300 -> 10005, 150 -> 10005, then 75s -> 10005, 38s are taken: the client learns the
+        // size once instead of failing each later batch.
+        assert!(
+            adds.len() <= 3 + 130usize.div_ceil(38),
+            "{} add calls",
+            adds.len()
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_adds_report_per_member_results_and_unknown_accounts_are_isolated() {
+    bounded(30, async {
+        let accounts: Vec<String> = ["boss", "member", "banned", "fresh", "fresh2"]
+            .map(String::from)
+            .to_vec();
+        let mut g = group(
+            GroupType::Public,
+            Some("boss"),
+            &[("member", MemberRole::Member)],
+        );
+        g.banned = BTreeMap::from([("banned".into(), FOREVER)]);
+        let sb = sandbox(world(&accounts, vec![("@TGS#adds", g)], Limits::default())).await;
+        let c = client(&sb, &instance(&sb, None), KEY);
+        let ops: Vec<Op> = ["banned", "member", "fresh", "ghost", "fresh2"]
+            .iter()
+            .map(|m| Op::new(OpKind::Add, mid(m)).with_role(Role::Participant))
+            .collect();
+        let out = c
+            .apply(
+                &gid("@TGS#adds"),
+                &Batch {
+                    kind: OpKind::Add,
+                    ops,
+                },
+            )
+            .await
+            .unwrap();
+        let codes: Vec<String> = out
+            .iter()
+            .map(|o| match &o.outcome {
+                Outcome::Done => "done".into(),
+                Outcome::AlreadyDone => "already".into(),
+                Outcome::Failed { code, .. } => code.clone(),
+                Outcome::Skipped { .. } => "skipped".into(),
+            })
+            .collect();
+        assert_eq!(codes, ["RESULT_0", "already", "done", "10019", "done"]);
+        let after = sb.tencent.group(APP, "@TGS#adds").unwrap();
+        assert!(after.members.contains_key("fresh") && after.members.contains_key("fresh2"));
+        assert!(
+            after.members.contains_key("member"),
+            "nobody is removed by an add"
+        );
+        assert!(!after.members.contains_key("banned"));
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_bans_unavailable_fail_at_plan_naming_the_group_and_type() {
+    bounded(30, async {
+        let accounts: Vec<String> = ["boss", "a", "b"].map(String::from).to_vec();
+        let g = group(
+            GroupType::ChatRoom,
+            Some("boss"),
+            &[("a", MemberRole::Member), ("b", MemberRole::Member)],
+        );
+        let mut state = world(&accounts, vec![("@TGS#meet", g)], Limits::default());
+        state.apps.get_mut(&APP).unwrap().bans_enabled = false;
+        let sb = sandbox(state).await;
+        let mut d = desired("@TGS#meet", Some("boss"), &[("a", Role::Participant)]);
+        d.bans = Some(BTreeSet::from([mid("b")]));
+        let report = reconcile::run(
+            std::slice::from_ref(&d),
+            &targets(&sb, None),
+            &opts(true, T),
+            None,
+        )
+        .await;
+        let g0 = &report.groups[0];
+        assert_eq!(g0.status, GroupStatus::Failed);
+        assert!(g0.plan.is_none(), "nothing is planned");
+        let e = g0.error.as_deref().unwrap();
+        assert!(
+            e.contains("@TGS#meet-group") && e.contains("ChatRoom") && e.contains("bans"),
+            "{e}"
+        );
+        assert_eq!(report.exit_code(false, false), 3);
+        assert_eq!(write_calls(&sb), 0, "refused at plan, not at apply");
+        assert_eq!(sb.tencent.group(APP, "@TGS#meet").unwrap().members.len(), 3);
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_work_group_refuses_mutes_and_admins_at_plan_naming_the_type() {
+    bounded(30, async {
+        let accounts: Vec<String> = ["boss", "a", "b", "c"].map(String::from).to_vec();
+        let g = group(
+            GroupType::Private,
+            Some("boss"),
+            &[("a", MemberRole::Member), ("c", MemberRole::Member)],
+        );
+        let sb = sandbox(world(&accounts, vec![("@TGS#work", g)], Limits::default())).await;
+        let t = targets(&sb, None);
+
+        let mut muted = desired(
+            "@TGS#work",
+            Some("boss"),
+            &[("a", Role::Participant), ("b", Role::Participant)],
+        );
+        muted.mutes = Some(BTreeMap::from([(mid("a"), Mute::Indefinite)]));
+        let r = reconcile::run(std::slice::from_ref(&muted), &t, &opts(true, T), None).await;
+        let e = r.groups[0].error.as_deref().unwrap();
+        assert!(e.contains("type Private") && e.contains("mute"), "{e}");
+
+        let admins = desired(
+            "@TGS#work",
+            Some("boss"),
+            &[("a", Role::Admin), ("b", Role::Participant)],
+        );
+        let r = reconcile::run(std::slice::from_ref(&admins), &t, &opts(true, T), None).await;
+        let e = r.groups[0].error.as_deref().unwrap();
+        assert!(e.contains("type Private") && e.contains("admin"), "{e}");
+        assert_eq!(write_calls(&sb), 0);
+
+        // What a Work group can do goes through: b is added and c removed.
+        let plain = desired(
+            "@TGS#work",
+            Some("boss"),
+            &[
+                ("boss", Role::Participant),
+                ("a", Role::Participant),
+                ("b", Role::Participant),
+            ],
+        );
+        let r = reconcile::run(std::slice::from_ref(&plain), &t, &opts(true, T), None).await;
+        assert_eq!(
+            r.groups[0].status,
+            GroupStatus::Applied,
+            "{:?}",
+            r.groups[0].error
+        );
+        let after = sb.tencent.group(APP, "@TGS#work").unwrap();
+        assert_eq!(
+            after.members.keys().cloned().collect::<Vec<_>>(),
+            ["a", "b", "boss"]
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_live_and_missing_groups_are_refused_at_read() {
+    bounded(30, async {
+        let g = group(GroupType::AvChatRoom, Some("boss"), &[]);
+        let sb = sandbox(world(
+            &["boss".into()],
+            vec![("@TGS#live", g)],
+            Limits::default(),
+        ))
+        .await;
+        let e = client(&sb, &instance(&sb, None), KEY)
+            .fetch(&gid("@TGS#live"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Fatal);
+        assert!(e.message.contains("AVChatRoom"), "{e}");
+        let e = client(&sb, &instance(&sb, None), KEY)
+            .fetch(&gid("@TGS#nowhere"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.class, e.code.as_deref()),
+            (ErrorClass::Fatal, Some("10010"))
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+fn assert_clean(text: &str) {
+    assert!(!text.contains(KEY), "the secret key leaked: {text}");
+    assert!(
+        !text.contains("usersig="),
+        "a URL with its UserSig leaked: {text}"
+    );
+    // Every UserSig is zlib data, whose base64 starts with "eJ".
+    assert!(!text.contains("eJ"), "a UserSig leaked: {text}");
+}
+
+#[tokio::test]
+async fn tencent_wrong_key_is_an_auth_error_without_any_secret() {
+    bounded(30, async {
+        let g = group(GroupType::Public, Some("boss"), &[]);
+        let sb = sandbox(world(
+            &["boss".into()],
+            vec![("@TGS#auth", g)],
+            Limits::default(),
+        ))
+        .await;
+        let inst = instance(&sb, None);
+        let other = "0ther-key-that-is-not-the-apps-key";
+        let e = client(&sb, &inst, other)
+            .fetch(&gid("@TGS#auth"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.class, e.code.as_deref()),
+            (ErrorClass::Fatal, Some("70009"))
+        );
+        assert!(e.message.contains("authentication failed"), "{e}");
+        assert_clean(&e.message);
+        assert!(!e.message.contains(other));
+
+        // The right key for a non-admin identifier is refused too.
+        let mut inst2 = inst.clone();
+        if let KindSettings::Tencent(s) = &mut inst2.settings {
+            s.identifier = "alice".into();
+        }
+        let e = client(&sb, &inst2, KEY)
+            .fetch(&gid("@TGS#auth"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code.as_deref(), Some("60010"));
+        assert_clean(&e.message);
+
+        // Through the engine: the report, the plan in every rendering, Debug output.
+        let t = BTreeMap::from([(
+            "tim".to_string(),
+            Target {
+                instance: inst.clone(),
+                provider: Arc::new(client(&sb, &inst, other)),
+            },
+        )]);
+        let d = desired("@TGS#auth", Some("boss"), &[]);
+        let report: Report =
+            reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert_clean(&format!("{report:?}"));
+        assert_clean(&render::text(&report.plan(), false));
+        assert_clean(&render::json(&report.plan()).to_string());
+        assert_clean(&render::markdown(&report.plan()));
+        assert_clean(&format!("{:?}", client(&sb, &inst, KEY)));
+        // The emulator's own log blanks the UserSig as well.
+        for r in sb.tencent.requests() {
+            assert!(r.query.contains("usersig=***&"), "{}", r.query);
+            let text = serde_json::to_string(&r).unwrap();
+            assert!(!text.contains(KEY) && !text.contains("eJ"), "{text}");
+        }
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_expired_usersig_is_reissued_once_then_reported() {
+    bounded(30, async {
+        let g = group(GroupType::Public, Some("boss"), &[]);
+        let sb = sandbox(world(
+            &["boss".into()],
+            vec![("@TGS#exp", g)],
+            Limits::default(),
+        ))
+        .await;
+        // The client's clock is two days behind the service: every UserSig it issues has
+        // already expired there.
+        let c = Tencent::with_key(&instance(&sb, None), Secret::new(KEY))
+            .unwrap()
+            .with_clock(Arc::new(|| at(T - 2 * 86_400)));
+        let e = c.fetch(&gid("@TGS#exp")).await.unwrap_err();
+        assert_eq!(
+            (e.class, e.code.as_deref()),
+            (ErrorClass::Fatal, Some("70001"))
+        );
+        assert_clean(&e.message);
+        let codes: Vec<Option<u64>> = sb.tencent.requests().iter().map(|r| r.error_code).collect();
+        assert_eq!(codes, [Some(70001), Some(70001)], "one reissue, then stop");
+
+        // With the clocks agreeing, the same client works.
+        let ok = client(&sb, &instance(&sb, None), KEY)
+            .fetch(&gid("@TGS#exp"))
+            .await;
+        assert!(ok.is_ok());
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_transport_errors_carry_no_url_or_usersig() {
+    bounded(30, async {
+        let sb = sandbox(world(&[], vec![], Limits::default())).await;
+        let mut inst = instance(&sb, None);
+        // A port nobody listens on.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dead.local_addr().unwrap().port();
+        drop(dead);
+        inst.common.base_url = Some(format!("http://127.0.0.1:{port}"));
+        let e = client(&sb, &inst, KEY)
+            .fetch(&gid("@TGS#x"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Transient);
+        assert_clean(&e.message);
+        assert!(!e.message.contains("127.0.0.1"), "{e}");
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_failing_reads_are_errors_and_remove_nobody() {
+    bounded(60, async {
+        let accounts: Vec<String> = users("m", 30).into_iter().chain(["boss".into()]).collect();
+        let live: Vec<(&str, MemberRole)> = accounts[..30]
+            .iter()
+            .map(|a| (a.as_str(), MemberRole::Member))
+            .collect();
+        let g = group(GroupType::Public, Some("boss"), &live);
+        let sb = sandbox(world(&accounts, vec![("@TGS#flaky", g)], Limits::default())).await;
+        let d = desired("@TGS#flaky", Some("boss"), &[("m000", Role::Participant)]);
+        let t = targets(&sb, None);
+        // The service answers 10002 (internal error) to every request: the retries run out
+        // and the group is an error, never a short roster with 30 members to remove.
+        sb.tencent.inject(Fault::next(1000, FaultKind::Status(500)));
+        let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert_eq!(report.groups[0].status, GroupStatus::Failed);
+        assert!(report.groups[0].plan.is_none());
+        let e = report.groups[0].error.as_deref().unwrap();
+        assert!(e.contains("10002"), "{e}");
+        sb.tencent.clear_faults();
+        assert_eq!(write_calls(&sb), 0);
+        assert_eq!(
+            sb.tencent.group(APP, "@TGS#flaky").unwrap().members.len(),
+            31
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_community_groups_page_by_cursor_and_others_by_offset() {
+    bounded(30, async {
+        let members = users("c", 250);
+        let live: Vec<(&str, MemberRole)> = members
+            .iter()
+            .map(|a| (a.as_str(), MemberRole::Member))
+            .collect();
+        let mut accounts = members.clone();
+        accounts.push("boss".into());
+        let sb = sandbox(world(
+            &accounts,
+            vec![
+                (
+                    "@TGS#_comm",
+                    group(GroupType::Community, Some("boss"), &live),
+                ),
+                ("@TGS#pub", group(GroupType::Public, Some("boss"), &live)),
+            ],
+            Limits::default(),
+        ))
+        .await;
+        let c = client(&sb, &instance(&sb, None), KEY);
+        for id in ["@TGS#_comm", "@TGS#pub"] {
+            let g = c.fetch(&gid(id)).await.unwrap();
+            assert_eq!(g.members.len(), 251);
+            assert_eq!(
+                g.members[&mid("boss")],
+                Role::Admin,
+                "the owner reads as admin"
+            );
+            assert_eq!(g.owner, Some(mid("boss")));
+        }
+        let pages: Vec<_> = sb
+            .tencent
+            .requests()
+            .into_iter()
+            .filter(|r| r.command == "get_group_member_info")
+            .collect();
+        assert_eq!(pages.len(), 6, "three pages of 100 each");
+        let body = |i: usize| pages[i].body.clone().unwrap();
+        assert!(body(0).get("Offset").is_none() && body(0)["Next"] == "");
+        assert_eq!(body(2)["Next"], "cursor-200");
+        assert_eq!(body(5)["Offset"], 200);
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_mute_time_is_counted_from_the_clock_passed_in() {
+    bounded(30, async {
+        let accounts: Vec<String> = ["boss", "a", "b"].map(String::from).to_vec();
+        let g = group(
+            GroupType::Public,
+            Some("boss"),
+            &[("a", MemberRole::Member), ("b", MemberRole::Member)],
+        );
+        let sb = sandbox(world(&accounts, vec![("@TGS#mute", g)], Limits::default())).await;
+        let inst = instance(&sb, None);
+        let mute = |c: Tencent, m: Mute, kind: OpKind| async move {
+            let mut op = Op::new(kind, mid("a"));
+            if kind == OpKind::Mute {
+                op = op.with_mute(m);
+            }
+            c.apply(
+                &gid("@TGS#mute"),
+                &Batch {
+                    kind,
+                    ops: vec![op],
+                },
+            )
+            .await
+            .unwrap();
+        };
+        let at_clock = |secs: u64| {
+            Tencent::with_key(&inst, Secret::new(KEY))
+                .unwrap()
+                .with_clock(Arc::new(move || at(secs)))
+        };
+        mute(at_clock(T), Mute::Until(at(T + 3600)), OpKind::Mute).await;
+        mute(at_clock(T + 600), Mute::Until(at(T + 3600)), OpKind::Mute).await;
+        mute(at_clock(T), Mute::Indefinite, OpKind::Mute).await;
+        mute(at_clock(T), Mute::Indefinite, OpKind::Unmute).await;
+        let times: Vec<u64> = sb
+            .tencent
+            .writes()
+            .iter()
+            .map(|r| r.body.as_ref().unwrap()["MuteTime"].as_u64().unwrap())
+            .collect();
+        assert_eq!(times, [3600, 3000, FOREVER, 0]);
+        assert!(sb.tencent.group(APP, "@TGS#mute").unwrap().muted.is_empty());
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_throttled_answers_are_waited_out_without_repeating_writes() {
+    bounded(60, async {
+        let new = users("n", 60);
+        let mut accounts = new.clone();
+        accounts.push("boss".into());
+        let sb = sandbox(world(
+            &accounts,
+            vec![("@TGS#busy", group(GroupType::Public, Some("boss"), &[]))],
+            Limits::default(),
+        ))
+        .await;
+        sb.tencent.set_rate_limit(Some(RateLimit {
+            requests: 2,
+            per: Duration::from_millis(300),
+        }));
+        let want: Vec<(&str, Role)> = new
+            .iter()
+            .map(|a| (a.as_str(), Role::Participant))
+            .collect();
+        let d = desired("@TGS#busy", Some("boss"), &want);
+        let t = targets(&sb, None);
+        let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert_eq!(
+            report.groups[0].status,
+            GroupStatus::Applied,
+            "{:?}",
+            report.groups[0].error
+        );
+        let log = sb.tencent.requests();
+        let throttled = log
+            .iter()
+            .filter(|r| r.fault.as_deref() == Some("throttled"))
+            .count();
+        assert!(throttled > 0, "the limit was hit");
+        assert_eq!(write_calls(&sb), 3, "60 adds in 3 calls, none repeated");
+        assert!(t["tim"].provider.requests().throttled as usize >= throttled);
+        assert_eq!(
+            sb.tencent.group(APP, "@TGS#busy").unwrap().members.len(),
+            61
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_demo_applies_the_tencent_group_and_prints_no_key() {
+    bounded(60, async {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        let mut out = Vec::new();
+        let code = rosterd::demo::demo(&dir, &mut out, false).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(code, 0, "{out}");
+        let (first, rest) = out.split_once("== apply ==").expect("an apply section");
+        for what in [
+            "dave_tim muted indefinitely",
+            "mallory_tim banned",
+            "owner -> alice_tim",
+        ] {
+            assert!(first.contains(what), "the first plan has {what}:\n{first}");
+        }
+        assert!(
+            rest.contains("group game-lobby: applied and verified"),
+            "{rest}"
+        );
+        let second = rest.split_once("== plan after apply ==").unwrap().1;
+        assert!(
+            second.contains("group game-lobby (tim tencent, id @TGS#demo-lobby)\n  in sync"),
+            "{second}"
+        );
+        assert!(
+            !out.contains("sandbox-demo-tencent-key"),
+            "the key is never printed"
+        );
+        assert!(!out.contains("usersig"), "{out}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_mute_ends_shifted_by_the_services_clock_cause_no_churn() {
+    bounded(30, async {
+        let accounts: Vec<String> = ["boss", "a"].map(String::from).to_vec();
+        let g = group(
+            GroupType::Public,
+            Some("boss"),
+            &[("a", MemberRole::Member)],
+        );
+        let sb = sandbox(world(&accounts, vec![("@TGS#skew", g)], Limits::default())).await;
+        // The service's clock runs 3 s ahead of ours: it stores MuteUntil = until + 3.
+        sb.tencent.set_now(Some(at(T + 3)));
+        let inst = instance(&sb, None);
+        let c = Arc::new(
+            Tencent::with_key(&inst, Secret::new(KEY))
+                .unwrap()
+                .with_clock(Arc::new(|| at(T))),
+        );
+        let t = BTreeMap::from([(
+            "tim".to_string(),
+            Target {
+                instance: inst,
+                provider: c,
+            },
+        )]);
+        let mut d = desired("@TGS#skew", Some("boss"), &[("a", Role::Participant)]);
+        d.mutes = Some(BTreeMap::from([(mid("a"), Mute::Until(at(T + 3600)))]));
+        let r = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert_eq!(
+            r.groups[0].status,
+            GroupStatus::Applied,
+            "{:?}",
+            r.groups[0].drift
+        );
+        assert_eq!(
+            sb.tencent.group(APP, "@TGS#skew").unwrap().muted["a"],
+            T + 3 + 3600
+        );
+        let again = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        assert!(again.plan().is_empty(), "{:?}", again.plan());
+        assert_eq!(write_calls(&sb), 1, "one mute call, no re-mute");
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tencent_repeated_bad_usersigs_lock_the_app_and_the_client_stops_at_once() {
+    bounded(30, async {
+        let g = group(GroupType::Public, Some("boss"), &[]);
+        let sb = sandbox(world(
+            &["boss".into()],
+            vec![("@TGS#lock", g)],
+            Limits::default(),
+        ))
+        .await;
+        let inst = instance(&sb, None);
+        let bad = client(&sb, &inst, "not-the-key");
+        for _ in 0..10 {
+            let e = bad.fetch(&gid("@TGS#lock")).await.unwrap_err();
+            assert_eq!(e.code.as_deref(), Some("70009"));
+        }
+        assert_eq!(
+            sb.tencent.requests().len(),
+            10,
+            "an auth error is never retried"
+        );
+        // Now even the right key is refused until the lock ends.
+        let good = client(&sb, &inst, KEY);
+        let e = good.fetch(&gid("@TGS#lock")).await.unwrap_err();
+        assert_eq!(
+            (e.class, e.code.as_deref()),
+            (ErrorClass::Fatal, Some("70050"))
+        );
+        assert_clean(&e.message);
+        sb.tencent.set_now(Some(at(T + 61)));
+        assert!(good.fetch(&gid("@TGS#lock")).await.is_ok());
+        sb.shutdown().await;
+    })
+    .await;
+}
