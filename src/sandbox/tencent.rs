@@ -27,12 +27,11 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State as AxState};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use super::cometchat::RateLimit;
-use super::{Conn, Fault, FaultKind, FaultWhen};
+use super::{Conn, Fault, FaultKind, Faults};
 use crate::provider::tencent::usersig;
 
 /// `MuteUntil` / `BannedUntil` meaning forever, and the `MuteTime` that sets it.
@@ -220,7 +219,7 @@ struct Limiter {
 struct Inner {
     state: Mutex<State>,
     log: Mutex<Vec<LoggedRequest>>,
-    faults: Mutex<Vec<Fault>>,
+    faults: Faults,
     limiter: Mutex<Limiter>,
     /// A fixed time (tests); `None` follows the system clock.
     now: Mutex<Option<SystemTime>>,
@@ -250,7 +249,7 @@ impl TencentEmulator {
             inner: Arc::new(Inner {
                 state: Mutex::new(state.normalized()),
                 log: Mutex::new(Vec::new()),
-                faults: Mutex::new(Vec::new()),
+                faults: Faults::default(),
                 limiter: Mutex::new(Limiter {
                     window: 0,
                     count: 0,
@@ -322,35 +321,11 @@ impl TencentEmulator {
     }
 
     pub fn inject(&self, fault: Fault) {
-        lock(&self.inner.faults).push(fault);
+        self.inner.faults.inject(fault);
     }
 
     pub fn clear_faults(&self) {
-        lock(&self.inner.faults).clear();
-    }
-
-    fn take_fault(&self, write: bool) -> Option<FaultKind> {
-        let mut faults = lock(&self.inner.faults);
-        let mut hit = None;
-        for f in faults.iter_mut() {
-            if f.writes_only && !write {
-                continue;
-            }
-            match &mut f.when {
-                FaultWhen::Next(n) if *n > 0 => {
-                    *n -= 1;
-                    hit = Some(f.kind);
-                    break;
-                }
-                FaultWhen::Probability(p) if rand::rng().random_bool(p.clamp(0.0, 1.0)) => {
-                    hit = Some(f.kind);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        faults.retain(|f| !matches!(f.when, FaultWhen::Next(0)));
-        hit
+        self.inner.faults.clear();
     }
 
     /// Count the request against the frequency window (real time: pacing is real).
@@ -446,7 +421,7 @@ async fn handle(AxState(emu): AxState<TencentEmulator>, req: Request) -> Respons
         return axum::Json(fail(60007, "REST API call frequency exceeds the limit"))
             .into_response();
     }
-    match emu.take_fault(write) {
+    match emu.inner.faults.take(write) {
         Some(FaultKind::Status(code)) => {
             entry.fault = Some(format!("status {code}"));
             // A gateway answers 502-504 bare; the service itself says 10002 inside a 200.
