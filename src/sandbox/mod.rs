@@ -27,9 +27,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::provider::Kind;
 
+pub mod bitrix24;
 pub mod cometchat;
 pub mod waha;
 
+pub use bitrix24::Bitrix24Emulator;
 pub use cometchat::CometChatEmulator;
 pub use waha::WahaEmulator;
 
@@ -41,6 +43,8 @@ pub struct SandboxState {
     pub cometchat: cometchat::State,
     #[serde(default)]
     pub waha: waha::State,
+    #[serde(default)]
+    pub bitrix24: bitrix24::State,
 }
 
 impl SandboxState {
@@ -73,6 +77,7 @@ impl SandboxState {
 pub struct Ports {
     pub cometchat: u16,
     pub waha: u16,
+    pub bitrix24: u16,
 }
 
 impl Ports {
@@ -80,11 +85,13 @@ impl Ports {
     pub const EPHEMERAL: Ports = Ports {
         cometchat: 0,
         waha: 0,
+        bitrix24: 0,
     };
     /// The fixed ports `rosterd sandbox` uses, matching the sample `manifests/rosterd.yaml`.
     pub const FIXED: Ports = Ports {
         cometchat: 8081,
         waha: 8083,
+        bitrix24: 8084,
     };
 }
 
@@ -104,6 +111,7 @@ pub struct Endpoint {
 pub struct Sandbox {
     pub cometchat: CometChatEmulator,
     pub waha: WahaEmulator,
+    pub bitrix24: Bitrix24Emulator,
     endpoints: Vec<Endpoint>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -154,10 +162,27 @@ impl Sandbox {
             )
             .await?,
         );
+        let b24_keys = bitrix24::credentials(&state.bitrix24);
+        let bitrix24 = Bitrix24Emulator::new(state.bitrix24);
+        let mut b24 = start_one(
+            Kind::Bitrix24,
+            "",
+            bitrix24.router(),
+            ports.bitrix24,
+            b24_keys,
+            &shutdown,
+            &tracker,
+        )
+        .await?;
+        b24.credentials = (b24.credentials.iter())
+            .map(|c| c.replace("<base_url>", &b24.base_url))
+            .collect();
+        endpoints.push(b24);
         tracker.close();
         Ok(Sandbox {
             cometchat,
             waha,
+            bitrix24,
             endpoints,
             shutdown,
             tracker,
@@ -181,6 +206,7 @@ impl Sandbox {
         SandboxState {
             cometchat: self.cometchat.state(),
             waha: self.waha.state(),
+            bitrix24: self.bitrix24.state(),
         }
     }
 
