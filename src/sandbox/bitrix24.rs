@@ -263,6 +263,10 @@ pub struct LoggedRequest {
     pub status: u16,
     /// The top-level error code, if any.
     pub error: Option<String>,
+    /// For a batch: the error code of each failed command.
+    pub command_errors: Vec<String>,
+    /// When the request arrived (unix seconds).
+    pub at: f64,
     /// The injected fault that answered, if any.
     pub fault: Option<String>,
 }
@@ -748,6 +752,8 @@ async fn handle(AxState(emu): AxState<Bitrix24Emulator>, req: Request) -> Respon
         write,
         status: 0,
         error: None,
+        command_errors: vec![],
+        at: now(),
         fault: None,
     };
 
@@ -814,6 +820,12 @@ async fn handle(AxState(emu): AxState<Bitrix24Emulator>, req: Request) -> Respon
     match outcome {
         Ok((result, op)) => {
             entry.status = 200;
+            if let Some(errs) = result.get("result_error").and_then(Value::as_object) {
+                entry.command_errors = errs
+                    .values()
+                    .filter_map(|e| Some(e.get("error")?.as_str()?.to_string()))
+                    .collect();
+            }
             emu.log(entry);
             let body = json!({ "result": result, "time": time_json(started, op) });
             (StatusCode::OK, axum::Json(body)).into_response()
@@ -917,6 +929,8 @@ fn refresh(emu: &Bitrix24Emulator, method: &Method, query: &str) -> Response {
         write: false,
         status: 200,
         error: None,
+        command_errors: vec![],
+        at: now(),
         fault: None,
     };
     let answer = {
