@@ -166,9 +166,10 @@ impl Bitrix24 {
     pub fn with_oauth(instance: &Instance, client_secret: Secret) -> Result<Self, ProviderError> {
         let name = &instance.name;
         let s = settings_of(instance)?;
-        let o = s.oauth.as_ref().ok_or_else(|| {
-            ProviderError::fatal(format!("provider {name}: no oauth settings"))
-        })?;
+        let o = s
+            .oauth
+            .as_ref()
+            .ok_or_else(|| ProviderError::fatal(format!("provider {name}: no oauth settings")))?;
         let over = instance.common.base_url.as_deref();
         let rest = match over {
             Some(b) => format!("{}/rest/", b.trim_end_matches('/')),
@@ -214,6 +215,18 @@ impl Bitrix24 {
             managers: AtomicU8::new(0),
             operating_reset: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Replace the backoff bounds (1 s to 30 s by default) — tests that inject faults use short
+    /// ones so they stay quick.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Result<Self, ProviderError> {
+        let opts = HttpOptions {
+            min_backoff: min,
+            max_backoff: max,
+            ..self.http.options().clone()
+        };
+        self.http = HttpClient::new(opts)?;
+        Ok(self)
     }
 
     /// One REST call: `method` with `params`, classified; an expired OAuth token is refreshed
@@ -635,14 +648,10 @@ impl Bitrix24 {
                     Some((c, _)) if c.eq_ignore_ascii_case("USER_NOT_FOUND") => {
                         MemberOutcome::already(op.member.clone())
                     }
-                    Some((c, d)) if c.eq_ignore_ascii_case("WRONG_REQUEST") => {
-                        match &listed {
-                            Some(l) if !l.contains(&id) => {
-                                MemberOutcome::already(op.member.clone())
-                            }
-                            _ => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
-                        }
-                    }
+                    Some((c, d)) if c.eq_ignore_ascii_case("WRONG_REQUEST") => match &listed {
+                        Some(l) if !l.contains(&id) => MemberOutcome::already(op.member.clone()),
+                        _ => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
+                    },
                     Some((c, d)) => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
                 });
             }
@@ -1207,12 +1216,8 @@ mod tests {
 
     #[test]
     fn bitrix24_webhook_url_is_checked_without_echoing_it() {
-        let ok = webhook_base(
-            "b",
-            &format!("https://p.bitrix24.com/rest/7/{TOKEN}"),
-            None,
-        )
-        .unwrap();
+        let ok =
+            webhook_base("b", &format!("https://p.bitrix24.com/rest/7/{TOKEN}"), None).unwrap();
         assert_eq!(ok, format!("https://p.bitrix24.com/rest/7/{TOKEN}/"));
         let moved = webhook_base(
             "b",
@@ -1280,7 +1285,13 @@ mod tests {
             Secret::new(format!("https://p.bitrix24.com/rest/7/{TOKEN}/")),
         )
         .unwrap();
-        let e = c.classify(503, Some("QUERY_LIMIT_EXCEEDED"), Some("Too many"), "batch", "x");
+        let e = c.classify(
+            503,
+            Some("QUERY_LIMIT_EXCEEDED"),
+            Some("Too many"),
+            "batch",
+            "x",
+        );
         assert_eq!(e.class, ErrorClass::Throttled);
         let e = c.classify(429, Some("OPERATION_TIME_LIMIT"), None, "batch", "x");
         assert_eq!(
@@ -1288,7 +1299,13 @@ mod tests {
             (ErrorClass::Throttled, Some(OPERATING_FALLBACK))
         );
         c.note_time("im.chat.user.list", &json!({"operating_reset_at": 1e12}));
-        let e = c.classify(429, Some("OPERATION_TIME_LIMIT"), None, "IM.CHAT.USER.LIST", "x");
+        let e = c.classify(
+            429,
+            Some("OPERATION_TIME_LIMIT"),
+            None,
+            "IM.CHAT.USER.LIST",
+            "x",
+        );
         assert!(e.retry_after.unwrap() > Duration::from_secs(3600));
         let e = c.classify(401, Some("expired_token"), None, "batch", "x");
         assert!(is_token_error(&e) && e.class == ErrorClass::Fatal);

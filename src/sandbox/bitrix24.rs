@@ -238,7 +238,9 @@ pub fn credentials(state: &State) -> Vec<String> {
     let mut out: Vec<String> = state
         .webhooks
         .iter()
-        .map(|(code, user)| format!("webhook of user {user}: webhook_url <base_url>/rest/{user}/{code}/"))
+        .map(|(code, user)| {
+            format!("webhook of user {user}: webhook_url <base_url>/rest/{user}/{code}/")
+        })
         .collect();
     if let Some(o) = &state.oauth {
         out.push(format!(
@@ -505,10 +507,9 @@ impl Params {
             let v = percent_decode(v);
             match k.split_once('[') {
                 Some((name, _)) => {
-                    let e = p
-                        .0
-                        .entry(name.to_ascii_uppercase())
-                        .or_insert_with(|| Param::Many(vec![]));
+                    let e =
+                        p.0.entry(name.to_ascii_uppercase())
+                            .or_insert_with(|| Param::Many(vec![]));
                     if let Param::Many(list) = e {
                         list.push(v);
                     }
@@ -736,9 +737,7 @@ async fn handle(AxState(emu): AxState<Bitrix24Emulator>, req: Request) -> Respon
         _ => vec![],
     };
     let write = WRITE_METHODS.contains(&method.as_str())
-        || commands
-            .iter()
-            .any(|c| WRITE_METHODS.contains(&c.as_str()));
+        || commands.iter().any(|c| WRITE_METHODS.contains(&c.as_str()));
     let mut entry = LoggedRequest {
         method: method.clone(),
         auth: if webhook.is_some() {
@@ -812,8 +811,7 @@ async fn handle(AxState(emu): AxState<Bitrix24Emulator>, req: Request) -> Respon
             )),
             Ok((operating, reset)) => {
                 let mut state = lock(&emu.inner.state);
-                exec(&mut state, user, &method, &params)
-                    .map(|v| (v, Some((operating, reset))))
+                exec(&mut state, user, &method, &params).map(|v| (v, Some((operating, reset))))
             }
         }
     };
@@ -879,11 +877,9 @@ fn authenticate(
         let user: u64 = user.parse().unwrap_or(0);
         return match state.webhooks.get(code) {
             Some(u) if *u == user && state.users.contains(u) => Ok(Caller::Webhook(user)),
-            Some(u) if *u == user => Err(fail(
-                401,
-                "authorization_error",
-                "Unable to authorize user",
-            )),
+            Some(u) if *u == user => {
+                Err(fail(401, "authorization_error", "Unable to authorize user"))
+            }
             _ => Err(fail(
                 401,
                 "INVALID_CREDENTIALS",
@@ -958,7 +954,8 @@ fn refresh(emu: &Bitrix24Emulator, method: &Method, query: &str) -> Response {
                 let mut rt = lock(&emu.inner.rt);
                 rt.issued += 1;
                 let n = rt.issued;
-                app.access_token = format!("sandbox-access-{n}-{:08x}", rand::rng().random::<u32>());
+                app.access_token =
+                    format!("sandbox-access-{n}-{:08x}", rand::rng().random::<u32>());
                 app.refresh_token =
                     format!("sandbox-refresh-{n}-{:08x}", rand::rng().random::<u32>());
                 app.expired = false;
@@ -1067,7 +1064,10 @@ fn run_batch(emu: &Bitrix24Emulator, user: u64, params: &Params) -> BatchOutcome
 /// A PHP array as PHP's json_encode writes it: `[]` when empty, a list when the keys are
 /// exactly `0..n-1` in order, an object otherwise.
 fn php_array(items: Vec<(String, Value)>) -> Value {
-    let sequential = items.iter().enumerate().all(|(i, (k, _))| *k == i.to_string());
+    let sequential = items
+        .iter()
+        .enumerate()
+        .all(|(i, (k, _))| *k == i.to_string());
     if sequential {
         Value::Array(items.into_iter().map(|(_, v)| v).collect())
     } else {
@@ -1141,9 +1141,7 @@ fn exec(state: &mut State, caller: u64, method: &str, p: &Params) -> Result<Valu
         "im.chat.user.list" => {
             let id = chat_param(p)?;
             match state.chats.get(&id) {
-                Some(c) if c.general => {
-                    Err(fail(403, "ACCESS_ERROR", "Action unavailable"))
-                }
+                Some(c) if c.general => Err(fail(403, "ACCESS_ERROR", "Action unavailable")),
                 // Silent empties: not a member, or no such chat.
                 Some(c) if c.members.contains(&caller) => {
                     Ok(json!(c.members.iter().collect::<Vec<_>>()))
@@ -1198,7 +1196,11 @@ fn exec(state: &mut State, caller: u64, method: &str, p: &Params) -> Result<Valu
                         "You don't have access or user isn't member in chat",
                     )
                 } else {
-                    fail(400, "USER_NOT_FOUND", "The specified user is not in the chat")
+                    fail(
+                        400,
+                        "USER_NOT_FOUND",
+                        "The specified user is not in the chat",
+                    )
                 });
             }
             if target == c.owner && target == caller {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use rosterd::config::secret::{Secret, SecretRef};
 use rosterd::model::{
-    Batch, DesiredGroup, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, RemovalLimit,
-    Role, Unlisted,
+    Batch, DesiredGroup, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, RemovalLimit, Role,
+    Unlisted,
 };
 use rosterd::provider::bitrix24::{Bitrix24, OAuth, Settings};
 use rosterd::provider::{
@@ -95,6 +95,12 @@ fn client_at(sb: &Sandbox, rate: f64, burst: Option<u32>) -> Bitrix24 {
 
 fn client(sb: &Sandbox) -> Bitrix24 {
     client_at(sb, 1000.0, None)
+}
+
+/// A client that backs off 10 ms instead of 1 s, for tests that inject failures.
+fn quick(c: Bitrix24) -> Bitrix24 {
+    c.with_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .expect("client builds")
 }
 
 fn targets_of(client: Bitrix24, rate: f64, burst: Option<u32>) -> BTreeMap<String, Target> {
@@ -222,7 +228,11 @@ async fn bitrix24_inaccessible_chat_is_reported_and_nothing_is_added_to_it() {
                 "{g:?}"
             );
         }
-        assert!(sb.bitrix24.writes().is_empty(), "{:#?}", sb.bitrix24.writes());
+        assert!(
+            sb.bitrix24.writes().is_empty(),
+            "{:#?}",
+            sb.bitrix24.writes()
+        );
         assert!(sb.bitrix24.requests().iter().all(|r| !r.write));
         assert_eq!(roster(&sb, 50).1.len(), 2);
         assert!(sb.bitrix24.chat(99).is_none());
@@ -239,7 +249,7 @@ async fn bitrix24_failed_read_is_an_error_and_nothing_is_written() {
         let want = desired(42, None, &[(44, Role::Participant)]);
         let report = reconcile::run(
             std::slice::from_ref(&want),
-            &targets_of(client(&sb), 1000.0, None),
+            &targets_of(quick(client(&sb)), 1000.0, None),
             &run_opts(true),
             None,
         )
@@ -248,6 +258,20 @@ async fn bitrix24_failed_read_is_an_error_and_nothing_is_written() {
         assert!(report.groups[0].plan.is_none());
         assert!(sb.bitrix24.requests().iter().all(|r| !r.write));
         assert_eq!(roster(&sb, 42).1.len(), 3, "nobody removed, nobody added");
+
+        // The general chat answers its dialog but refuses the member list: still an error.
+        sb.bitrix24.clear_faults();
+        sb.bitrix24.with_state(|s| {
+            s.chats.insert(
+                7,
+                Chat {
+                    general: true,
+                    ..chat(ME, &[], &[17, 23])
+                },
+            )
+        });
+        let err = client(&sb).fetch(&GroupId("7".into())).await.unwrap_err();
+        assert_eq!(err.code.as_deref(), Some("ACCESS_ERROR"), "{err}");
         sb.shutdown().await;
     })
     .await;
@@ -302,8 +326,11 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
         );
         let (owner, roles) = roster(&sb, 42);
         assert_eq!(owner, 17);
-        let mut expected: BTreeMap<u64, Role> =
-            want.members.iter().map(|(m, r)| (m.0.parse().unwrap(), *r)).collect();
+        let mut expected: BTreeMap<u64, Role> = want
+            .members
+            .iter()
+            .map(|(m, r)| (m.0.parse().unwrap(), *r))
+            .collect();
         // The previous owner stays, as a plain member (Bitrix24 drops its manager flag).
         expected.insert(ME, Role::Participant);
         assert_eq!(roles, expected);
@@ -320,7 +347,11 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
         let again =
             reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
         assert_eq!(again.groups[0].status, GroupStatus::InSync);
-        assert!(sb.bitrix24.writes().is_empty(), "{:#?}", sb.bitrix24.writes());
+        assert!(
+            sb.bitrix24.writes().is_empty(),
+            "{:#?}",
+            sb.bitrix24.writes()
+        );
         sb.shutdown().await;
     })
     .await;
@@ -346,8 +377,15 @@ async fn bitrix24_silent_add_skips_are_reported_per_member_from_the_re_list() {
         assert_eq!(code_of(&out[1]), Some("NOT_ADDED"));
         assert_eq!(code_of(&out[2]), Some("NOT_ADDED"));
         let writes = sb.bitrix24.writes();
-        assert_eq!(writes.len(), 1, "the add and its verification are one request");
-        assert_eq!(writes[0].commands, ["im.chat.user.add", "im.chat.user.list"]);
+        assert_eq!(
+            writes.len(),
+            1,
+            "the add and its verification are one request"
+        );
+        assert_eq!(
+            writes[0].commands,
+            ["im.chat.user.add", "im.chat.user.list"]
+        );
         assert!(roster(&sb, 42).1.contains_key(&23));
         sb.shutdown().await;
     })
@@ -376,7 +414,11 @@ async fn bitrix24_removal_refusals_fail_alone_and_absent_users_count_as_done() {
         assert_eq!(code_of(&out[3]), Some("SELF"));
         let writes = sb.bitrix24.writes();
         assert_eq!(writes.len(), 1);
-        assert_eq!(writes[0].commands.len(), 3, "rosterd's own id is never sent");
+        assert_eq!(
+            writes[0].commands.len(),
+            3,
+            "rosterd's own id is never sent"
+        );
         let roles = roster(&sb, 42).1;
         assert_eq!(roles.keys().copied().collect::<Vec<_>>(), [ME, 17, 31]);
         sb.shutdown().await;
@@ -568,10 +610,11 @@ async fn bitrix24_query_limit_exceeded_is_backed_off_and_retried() {
         let log = sb.bitrix24.requests();
         let throttled = log.iter().filter(|r| r.status == 503).count();
         assert!(throttled >= 1, "{log:#?}");
-        assert!(log
-            .iter()
-            .filter(|r| r.status == 503)
-            .all(|r| r.error.as_deref() == Some("QUERY_LIMIT_EXCEEDED")));
+        assert!(
+            log.iter()
+                .filter(|r| r.status == 503)
+                .all(|r| r.error.as_deref() == Some("QUERY_LIMIT_EXCEEDED"))
+        );
         assert_eq!(log.iter().filter(|r| r.status == 200).count(), 6);
         assert!(c.requests().throttled >= throttled as u64);
         sb.shutdown().await;
@@ -718,14 +761,19 @@ async fn bitrix24_emulator_enforces_batch_length_auth_and_php_shapes() {
             .unwrap();
         let r = &v["result"];
         assert_eq!(r["result"].as_object().unwrap().len(), 50);
-        assert_eq!(r["result_error"]["c51"]["error"], "ERROR_BATCH_LENGTH_EXCEEDED");
+        assert_eq!(
+            r["result_error"]["c51"]["error"],
+            "ERROR_BATCH_LENGTH_EXCEEDED"
+        );
         assert_eq!(r["result_total"], serde_json::json!([]));
 
         // Numeric keys come back as a list, an empty error map as `[]`, a nested batch fails.
         let v: serde_json::Value = http
             .post(&url)
-            .json(&serde_json::json!({"halt": 0, "cmd": {"0": "im.chat.user.list?CHAT_ID=42",
-                                                          "1": "im.chat.user.list?CHAT_ID=77"}}))
+            .json(
+                &serde_json::json!({"halt": 0, "cmd": {"0": "im.chat.user.list?CHAT_ID=42",
+                                                          "1": "im.chat.user.list?CHAT_ID=77"}}),
+            )
             .send()
             .await
             .unwrap()
@@ -743,7 +791,10 @@ async fn bitrix24_emulator_enforces_batch_length_auth_and_php_shapes() {
             .json()
             .await
             .unwrap();
-        assert_eq!(v["result"]["result_error"]["x"]["error"], "ERROR_BATCH_METHOD_NOT_ALLOWED");
+        assert_eq!(
+            v["result"]["result_error"]["x"]["error"],
+            "ERROR_BATCH_METHOD_NOT_ALLOWED"
+        );
 
         let wrong = http
             .post(format!("{}/rest/{ME}/nottheright/profile", base(&sb)))
@@ -809,16 +860,24 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
         let want = desired(
             42,
             None,
-            &[(17, Role::Admin), (23, Role::Participant), (999, Role::Participant)],
+            &[
+                (17, Role::Admin),
+                (23, Role::Participant),
+                (999, Role::Participant),
+            ],
         );
         let missing = desired(99, None, &[(17, Role::Participant)]);
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.jsonl");
         let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
-        let targets = targets_of(client(&sb), 1000.0, None);
+        let targets = targets_of(quick(client(&sb)), 1000.0, None);
         let report =
             reconcile::run(&[want, missing], &targets, &run_opts(true), Some(&audit)).await;
-        assert_eq!(report.exit_code(true, false), 3, "999 is skipped, 99 unreadable");
+        assert_eq!(
+            report.exit_code(true, false),
+            3,
+            "999 is skipped, 99 unreadable"
+        );
 
         let plan = report.plan();
         let mut seen = vec![
@@ -840,11 +899,13 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
         let err = wrong.fetch(&GroupId("42".into())).await.unwrap_err();
         assert_eq!(err.code.as_deref(), Some("INVALID_CREDENTIALS"));
         seen.push(format!("{err} {err:?}"));
-        let gone = Bitrix24::with_webhook(
-            &instance(1000.0, None, None),
-            Secret::new(format!("http://127.0.0.1:9/rest/{ME}/{HOOK}/")),
-        )
-        .unwrap();
+        let gone = quick(
+            Bitrix24::with_webhook(
+                &instance(1000.0, None, None),
+                Secret::new(format!("http://127.0.0.1:9/rest/{ME}/{HOOK}/")),
+            )
+            .unwrap(),
+        );
         let err = gone.fetch(&GroupId("42".into())).await.unwrap_err();
         seen.push(format!("{err} {err:?}"));
         let bad = Bitrix24::with_webhook(
@@ -856,7 +917,10 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
         drop(_guard);
         seen.push(String::from_utf8(logs.0.lock().unwrap().clone()).unwrap());
 
-        assert!(seen[5].contains("NOT_ADDED"), "the audit log has the outcome");
+        assert!(
+            seen[5].contains("NOT_ADDED"),
+            "the audit log has the outcome"
+        );
         assert!(!seen.last().unwrap().is_empty(), "the logs were captured");
         for s in &seen {
             assert!(!s.contains(HOOK), "the webhook token leaked into: {s}");
@@ -888,7 +952,10 @@ async fn bitrix24_demo_applies_the_manifests_and_ends_in_sync() {
                 "{second}"
             );
         }
-        assert!(!out.contains("sandbox-webhook-code"), "the webhook is never printed");
+        assert!(
+            !out.contains("sandbox-webhook-code"),
+            "the webhook is never printed"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     })
     .await;

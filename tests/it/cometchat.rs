@@ -997,7 +997,10 @@ async fn cometchat_demo_applies_the_manifests_and_ends_in_sync() {
             let line = format!("group {g}: applied and verified");
             assert!(applied.contains(&line), "{applied}");
             let block = second.split(&format!("group {g} ")).nth(1).unwrap_or("");
-            assert!(block.lines().nth(1).is_some_and(|l| l.contains("in sync")), "{second}");
+            assert!(
+                block.lines().nth(1).is_some_and(|l| l.contains("in sync")),
+                "{second}"
+            );
         }
         assert!(
             !out.contains("sandbox-demo-key"),
