@@ -402,7 +402,9 @@ impl Bitrix24 {
             url: url.into(),
             headers: headers(),
             body: None,
-            write: false,
+            // A refresh spends the old refresh token: repeating one whose answer was lost
+            // would fail `invalid_grant`, so it is never repeated blindly.
+            write: true,
             idempotent: false,
             label: "refresh OAuth token",
         };
