@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use rosterd::config::secret::{Secret, SecretRef};
 use rosterd::model::{
     Batch, DesiredGroup, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, RemovalLimit, Role,
@@ -717,11 +718,26 @@ async fn bitrix24_oauth_refresh_is_persisted_to_the_token_file() {
         // Good tokens are not refreshed again.
         c.fetch(&GroupId("42".into())).await.unwrap();
         assert_eq!(refreshes(&sb), 1);
+        // Several chats read at once on an expired token: one refresh between them.
+        sb.bitrix24.with_state(|s| {
+            for id in [43, 44, 45] {
+                s.chats.insert(id, chat(ME, &[], &[17]));
+            }
+        });
+        sb.bitrix24.expire_token();
+        let ids = [43, 44, 45].map(|id| GroupId(id.to_string()));
+        let reads = ids.iter().map(|id| c.fetch(id).boxed());
+        for r in futures::future::join_all(reads).await {
+            r.unwrap();
+        }
+        assert_eq!(refreshes(&sb), 2, "concurrent callers share one refresh");
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         // A new client starts from the file; after the next expiry it refreshes once more.
         let c2 = Bitrix24::with_oauth(&inst, Secret::new("app-secret-xyz")).unwrap();
         sb.bitrix24.expire_token();
         c2.fetch(&GroupId("42".into())).await.unwrap();
-        assert_eq!(refreshes(&sb), 2);
+        assert_eq!(refreshes(&sb), 3);
         let saved2: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert_ne!(saved2["refresh_token"], saved["refresh_token"]);
@@ -824,6 +840,89 @@ fn bitrix24_demo_seed_parses_and_round_trips() {
     assert_eq!(state.bitrix24.chats.len(), 2);
     let again = SandboxState::parse(&state.to_json(), true).unwrap();
     assert_eq!(again.bitrix24, state.bitrix24);
+}
+
+/// A portal that answers the read batch with a member list lacking the owner (a chat lost
+/// between the two commands, or a broken answer): never planned from.
+#[tokio::test]
+async fn bitrix24_member_list_without_the_owner_is_refused_as_a_partial_read() {
+    bounded(30, async {
+        use axum::routing::post;
+        let app = axum::Router::new()
+            .route(
+                "/rest/1/{code}/profile",
+                post(|| async { axum::Json(serde_json::json!({"result": {"ID": "1"}})) }),
+            )
+            .route(
+                "/rest/1/{code}/batch",
+                post(|| async {
+                    axum::Json(serde_json::json!({"result": {
+                        "result": {"dialog": {"id": 42, "owner": 1, "manager_list": [1]},
+                                   "users": []},
+                        "result_error": [], "result_total": [], "result_next": [],
+                        "result_time": []}}))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = Bitrix24::with_webhook(
+            &instance(1000.0, None, None),
+            Secret::new(format!("http://{addr}/rest/1/{HOOK}/")),
+        )
+        .unwrap();
+        let err = c.fetch(&GroupId("42".into())).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Fatal);
+        assert!(err.message.contains("partial read"), "{err}");
+        server.abort();
+    })
+    .await;
+}
+
+/// `rosterd sandbox` prints the Bitrix24 emulator's address and a webhook URL that works.
+#[tokio::test]
+async fn bitrix24_sandbox_command_prints_a_working_webhook_url() {
+    bounded(20, async {
+        let token = CancellationToken::new();
+        let printed = Captured::default();
+        let mut sink = printed.clone();
+        let served = rosterd::sandbox::serve(None, Ports::EPHEMERAL, &mut sink, token.clone());
+        let probe = async {
+            let text = loop {
+                let text = String::from_utf8(printed.0.lock().unwrap().clone()).unwrap();
+                if text.contains("webhook_url") {
+                    break text;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("bitrix24\thttp://127.0.0.1:")),
+                "{text}"
+            );
+            let url = text
+                .lines()
+                .find_map(|l| {
+                    l.split_once("webhook_url ")
+                        .map(|(_, u)| u.trim().to_owned())
+                })
+                .unwrap();
+            let http = rosterd::provider::http::build_reqwest(&Default::default()).unwrap();
+            let v: serde_json::Value = http
+                .post(format!("{url}profile"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(v["result"]["ID"], "1", "{v}");
+            token.cancel();
+        };
+        let (result, ()) = tokio::join!(served, probe);
+        result.unwrap();
+    })
+    .await;
 }
 
 // ---- Secrets -------------------------------------------------------------------------------
