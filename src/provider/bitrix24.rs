@@ -495,6 +495,9 @@ impl Bitrix24 {
                 cmds.len()
             )));
         }
+        // serde_json's map sorts its keys and the portal runs commands in key order, so keys are
+        // named to sort as they must run: `add_*`/`mgr_*`/`owner` before `verify`, `dialog`
+        // before `users`.
         let cmd: Map<String, Value> = cmds
             .iter()
             .map(|c| (c.key.clone(), Value::String(c.text.clone())))
