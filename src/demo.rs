@@ -171,6 +171,15 @@ fn sandbox_target(
             .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
             Arc::new(client)
         }
+        (KindSettings::Bitrix24(_), Kind::Bitrix24) => {
+            // The seed's webhook stands in for the instance's secret webhook_url.
+            let (code, user) = (state.bitrix24.webhooks.iter().next())
+                .context("the sandbox state has no Bitrix24 webhook")?;
+            let url = Secret::new(format!("{base_url}/rest/{user}/{code}/"));
+            let client = crate::provider::bitrix24::Bitrix24::with_webhook(&instance, url)
+                .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
+            Arc::new(client)
+        }
         _ => return Ok(None),
     };
     Ok(Some(Target { instance, provider }))

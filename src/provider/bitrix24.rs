@@ -1,11 +1,37 @@
 //! Bitrix24 chats (im.chat.* through `batch`). See `shared/providers/bitrix24.md`.
+//!
+//! Every write goes out as one `batch` request of at most 50 commands, so one planned batch is
+//! one HTTP request: removals and manager changes are one command per member, adds carry up to
+//! 50 ids per command. Because `im.chat.user.add` and `im.chat.setManager` answer `true` whatever
+//! they did, the last command of those batches re-reads the chat, and the per-member outcome is
+//! what that read shows. Reads are one `batch` too: `im.dialog.get` first (an inaccessible chat
+//! is an error, never an empty roster), then `im.chat.user.list`.
+//!
+//! Credentials: a webhook URL (its path holds the token, so the URL is a secret and never
+//! logged) or OAuth tokens kept in a file; on `expired_token` the client refreshes once and
+//! rewrites that file atomically. Pacing, throttle cooldowns and retries live in
+//! [`crate::provider::http`]; this module only classifies and says how long to wait.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
+use reqwest::Method;
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_json::{Map, Value, json};
 
-use crate::config::secret::SecretRef;
+use crate::config::secret::{Secret, SecretRef};
+use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Role};
+use crate::provider::http::{Call, HttpClient, HttpOptions, Response};
+use crate::provider::{
+    Capabilities, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError, RequestCounts,
+};
 
 /// Bitrix24's own keys in a `providers:` entry: a webhook URL or OAuth tokens.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -16,6 +42,10 @@ pub struct Settings {
     pub webhook_url: Option<SecretRef>,
     #[serde(default)]
     pub oauth: Option<OAuth>,
+    /// The portal's leaky-bucket size: requests allowed at once before `rate` applies
+    /// (50 on standard plans, 250 on Enterprise). Default 50.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -27,4 +57,1295 @@ pub struct OAuth {
     pub client_secret: SecretRef,
     /// A file holding `{access_token, refresh_token}`; rosterd rewrites it after a refresh.
     pub token_file: PathBuf,
+}
+
+/// Commands one `batch` request may carry (`BATCH_MAX_LENGTH`, bitrix24.md §3).
+pub const MAX_COMMANDS: usize = 50;
+/// Ids per `im.chat.user.add` command. The API documents no cap; the reference advises modest
+/// chunks, and PHP parses each command's query with its input-variable limits.
+pub const ADD_IDS_PER_COMMAND: usize = 50;
+/// Members one add request carries: 49 add commands, the 50th re-lists the chat to verify.
+pub const MAX_ADDS_PER_REQUEST: usize = (MAX_COMMANDS - 1) * ADD_IDS_PER_COMMAND;
+/// Manager changes per request: 49 `setManager` commands and one `im.dialog.get` to verify.
+pub const MAX_MANAGER_CHANGES: usize = MAX_COMMANDS - 1;
+/// Standard plans drain the leaky bucket at 2 requests/s (bitrix24.md §5).
+pub const DEFAULT_RATE: f64 = 2.0;
+/// Standard plans' bucket size.
+pub const DEFAULT_BURST: u32 = 50;
+/// Cloud portals cut a request off after 60 s; a full add batch may need much of it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where OAuth tokens are refreshed, unless `base_url` replaces it.
+pub const OAUTH_SERVER: &str = "https://oauth.bitrix.info";
+/// How long to pause a method over its operating budget when no reset time was ever seen:
+/// budgets drop their oldest one-minute basket at least this often.
+const OPERATING_FALLBACK: Duration = Duration::from_secs(60);
+
+/// A Bitrix24 client for one provider instance.
+pub struct Bitrix24 {
+    instance: String,
+    auth: Auth,
+    http: HttpClient,
+    /// The acting user, asked once with `profile`.
+    me: tokio::sync::OnceCell<MemberId>,
+    /// Whether `im.chat.setManager` exists on this portal: 0 unknown, 1 yes, 2 no.
+    managers: AtomicU8,
+    /// Per method: the unix time its operating budget next frees up, from the last answers.
+    operating_reset: Mutex<HashMap<String, f64>>,
+}
+
+enum Auth {
+    /// The whole webhook URL, ending in `/`.
+    Webhook(Secret),
+    OAuth(Box<OAuthAuth>),
+}
+
+struct OAuthAuth {
+    /// The REST endpoint, ending in `/`.
+    rest: String,
+    token_url: String,
+    client_id: String,
+    client_secret: Secret,
+    token_file: PathBuf,
+    tokens: tokio::sync::Mutex<Tokens>,
+}
+
+#[derive(Clone)]
+struct Tokens {
+    access: Secret,
+    refresh: Secret,
+    /// Bumped on every refresh, so concurrent callers refresh once between them.
+    generation: u64,
+}
+
+impl std::fmt::Debug for Bitrix24 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match &self.auth {
+            Auth::Webhook(_) => "webhook ***",
+            Auth::OAuth(_) => "oauth ***",
+        };
+        f.debug_struct("Bitrix24")
+            .field("instance", &self.instance)
+            .field("auth", &auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bitrix24 {
+    /// Build the client of a `bitrix24` instance, resolving its secrets now.
+    pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
+        let s = settings_of(instance)?;
+        let name = &instance.name;
+        match (&s.webhook_url, &s.oauth) {
+            (Some(w), None) => {
+                let url = w.resolve().map_err(|e| {
+                    ProviderError::fatal(format!("provider {name}: webhook_url: {e}"))
+                })?;
+                Self::with_webhook(instance, url)
+            }
+            (None, Some(o)) => {
+                let secret = o.client_secret.resolve().map_err(|e| {
+                    ProviderError::fatal(format!("provider {name}: oauth.client_secret: {e}"))
+                })?;
+                Self::with_oauth(instance, secret)
+            }
+            _ => Err(ProviderError::fatal(format!(
+                "provider {name}: give exactly one of webhook_url and oauth"
+            ))),
+        }
+    }
+
+    /// Build a webhook client from an already resolved URL (the demo and tests hand one in).
+    pub fn with_webhook(instance: &Instance, url: Secret) -> Result<Self, ProviderError> {
+        let name = &instance.name;
+        let webhook = webhook_base(name, url.expose(), instance.common.base_url.as_deref())?;
+        Self::build(instance, Auth::Webhook(Secret::new(webhook)))
+    }
+
+    /// Build an OAuth client with an already resolved client secret; the tokens are read from
+    /// the instance's `token_file`.
+    pub fn with_oauth(instance: &Instance, client_secret: Secret) -> Result<Self, ProviderError> {
+        let name = &instance.name;
+        let s = settings_of(instance)?;
+        let o = s
+            .oauth
+            .as_ref()
+            .ok_or_else(|| ProviderError::fatal(format!("provider {name}: no oauth settings")))?;
+        let over = instance.common.base_url.as_deref();
+        let rest = match over {
+            Some(b) => format!("{}/rest/", b.trim_end_matches('/')),
+            None => {
+                let u = reqwest::Url::parse(&o.endpoint).map_err(|_| {
+                    ProviderError::fatal(format!(
+                        "provider {name}: oauth.endpoint must be a URL such as https://portal.bitrix24.com/rest/"
+                    ))
+                })?;
+                if !matches!(u.scheme(), "http" | "https") || u.cannot_be_a_base() {
+                    return Err(ProviderError::fatal(format!(
+                        "provider {name}: oauth.endpoint must be an http(s) URL"
+                    )));
+                }
+                format!("{}/", o.endpoint.trim_end_matches('/'))
+            }
+        };
+        let token_url = format!(
+            "{}/oauth/token/",
+            over.unwrap_or(OAUTH_SERVER).trim_end_matches('/')
+        );
+        let tokens = read_tokens(name, &o.token_file)?;
+        Self::build(
+            instance,
+            Auth::OAuth(Box::new(OAuthAuth {
+                rest,
+                token_url,
+                client_id: o.client_id.clone(),
+                client_secret,
+                token_file: o.token_file.clone(),
+                tokens: tokio::sync::Mutex::new(tokens),
+            })),
+        )
+    }
+
+    fn build(instance: &Instance, auth: Auth) -> Result<Self, ProviderError> {
+        let burst = settings_of(instance)?.burst;
+        Ok(Bitrix24 {
+            instance: instance.name.clone(),
+            auth,
+            http: HttpClient::new(http_options(instance, burst))?,
+            me: tokio::sync::OnceCell::new(),
+            managers: AtomicU8::new(0),
+            operating_reset: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Replace the backoff bounds (1 s to 30 s by default) — tests that inject faults use short
+    /// ones so they stay quick.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Result<Self, ProviderError> {
+        let opts = HttpOptions {
+            min_backoff: min,
+            max_backoff: max,
+            ..self.http.options().clone()
+        };
+        self.http = HttpClient::new(opts)?;
+        Ok(self)
+    }
+
+    /// One REST call: `method` with `params`, classified; an expired OAuth token is refreshed
+    /// once and the call repeated.
+    async fn rest<T>(
+        &self,
+        method: &'static str,
+        params: Value,
+        write: bool,
+        label: &'static str,
+        parse: impl Fn(&Value) -> Result<T, ProviderError> + Send + Sync,
+    ) -> Result<T, ProviderError> {
+        let mut refreshed = false;
+        loop {
+            let (url, body, generation) = match &self.auth {
+                Auth::Webhook(base) => (format!("{}{method}", base.expose()), params.clone(), 0),
+                Auth::OAuth(o) => {
+                    let t = o.tokens.lock().await.clone();
+                    let mut body = params.clone();
+                    if let Value::Object(m) = &mut body {
+                        m.insert("auth".into(), Value::String(t.access.expose().to_string()));
+                    }
+                    (format!("{}{method}", o.rest), body, t.generation)
+                }
+            };
+            let call = Call {
+                method: Method::POST,
+                url,
+                headers: headers(),
+                body: Some(body),
+                write,
+                // Every command rosterd sends is idempotent at Bitrix24: repeat adds are
+                // no-ops, a repeated delete answers USER_NOT_FOUND, setManager/setOwner repeat.
+                idempotent: true,
+                label,
+            };
+            let res = self
+                .http
+                .call(call, |r| {
+                    let v = self.envelope(r, method, label)?;
+                    parse(&v)
+                })
+                .await;
+            match res {
+                Err(e) if !refreshed && is_token_error(&e) => {
+                    let Auth::OAuth(o) = &self.auth else {
+                        return Err(e);
+                    };
+                    self.refresh(o, generation).await?;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A 2xx body's `result` (and its `time`, which feeds the operating-budget tracker), or
+    /// the classified error.
+    fn envelope(&self, r: &Response, method: &str, label: &str) -> Result<Value, ProviderError> {
+        let body: Option<Value> = serde_json::from_slice(&r.body).ok();
+        let err = body
+            .as_ref()
+            .and_then(|b| b.get("error"))
+            .and_then(Value::as_str);
+        if !(200..300).contains(&r.status) || err.is_some() {
+            let desc = body
+                .as_ref()
+                .and_then(|b| b.get("error_description"))
+                .and_then(Value::as_str);
+            return Err(self.classify(r.status, err, desc, method, label));
+        }
+        let Some(mut body) = body else {
+            return Err(ProviderError::transient(format!(
+                "{label}: unexpected response body (HTTP {})",
+                r.status
+            )));
+        };
+        if let Some(t) = body.get("time") {
+            self.note_time(method, t);
+        }
+        match body.get_mut("result") {
+            Some(v) => Ok(v.take()),
+            None => Err(ProviderError::transient(format!(
+                "{label}: the answer has no result (HTTP {})",
+                r.status
+            ))),
+        }
+    }
+
+    /// Classify an error answer by its code (case-insensitive: Bitrix24 mixes cases).
+    fn classify(
+        &self,
+        status: u16,
+        code: Option<&str>,
+        desc: Option<&str>,
+        method: &str,
+        label: &str,
+    ) -> ProviderError {
+        let message = match (code, desc) {
+            (Some(c), Some(d)) if !d.is_empty() => format!("{label}: HTTP {status} {c}: {d}"),
+            (Some(c), _) => format!("{label}: HTTP {status} {c}"),
+            (None, _) => format!("{label}: HTTP {status}"),
+        };
+        let upper = code.map(str::to_ascii_uppercase);
+        let (class, retry_after) = match upper.as_deref() {
+            Some("QUERY_LIMIT_EXCEEDED") => (ErrorClass::Throttled, None),
+            Some("OPERATION_TIME_LIMIT") => {
+                (ErrorClass::Throttled, Some(self.operating_wait(method)))
+            }
+            Some("INTERNAL_SERVER_ERROR" | "ERROR_UNEXPECTED_ANSWER") => {
+                (ErrorClass::Transient, None)
+            }
+            Some(_) => (ErrorClass::Fatal, None),
+            None if status == 429 => (ErrorClass::Throttled, None),
+            None if status >= 500 || status == 408 => (ErrorClass::Transient, None),
+            None => (ErrorClass::Fatal, None),
+        };
+        ProviderError {
+            class,
+            code: code.map(String::from),
+            message: format!("provider {}: {message}", self.instance),
+            retry_after,
+        }
+    }
+
+    /// Remember when a method's operating budget frees up (`time.operating_reset_at`).
+    fn note_time(&self, method: &str, time: &Value) {
+        if let Some(at) = time.get("operating_reset_at").and_then(as_f64)
+            && let Ok(mut m) = self.operating_reset.lock()
+        {
+            m.insert(method.to_ascii_lowercase(), at);
+        }
+    }
+
+    /// How long a method over its operating budget must rest: until its last seen reset time
+    /// plus a second (the reset is in whole seconds), or a basket's length when none was seen.
+    fn operating_wait(&self, method: &str) -> Duration {
+        let at = self
+            .operating_reset
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&method.to_ascii_lowercase()).copied());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        match at {
+            Some(at) if at + 1.0 > now => Duration::from_secs_f64(at + 1.0 - now),
+            Some(_) => Duration::from_secs(1),
+            None => OPERATING_FALLBACK,
+        }
+    }
+
+    /// Refresh the OAuth tokens once (unless another task already did since `seen`), and
+    /// persist them before they are used.
+    async fn refresh(&self, o: &OAuthAuth, seen: u64) -> Result<(), ProviderError> {
+        let mut tokens = o.tokens.lock().await;
+        if tokens.generation != seen {
+            return Ok(());
+        }
+        let mut url = reqwest::Url::parse(&o.token_url).map_err(|_| {
+            ProviderError::fatal(format!(
+                "provider {}: the OAuth server address is not a URL",
+                self.instance
+            ))
+        })?;
+        url.query_pairs_mut()
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("client_id", &o.client_id)
+            .append_pair("client_secret", o.client_secret.expose())
+            .append_pair("refresh_token", tokens.refresh.expose());
+        let call = Call {
+            method: Method::GET,
+            url: url.into(),
+            headers: headers(),
+            body: None,
+            // A refresh spends the old refresh token: repeating one whose answer was lost
+            // would fail `invalid_grant`, so it is never repeated blindly.
+            write: true,
+            idempotent: false,
+            label: "refresh OAuth token",
+        };
+        let instance = self.instance.clone();
+        let fresh: Value = self
+            .http
+            .call(call, |r| {
+                let v: Option<Value> = serde_json::from_slice(&r.body).ok();
+                let ok = (200..300).contains(&r.status)
+                    && v.as_ref().is_some_and(|v| v.get("error").is_none());
+                if ok {
+                    return Ok(v.expect("checked"));
+                }
+                let code = v
+                    .as_ref()
+                    .and_then(|v| v.get("error"))
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                let class = if code.is_none() && r.status >= 500 {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Fatal
+                };
+                Err(ProviderError {
+                    class,
+                    message: format!(
+                        "provider {instance}: refreshing the OAuth token failed: HTTP {} {}",
+                        r.status,
+                        code.as_deref().unwrap_or("")
+                    ),
+                    code,
+                    retry_after: None,
+                })
+            })
+            .await?;
+        let access = fresh.get("access_token").and_then(Value::as_str);
+        let refresh = fresh.get("refresh_token").and_then(Value::as_str);
+        let (Some(access), Some(refresh)) = (access, refresh) else {
+            return Err(ProviderError::fatal(format!(
+                "provider {}: the OAuth server answered without access_token and refresh_token",
+                self.instance
+            )));
+        };
+        // The old refresh token is spent now: persist first, so a crash right after this
+        // never leaves the file holding a dead token while the new one lived only in memory.
+        write_tokens(&o.token_file, &fresh).map_err(|e| {
+            ProviderError::fatal(format!(
+                "provider {}: cannot write the refreshed tokens to {}: {e}",
+                self.instance,
+                o.token_file.display()
+            ))
+        })?;
+        *tokens = Tokens {
+            access: Secret::new(access),
+            refresh: Secret::new(refresh),
+            generation: tokens.generation + 1,
+        };
+        tracing::info!(instance = %self.instance, "OAuth tokens refreshed and saved");
+        Ok(())
+    }
+
+    /// The acting user (`profile`), asked once per client.
+    async fn me(&self) -> Result<MemberId, ProviderError> {
+        self.me
+            .get_or_try_init(|| async {
+                self.rest("profile", json!({}), false, "profile", |v| {
+                    let id = v.get("ID").and_then(id_of).ok_or_else(|| {
+                        ProviderError::fatal("profile: the answer has no user ID")
+                    })?;
+                    Ok(MemberId(id.to_string()))
+                })
+                .await
+            })
+            .await
+            .cloned()
+    }
+
+    /// One `batch` request; commands run in order with `halt` off.
+    async fn batch(
+        &self,
+        cmds: &[Cmd],
+        write: bool,
+        label: &'static str,
+    ) -> Result<BatchResult, ProviderError> {
+        if cmds.len() > MAX_COMMANDS {
+            return Err(ProviderError::fatal(format!(
+                "{label}: {} commands exceed the 50 one batch may carry",
+                cmds.len()
+            )));
+        }
+        // serde_json's map sorts its keys and the portal runs commands in key order, so keys are
+        // named to sort as they must run: `add_*`/`mgr_*`/`owner` before `verify`, `dialog`
+        // before `users`.
+        let cmd: Map<String, Value> = cmds
+            .iter()
+            .map(|c| (c.key.clone(), Value::String(c.text.clone())))
+            .collect();
+        let methods: HashMap<String, &'static str> =
+            cmds.iter().map(|c| (c.key.clone(), c.method)).collect();
+        let params = json!({ "halt": 0, "cmd": cmd });
+        self.rest("batch", params, write, label, |v| {
+            let res = BatchResult::parse(v, label)?;
+            for (key, t) in &res.time {
+                if let Some(m) = methods.get(key) {
+                    self.note_time(m, t);
+                }
+            }
+            for (key, (code, desc)) in &res.errors {
+                let m = methods.get(key).copied().unwrap_or("batch");
+                match code.to_ascii_uppercase().as_str() {
+                    // An inner call over its budget was not carried out: the whole batch is
+                    // repeated after the pause, which every command here tolerates.
+                    "OPERATION_TIME_LIMIT" | "QUERY_LIMIT_EXCEEDED" => {
+                        return Err(self.classify(429, Some(code), Some(desc), m, label));
+                    }
+                    "ERROR_BATCH_LENGTH_EXCEEDED" | "ERROR_BATCH_METHOD_NOT_ALLOWED" => {
+                        return Err(ProviderError::fatal(format!(
+                            "provider {}: {label}: {code}: {desc}",
+                            self.instance
+                        ))
+                        .with_code(code.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(res)
+        })
+        .await
+    }
+
+    /// `im.chat.user.list` alone, for verifying when the batch's own re-list is missing.
+    async fn list_members(&self, chat: u64) -> Result<BTreeSet<u64>, ProviderError> {
+        self.rest(
+            "im.chat.user.list",
+            json!({ "CHAT_ID": chat }),
+            false,
+            "list members",
+            parse_ids,
+        )
+        .await
+    }
+
+    async fn add(&self, chat: u64, ops: &[Op]) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let mut out = Vec::with_capacity(ops.len());
+        for request in ops.chunks(MAX_ADDS_PER_REQUEST) {
+            let mut cmds = Vec::new();
+            let mut cmd_of: HashMap<&MemberId, String> = HashMap::new();
+            for (i, chunk) in request.chunks(ADD_IDS_PER_COMMAND).enumerate() {
+                let key = format!("add_{i}");
+                let mut text = format!("im.chat.user.add?CHAT_ID={chat}");
+                for op in chunk {
+                    let _ = write!(text, "&USERS[]={}", user_id(&op.member)?);
+                    cmd_of.insert(&op.member, key.clone());
+                }
+                // Sent explicitly: its default changed between doc revisions (bitrix24.md §3).
+                text.push_str("&HIDE_HISTORY=N");
+                cmds.push(Cmd::new(key, "im.chat.user.add", text));
+            }
+            cmds.push(Cmd::new(
+                "verify".into(),
+                "im.chat.user.list",
+                format!("im.chat.user.list?CHAT_ID={chat}"),
+            ));
+            let res = self.batch(&cmds, true, "add").await?;
+            let listed = match res.ok.get("verify").map(parse_ids) {
+                Some(Ok(ids)) => Some(ids),
+                _ => self.list_members(chat).await.ok(),
+            };
+            for op in request {
+                let key = &cmd_of[&op.member];
+                let id = user_id(&op.member)?;
+                out.push(if let Some((code, desc)) = res.errors.get(key) {
+                    MemberOutcome::failed(op.member.clone(), code.clone(), desc.clone())
+                } else {
+                    match &listed {
+                        Some(l) if l.contains(&id) => MemberOutcome::done(op.member.clone()),
+                        Some(_) => MemberOutcome::failed(
+                            op.member.clone(),
+                            "NOT_ADDED",
+                            "Bitrix24 accepted the add but the user is not in the chat: the id \
+                             is unknown, inactive or outside the acting user's extranet scope",
+                        ),
+                        None => MemberOutcome::failed(
+                            op.member.clone(),
+                            "UNVERIFIED",
+                            "the add was sent but the chat could not be re-listed to verify it",
+                        ),
+                    }
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, chat: u64, ops: &[Op]) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let me = self.me().await?;
+        let mut out = Vec::with_capacity(ops.len());
+        for request in ops.chunks(MAX_COMMANDS) {
+            let mut cmds = Vec::new();
+            for op in request {
+                // The planner never removes the acting user; this is the last line of defence.
+                if op.member == me {
+                    continue;
+                }
+                let id = user_id(&op.member)?;
+                cmds.push(Cmd::new(
+                    format!("del_{id}"),
+                    "im.chat.user.delete",
+                    format!("im.chat.user.delete?CHAT_ID={chat}&USER_ID={id}"),
+                ));
+            }
+            let res = if cmds.is_empty() {
+                BatchResult::default()
+            } else {
+                self.batch(&cmds, true, "remove").await?
+            };
+            // Legacy portals answer every delete failure with WRONG_REQUEST, "not a member"
+            // included; only a re-read can tell which it was.
+            let legacy = res
+                .errors
+                .values()
+                .any(|(c, _)| c.eq_ignore_ascii_case("WRONG_REQUEST"));
+            let listed = if legacy {
+                Some(self.list_members(chat).await?)
+            } else {
+                None
+            };
+            for op in request {
+                if op.member == me {
+                    out.push(MemberOutcome::failed(
+                        op.member.clone(),
+                        "SELF",
+                        "rosterd's own identity is never removed",
+                    ));
+                    continue;
+                }
+                let id = user_id(&op.member)?;
+                let key = format!("del_{id}");
+                out.push(match res.errors.get(&key) {
+                    None if res.ok.contains_key(&key) => MemberOutcome::done(op.member.clone()),
+                    None => MemberOutcome::failed(
+                        op.member.clone(),
+                        "NO_RESULT",
+                        "the batch returned no result for this removal",
+                    ),
+                    Some((c, _)) if c.eq_ignore_ascii_case("USER_NOT_FOUND") => {
+                        MemberOutcome::already(op.member.clone())
+                    }
+                    Some((c, d)) if c.eq_ignore_ascii_case("WRONG_REQUEST") => match &listed {
+                        Some(l) if !l.contains(&id) => MemberOutcome::already(op.member.clone()),
+                        _ => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
+                    },
+                    Some((c, d)) => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_managers(
+        &self,
+        chat: u64,
+        kind: OpKind,
+        ops: &[Op],
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        if self.managers.load(Ordering::Relaxed) == 2 {
+            return Err(self.no_managers());
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for request in ops.chunks(MAX_MANAGER_CHANGES) {
+            let mut cmds = Vec::new();
+            for op in request {
+                let id = user_id(&op.member)?;
+                let flag = manager_flag(kind, op)?;
+                cmds.push(Cmd::new(
+                    format!("mgr_{id}"),
+                    "im.chat.setManager",
+                    format!("im.chat.setManager?CHAT_ID={chat}&USER_ID={id}&IS_MANAGER={flag}"),
+                ));
+            }
+            cmds.push(dialog_cmd(chat));
+            let res = self.batch(&cmds, true, kind.as_str()).await?;
+            let missing = res
+                .errors
+                .values()
+                .any(|(c, _)| c.eq_ignore_ascii_case("ERROR_METHOD_NOT_FOUND"));
+            if missing {
+                self.managers.store(2, Ordering::Relaxed);
+                return Err(self.no_managers());
+            }
+            self.managers.store(1, Ordering::Relaxed);
+            let dialog = res.ok.get("verify").map(Dialog::parse);
+            for op in request {
+                let id = user_id(&op.member)?;
+                let want = manager_flag(kind, op)? == "Y";
+                out.push(match (res.errors.get(&format!("mgr_{id}")), &dialog) {
+                    (Some((c, d)), _) => {
+                        MemberOutcome::failed(op.member.clone(), c.clone(), d.clone())
+                    }
+                    (None, Some(Ok(d))) if d.managers.contains(&id) == want => {
+                        MemberOutcome::done(op.member.clone())
+                    }
+                    (None, Some(Ok(_))) => MemberOutcome::failed(
+                        op.member.clone(),
+                        "NOT_CHANGED",
+                        "setManager answered true but the manager list did not change (the user \
+                         is not a member, or the acting user is not the chat owner)",
+                    ),
+                    (None, _) => MemberOutcome::failed(
+                        op.member.clone(),
+                        "UNVERIFIED",
+                        "the change was sent but the chat could not be re-read to verify it",
+                    ),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn no_managers(&self) -> ProviderError {
+        ProviderError::fatal(format!(
+            "provider {}: this portal has no im.chat.setManager, so chat managers (admins) cannot \
+             be changed here; list the current managers as admins in the manifest",
+            self.instance
+        ))
+        .with_code("ERROR_METHOD_NOT_FOUND")
+    }
+
+    async fn transfer(&self, chat: u64, op: &Op) -> Result<MemberOutcome, ProviderError> {
+        let id = user_id(&op.member)?;
+        let cmds = [
+            Cmd::new(
+                "owner".into(),
+                "im.chat.setOwner",
+                format!("im.chat.setOwner?CHAT_ID={chat}&USER_ID={id}"),
+            ),
+            dialog_cmd(chat),
+        ];
+        let res = self.batch(&cmds, true, "transfer owner").await?;
+        // The re-read decides: a repeat after a retried batch answers WRONG_REQUEST (we are no
+        // longer the owner) although the transfer holds.
+        Ok(match res.ok.get("verify").map(Dialog::parse) {
+            Some(Ok(d)) if d.owner == id => MemberOutcome::done(op.member.clone()),
+            _ => match res.errors.get("owner") {
+                Some((c, d)) => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
+                None => MemberOutcome::failed(
+                    op.member.clone(),
+                    "NOT_CHANGED",
+                    "setOwner answered but the chat's owner did not change",
+                ),
+            },
+        })
+    }
+}
+
+/// One command of a `batch`: its key (never numeric, so PHP keeps the map an object), the
+/// method it calls, and `method?query`.
+struct Cmd {
+    key: String,
+    method: &'static str,
+    text: String,
+}
+
+impl Cmd {
+    fn new(key: String, method: &'static str, text: String) -> Self {
+        Cmd { key, method, text }
+    }
+}
+
+fn dialog_cmd(chat: u64) -> Cmd {
+    Cmd::new(
+        "verify".into(),
+        "im.dialog.get",
+        format!("im.dialog.get?DIALOG_ID=chat{chat}"),
+    )
+}
+
+/// A `batch` answer: results and errors per command key, and per-command timings.
+#[derive(Debug, Default)]
+struct BatchResult {
+    ok: BTreeMap<String, Value>,
+    errors: BTreeMap<String, (String, String)>,
+    time: BTreeMap<String, Value>,
+}
+
+impl BatchResult {
+    fn parse(v: &Value, label: &str) -> Result<BatchResult, ProviderError> {
+        let bad = || ProviderError::transient(format!("{label}: the batch answer has no result"));
+        let obj = v.as_object().ok_or_else(bad)?;
+        let ok = php_map(obj.get("result"));
+        let time = php_map(obj.get("result_time"));
+        let errors = php_map(obj.get("result_error"))
+            .into_iter()
+            .map(|(k, e)| {
+                let code = e
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("UNKNOWN")
+                    .to_string();
+                let desc = e
+                    .get("error_description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                (k, (code, desc))
+            })
+            .collect();
+        Ok(BatchResult { ok, errors, time })
+    }
+}
+
+/// A PHP array as JSON: an object, `[]` when empty, or a list when its keys were `0..n-1`.
+fn php_map(v: Option<&Value>) -> BTreeMap<String, Value> {
+    match v {
+        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v.clone()))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// What rosterd reads from `im.dialog.get`.
+#[derive(Debug)]
+struct Dialog {
+    owner: u64,
+    managers: BTreeSet<u64>,
+    user_counter: Option<u64>,
+}
+
+impl Dialog {
+    fn parse(v: &Value) -> Result<Dialog, ProviderError> {
+        let owner = v
+            .get("owner")
+            .and_then(id_of)
+            .ok_or_else(|| ProviderError::fatal("im.dialog.get: the chat has no owner"))?;
+        let managers = match v.get("manager_list") {
+            None | Some(Value::Null) => BTreeSet::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    id_of(x).ok_or_else(|| {
+                        ProviderError::fatal("im.dialog.get: manager_list holds a non-id")
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            // PHP serialises an array with holes as an object; its values are the ids.
+            Some(Value::Object(m)) => m
+                .values()
+                .map(|x| {
+                    id_of(x).ok_or_else(|| {
+                        ProviderError::fatal("im.dialog.get: manager_list holds a non-id")
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(ProviderError::fatal(
+                    "im.dialog.get: manager_list is not a list",
+                ));
+            }
+        };
+        Ok(Dialog {
+            owner,
+            managers,
+            user_counter: v.get("user_counter").and_then(id_of),
+        })
+    }
+}
+
+/// A positive id given as a number or a numeric string (`profile` and `user.*` use strings).
+fn id_of(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|n| *n > 0)
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// `im.chat.user.list`'s answer: a list of ids (a PHP map of them, at worst).
+fn parse_ids(v: &Value) -> Result<BTreeSet<u64>, ProviderError> {
+    php_map(Some(v))
+        .values()
+        .map(|x| {
+            id_of(x).ok_or_else(|| {
+                ProviderError::fatal("im.chat.user.list: the member list holds a non-id")
+            })
+        })
+        .collect::<Result<_, _>>()
+        .and_then(|ids: BTreeSet<u64>| {
+            if matches!(v, Value::Array(_) | Value::Object(_)) {
+                Ok(ids)
+            } else {
+                Err(ProviderError::fatal(
+                    "im.chat.user.list: the answer is not a list",
+                ))
+            }
+        })
+}
+
+fn user_id(m: &MemberId) -> Result<u64, ProviderError> {
+    m.as_str()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ProviderError::fatal(format!("{m} is not a Bitrix24 user id")))
+}
+
+fn chat_id(g: &GroupId) -> Result<u64, ProviderError> {
+    g.as_str()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ProviderError::fatal(format!("{g} is not a Bitrix24 chat id")))
+}
+
+fn manager_flag(kind: OpKind, op: &Op) -> Result<&'static str, ProviderError> {
+    match (kind, op.role) {
+        (OpKind::Promote, Some(Role::Admin)) => Ok("Y"),
+        (OpKind::Demote, Some(Role::Participant)) => Ok("N"),
+        (_, role) => Err(ProviderError::fatal(format!(
+            "{kind} of {} to {role:?}: Bitrix24 chats have managers and members only",
+            op.member
+        ))),
+    }
+}
+
+fn is_token_error(e: &ProviderError) -> bool {
+    e.code.as_deref().is_some_and(|c| {
+        c.eq_ignore_ascii_case("expired_token") || c.eq_ignore_ascii_case("invalid_token")
+    })
+}
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    h
+}
+
+fn settings_of(instance: &Instance) -> Result<&Settings, ProviderError> {
+    match &instance.settings {
+        KindSettings::Bitrix24(s) => Ok(s),
+        other => Err(ProviderError::fatal(format!(
+            "provider {}: expected bitrix24 settings, found {}",
+            instance.name,
+            other.kind()
+        ))),
+    }
+}
+
+/// The webhook URL, checked and ending in `/`; `base_url` replaces its scheme, host and port.
+/// Errors never repeat the URL: its path is the credential.
+fn webhook_base(name: &str, raw: &str, over: Option<&str>) -> Result<String, ProviderError> {
+    let shape = || {
+        ProviderError::fatal(format!(
+            "provider {name}: webhook_url must look like https://portal.bitrix24.com/rest/<user id>/<token>/"
+        ))
+    };
+    let url = reqwest::Url::parse(raw.trim()).map_err(|_| shape())?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(shape());
+    }
+    let segs: Vec<&str> = url
+        .path_segments()
+        .map(|s| s.filter(|x| !x.is_empty()).collect())
+        .unwrap_or_default();
+    let n = segs.len();
+    let ok = n >= 3
+        && segs[n - 3] == "rest"
+        && segs[n - 2].parse::<u64>().is_ok_and(|u| u > 0)
+        && !segs[n - 1].is_empty();
+    if !ok || url.query().is_some() {
+        return Err(shape());
+    }
+    let path = format!("/{}/", segs.join("/"));
+    let origin = match over {
+        Some(b) => b.trim_end_matches('/').to_string(),
+        None => {
+            let host = url.host_str().unwrap_or_default();
+            let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1");
+            if url.scheme() == "http" && !loopback {
+                tracing::warn!(
+                    instance = name,
+                    "webhook_url uses plain http to a host other than loopback: the token travels unencrypted"
+                );
+            }
+            url.origin().ascii_serialization()
+        }
+    };
+    Ok(format!("{origin}{path}"))
+}
+
+/// The token file: a JSON object with `access_token` and `refresh_token`.
+fn read_tokens(name: &str, path: &Path) -> Result<Tokens, ProviderError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ProviderError::fatal(format!(
+            "provider {name}: cannot read oauth.token_file {}: {}",
+            path.display(),
+            e.kind()
+        ))
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|_| {
+        ProviderError::fatal(format!(
+            "provider {name}: oauth.token_file {} is not a JSON object with access_token and refresh_token",
+            path.display()
+        ))
+    })?;
+    let get = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    match (get("access_token"), get("refresh_token")) {
+        (Some(a), Some(r)) => Ok(Tokens {
+            access: Secret::new(a),
+            refresh: Secret::new(r),
+            generation: 0,
+        }),
+        _ => Err(ProviderError::fatal(format!(
+            "provider {name}: oauth.token_file {} lacks access_token or refresh_token",
+            path.display()
+        ))),
+    }
+}
+
+/// Replace the token file atomically: a private temporary file beside it, synced, renamed over.
+fn write_tokens(path: &Path, tokens: &Value) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tokens".into());
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let result = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(tokens)?.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Pacing of one instance: 2 requests/s with a burst of 50 unless configured, a 60 s request
+/// timeout, and backoff from 1 s to 30 s on `QUERY_LIMIT_EXCEEDED` (bitrix24.md §5).
+fn http_options(instance: &Instance, burst: Option<u32>) -> HttpOptions {
+    let mut o = HttpOptions::for_instance(instance, Some(DEFAULT_RATE), Duration::ZERO);
+    o.burst = burst.unwrap_or(DEFAULT_BURST).max(1);
+    if instance.common.timeout.is_none() {
+        o.timeout = DEFAULT_TIMEOUT;
+    }
+    o.min_backoff = Duration::from_secs(1);
+    o.max_backoff = Duration::from_secs(30);
+    o
+}
+
+#[async_trait]
+impl Provider for Bitrix24 {
+    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+        let chat = chat_id(group)?;
+        let me = self.me().await?;
+        // The dialog goes first: for a chat we cannot see, the member list answers `[]`.
+        let cmds = [
+            Cmd::new(
+                "dialog".into(),
+                "im.dialog.get",
+                format!("im.dialog.get?DIALOG_ID=chat{chat}"),
+            ),
+            Cmd::new(
+                "users".into(),
+                "im.chat.user.list",
+                format!("im.chat.user.list?CHAT_ID={chat}"),
+            ),
+        ];
+        let res = self.batch(&cmds, false, "read chat").await?;
+        let unreadable = |key: &str, what: &str| -> ProviderError {
+            match res.errors.get(key) {
+                Some((c, d)) => ProviderError::fatal(format!(
+                    "provider {}: chat {chat} cannot be read ({what}: {c}: {d}); the acting user \
+                     {me} must be a member of it, and the chat must exist",
+                    self.instance
+                ))
+                .with_code(c.clone()),
+                None => ProviderError::transient(format!(
+                    "provider {}: chat {chat}: the batch returned no {what} answer",
+                    self.instance
+                )),
+            }
+        };
+        let dialog = Dialog::parse(
+            res.ok
+                .get("dialog")
+                .ok_or_else(|| unreadable("dialog", "im.dialog.get"))?,
+        )?;
+        let ids = parse_ids(
+            res.ok
+                .get("users")
+                .ok_or_else(|| unreadable("users", "im.chat.user.list"))?,
+        )?;
+        // A member list without the owner is the silent empty of a chat we lost access to
+        // between the two commands (or a broken answer): never plan from it.
+        if !ids.contains(&dialog.owner) {
+            return Err(ProviderError::fatal(format!(
+                "provider {}: chat {chat}: the member list ({} ids, dialog counts {}) does not \
+                 hold the owner {}; refusing to plan from a partial read",
+                self.instance,
+                ids.len(),
+                dialog
+                    .user_counter
+                    .map_or("?".to_string(), |n| n.to_string()),
+                dialog.owner
+            )));
+        }
+        let members = ids
+            .iter()
+            .map(|id| {
+                let role = if *id == dialog.owner || dialog.managers.contains(id) {
+                    Role::Admin
+                } else {
+                    Role::Participant
+                };
+                (MemberId(id.to_string()), role)
+            })
+            .collect();
+        Ok(LiveGroup {
+            members,
+            owner: Some(MemberId(dialog.owner.to_string())),
+            bans: None,
+            me: Some(me),
+            ..LiveGroup::default()
+        })
+    }
+
+    async fn apply(
+        &self,
+        group: &GroupId,
+        batch: &Batch,
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let chat = chat_id(group)?;
+        match batch.kind {
+            OpKind::Add => self.add(chat, &batch.ops).await,
+            OpKind::Remove => self.remove(chat, &batch.ops).await,
+            OpKind::Promote | OpKind::Demote => {
+                self.set_managers(chat, batch.kind, &batch.ops).await
+            }
+            OpKind::TransferOwner => {
+                let mut out = Vec::with_capacity(batch.ops.len());
+                for op in &batch.ops {
+                    out.push(self.transfer(chat, op).await?);
+                }
+                Ok(out)
+            }
+            kind @ (OpKind::Ban | OpKind::Unban | OpKind::Mute | OpKind::Unmute) => {
+                Err(ProviderError::fatal(format!(
+                    "provider {}: Bitrix24 chats have no bans or member mutes ({kind})",
+                    self.instance
+                )))
+            }
+        }
+    }
+
+    fn capabilities_for(&self, _live: &LiveGroup) -> Capabilities {
+        *Kind::Bitrix24.capabilities()
+    }
+
+    fn requests(&self) -> RequestCounts {
+        self.http.counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::CommonSettings;
+
+    const TOKEN: &str = "s3cr3tw3bh00kt0k3n";
+
+    fn instance(oauth: Option<OAuth>) -> Instance {
+        Instance {
+            name: "b24".into(),
+            kind: Kind::Bitrix24,
+            common: CommonSettings::default(),
+            settings: KindSettings::Bitrix24(Settings {
+                webhook_url: None,
+                oauth,
+                burst: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn bitrix24_webhook_url_is_checked_without_echoing_it() {
+        let ok =
+            webhook_base("b", &format!("https://p.bitrix24.com/rest/7/{TOKEN}"), None).unwrap();
+        assert_eq!(ok, format!("https://p.bitrix24.com/rest/7/{TOKEN}/"));
+        let moved = webhook_base(
+            "b",
+            &format!("https://p.bitrix24.com/rest/7/{TOKEN}/"),
+            Some("http://127.0.0.1:9/"),
+        )
+        .unwrap();
+        assert_eq!(moved, format!("http://127.0.0.1:9/rest/7/{TOKEN}/"));
+        for bad in [
+            format!("https://p.bitrix24.com/{TOKEN}"),
+            format!("https://p.bitrix24.com/rest/x/{TOKEN}/"),
+            format!("p.bitrix24.com/rest/7/{TOKEN}"),
+            format!("https://p.bitrix24.com/rest/7/{TOKEN}/?a=1"),
+        ] {
+            let e = webhook_base("b", &bad, None).unwrap_err();
+            assert!(!format!("{e} {e:?}").contains(TOKEN), "{e}");
+        }
+    }
+
+    #[test]
+    fn bitrix24_debug_output_hides_the_webhook() {
+        let c = Bitrix24::with_webhook(
+            &instance(None),
+            Secret::new(format!("https://p.bitrix24.com/rest/7/{TOKEN}/")),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains(TOKEN));
+    }
+
+    #[test]
+    fn bitrix24_default_pace_is_two_per_second_with_a_burst_of_fifty() {
+        let o = http_options(&instance(None), None);
+        assert_eq!((o.rate, o.burst), (Some(2.0), 50));
+        assert_eq!(o.timeout, DEFAULT_TIMEOUT);
+        let mut i = instance(None);
+        i.common.rate = Some(5.0);
+        let o = http_options(&i, Some(250));
+        assert_eq!((o.rate, o.burst), (Some(5.0), 250));
+    }
+
+    #[test]
+    fn bitrix24_php_arrays_parse_as_objects_lists_or_empty() {
+        let v = json!({"result": {"a": true}, "result_error": [], "result_time": [],
+                       "result_total": [], "result_next": []});
+        let r = BatchResult::parse(&v, "x").unwrap();
+        assert!(r.ok.contains_key("a") && r.errors.is_empty());
+        let v = json!({"result": [], "result_error": {"del_5": {"error": "USER_NOT_FOUND",
+                       "error_description": "gone"}}});
+        let r = BatchResult::parse(&v, "x").unwrap();
+        assert_eq!(r.errors["del_5"].0, "USER_NOT_FOUND");
+        let v = json!({"result": [true, false]});
+        let r = BatchResult::parse(&v, "x").unwrap();
+        assert_eq!(r.ok.len(), 2);
+        assert_eq!(parse_ids(&json!([1, "7", 9])).unwrap().len(), 3);
+        assert_eq!(parse_ids(&json!([])).unwrap().len(), 0);
+        assert!(parse_ids(&json!(true)).is_err());
+        let d = Dialog::parse(&json!({"owner": "1", "manager_list": {"0": 1, "2": "7"}})).unwrap();
+        assert_eq!((d.owner, d.managers.len()), (1, 2));
+    }
+
+    #[test]
+    fn bitrix24_errors_are_classified_by_code_in_any_case() {
+        let c = Bitrix24::with_webhook(
+            &instance(None),
+            Secret::new(format!("https://p.bitrix24.com/rest/7/{TOKEN}/")),
+        )
+        .unwrap();
+        let e = c.classify(
+            503,
+            Some("QUERY_LIMIT_EXCEEDED"),
+            Some("Too many"),
+            "batch",
+            "x",
+        );
+        assert_eq!(e.class, ErrorClass::Throttled);
+        let e = c.classify(429, Some("OPERATION_TIME_LIMIT"), None, "batch", "x");
+        assert_eq!(
+            (e.class, e.retry_after),
+            (ErrorClass::Throttled, Some(OPERATING_FALLBACK))
+        );
+        c.note_time("im.chat.user.list", &json!({"operating_reset_at": 1e12}));
+        let e = c.classify(
+            429,
+            Some("OPERATION_TIME_LIMIT"),
+            None,
+            "IM.CHAT.USER.LIST",
+            "x",
+        );
+        assert!(e.retry_after.unwrap() > Duration::from_secs(3600));
+        let e = c.classify(401, Some("expired_token"), None, "batch", "x");
+        assert!(is_token_error(&e) && e.class == ErrorClass::Fatal);
+        let e = c.classify(500, Some("INTERNAL_SERVER_ERROR"), None, "batch", "x");
+        assert_eq!(e.class, ErrorClass::Transient);
+        let e = c.classify(502, None, None, "batch", "x");
+        assert_eq!(e.class, ErrorClass::Transient);
+        let e = c.classify(403, Some("ACCESS_ERROR"), None, "batch", "x");
+        assert_eq!(e.class, ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn bitrix24_token_file_is_replaced_atomically_and_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokens.json");
+        std::fs::write(&p, r#"{"access_token":"a1","refresh_token":"r1"}"#).unwrap();
+        let t = read_tokens("b", &p).unwrap();
+        assert_eq!(t.refresh.expose(), "r1");
+        write_tokens(&p, &json!({"access_token": "a2", "refresh_token": "r2"})).unwrap();
+        let t = read_tokens("b", &p).unwrap();
+        assert_eq!((t.access.expose(), t.refresh.expose()), ("a2", "r2"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0);
+        }
+        let o = OAuth {
+            endpoint: "https://p.bitrix24.com/rest/".into(),
+            client_id: "app".into(),
+            client_secret: SecretRef::Env("UNUSED".into()),
+            token_file: dir.path().join("missing.json"),
+        };
+        let e = Bitrix24::with_oauth(&instance(Some(o)), Secret::new("s")).unwrap_err();
+        assert!(e.message.contains("missing.json"), "{e}");
+    }
 }

@@ -174,10 +174,13 @@ pub static BITRIX24_CAPS: Capabilities = Capabilities {
     mutes: MuteSupport::No,
     add_with_role: false,
     transfer_owner: true,
-    // Adds take many ids per command; a `batch` request carries up to 50 commands, which the
-    // provider client packs itself. Everything else is one member per command.
+    // One planned batch is one `batch` request of at most 50 commands: adds carry 50 ids per
+    // command (the 50th command re-lists to verify), removals and manager changes one member
+    // per command (manager changes keep one command to verify), ownership one.
     max_batch: |k| match k {
-        OpKind::Add => 50,
+        OpKind::Add => bitrix24::MAX_ADDS_PER_REQUEST,
+        OpKind::Remove => bitrix24::MAX_COMMANDS,
+        OpKind::Promote | OpKind::Demote => bitrix24::MAX_MANAGER_CHANGES,
         _ => 1,
     },
     uniform_batch: |_| false,
@@ -361,10 +364,7 @@ pub fn build(instance: &Instance) -> Result<std::sync::Arc<dyn Provider>, Provid
         KindSettings::Cometchat(_) => Ok(std::sync::Arc::new(cometchat::CometChat::new(instance)?)),
         KindSettings::Waha(_) => Ok(std::sync::Arc::new(waha::Waha::new(instance)?)),
         KindSettings::Tencent(_) => Ok(std::sync::Arc::new(tencent::Tencent::new(instance)?)),
-        KindSettings::Bitrix24(_) => Err(ProviderError::fatal(format!(
-            "provider {}: the {} client is not available in this build",
-            instance.name, instance.kind
-        ))),
+        KindSettings::Bitrix24(_) => Ok(std::sync::Arc::new(bitrix24::Bitrix24::new(instance)?)),
     }
 }
 

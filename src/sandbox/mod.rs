@@ -27,10 +27,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::provider::Kind;
 
+pub mod bitrix24;
 pub mod cometchat;
 pub mod tencent;
 pub mod waha;
 
+pub use bitrix24::Bitrix24Emulator;
 pub use cometchat::CometChatEmulator;
 pub use tencent::TencentEmulator;
 pub use waha::WahaEmulator;
@@ -45,6 +47,8 @@ pub struct SandboxState {
     pub waha: waha::State,
     #[serde(default)]
     pub tencent: tencent::State,
+    #[serde(default)]
+    pub bitrix24: bitrix24::State,
 }
 
 impl SandboxState {
@@ -78,6 +82,7 @@ pub struct Ports {
     pub cometchat: u16,
     pub waha: u16,
     pub tencent: u16,
+    pub bitrix24: u16,
 }
 
 impl Ports {
@@ -86,12 +91,14 @@ impl Ports {
         cometchat: 0,
         waha: 0,
         tencent: 0,
+        bitrix24: 0,
     };
     /// The fixed ports `rosterd sandbox` uses, matching the sample `manifests/rosterd.yaml`.
     pub const FIXED: Ports = Ports {
         cometchat: 8081,
         waha: 8083,
         tencent: 8084,
+        bitrix24: 8082,
     };
 }
 
@@ -112,6 +119,7 @@ pub struct Sandbox {
     pub cometchat: CometChatEmulator,
     pub waha: WahaEmulator,
     pub tencent: TencentEmulator,
+    pub bitrix24: Bitrix24Emulator,
     endpoints: Vec<Endpoint>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -186,11 +194,28 @@ impl Sandbox {
             )
             .await?,
         );
+        let b24_keys = bitrix24::credentials(&state.bitrix24);
+        let bitrix24 = Bitrix24Emulator::new(state.bitrix24);
+        let mut b24 = start_one(
+            Kind::Bitrix24,
+            "",
+            bitrix24.router(),
+            ports.bitrix24,
+            b24_keys,
+            &shutdown,
+            &tracker,
+        )
+        .await?;
+        b24.credentials = (b24.credentials.iter())
+            .map(|c| c.replace("<base_url>", &b24.base_url))
+            .collect();
+        endpoints.push(b24);
         tracker.close();
         Ok(Sandbox {
             cometchat,
             waha,
             tencent,
+            bitrix24,
             endpoints,
             shutdown,
             tracker,
@@ -215,6 +240,7 @@ impl Sandbox {
             cometchat: self.cometchat.state(),
             waha: self.waha.state(),
             tencent: self.tencent.state(),
+            bitrix24: self.bitrix24.state(),
         }
     }
 

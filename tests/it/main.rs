@@ -1,5 +1,6 @@
 //! The one integration-test binary: real HTTP against the sandbox emulators on 127.0.0.1.
 
+mod bitrix24;
 mod cli;
 mod cometchat;
 mod daemon;
