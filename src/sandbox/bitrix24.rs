@@ -27,7 +27,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Conn, Fault, FaultKind, FaultWhen};
+use super::{Conn, Fault, FaultKind, Faults};
 
 /// Commands one `batch` carries; the rest get `ERROR_BATCH_LENGTH_EXCEEDED`.
 pub const BATCH_MAX_LENGTH: usize = 50;
@@ -293,7 +293,7 @@ struct Runtime {
 struct Inner {
     state: Mutex<State>,
     log: Mutex<Vec<LoggedRequest>>,
-    faults: Mutex<Vec<Fault>>,
+    faults: Faults,
     rt: Mutex<Runtime>,
 }
 
@@ -327,7 +327,7 @@ impl Bitrix24Emulator {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 log: Mutex::new(Vec::new()),
-                faults: Mutex::new(Vec::new()),
+                faults: Faults::default(),
                 rt: Mutex::new(Runtime {
                     level: 0.0,
                     drained_at: t,
@@ -380,11 +380,11 @@ impl Bitrix24Emulator {
     }
 
     pub fn inject(&self, fault: Fault) {
-        lock(&self.inner.faults).push(fault);
+        self.inner.faults.inject(fault);
     }
 
     pub fn clear_faults(&self) {
-        lock(&self.inner.faults).clear();
+        self.inner.faults.clear();
     }
 
     /// Expire the current OAuth access token now.
@@ -397,30 +397,6 @@ impl Bitrix24Emulator {
         let mut rt = lock(&self.inner.rt);
         rt.level = level;
         rt.drained_at = now();
-    }
-
-    fn take_fault(&self, write: bool) -> Option<FaultKind> {
-        let mut faults = lock(&self.inner.faults);
-        let mut hit = None;
-        for f in faults.iter_mut() {
-            if f.writes_only && !write {
-                continue;
-            }
-            match &mut f.when {
-                FaultWhen::Next(n) if *n > 0 => {
-                    *n -= 1;
-                    hit = Some(f.kind);
-                    break;
-                }
-                FaultWhen::Probability(p) if rand::rng().random_bool(p.clamp(0.0, 1.0)) => {
-                    hit = Some(f.kind);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        faults.retain(|f| !matches!(f.when, FaultWhen::Next(0)));
-        hit
     }
 
     /// Count one request against the bucket; `false` when it overflows.
@@ -762,7 +738,7 @@ async fn handle(AxState(emu): AxState<Bitrix24Emulator>, req: Request) -> Respon
         emu.log(entry);
         return error_response(503, "QUERY_LIMIT_EXCEEDED", "Too many requests");
     }
-    match emu.take_fault(write) {
+    match emu.inner.faults.take(write) {
         Some(FaultKind::Status(code)) => {
             entry.status = code;
             entry.fault = Some(format!("status {code}"));
