@@ -507,7 +507,11 @@ fn instance(
         Kind::Cometchat => settings(own).map(KindSettings::Cometchat),
         Kind::Tencent => settings(own).map(KindSettings::Tencent),
         Kind::Waha => settings(own).map(KindSettings::Waha),
-        Kind::Bitrix24 => settings(own).map(KindSettings::Bitrix24),
+        Kind::Bitrix24 => settings::<crate::provider::bitrix24::Settings>(own).and_then(|s| {
+            s.validated(root)
+                .map(KindSettings::Bitrix24)
+                .map_err(|e| (None, e))
+        }),
     };
     let settings = match settings {
         Ok(s) => s,

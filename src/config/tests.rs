@@ -278,3 +278,41 @@ fn ids_are_kept_as_written_not_as_yaml_numbers_or_booleans() {
     let ids: Vec<&str> = c.groups[0].members.keys().map(|m| m.as_str()).collect();
     assert_eq!(ids, ["0042", "007", "no", "on", "y"]);
 }
+
+#[test]
+fn bitrix24_needs_exactly_one_credential_and_roots_its_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = "group: s\nprovider: b\nid: 42\nparticipants: [17]\n";
+    let root = |provider: &str| {
+        format!("manifests: groups/\nproviders:\n  b:\n    kind: bitrix24\n{provider}")
+    };
+    let oauth = "    oauth:\n      endpoint: https://p.bitrix24.com/rest/\n      client_id: c\n      client_secret: { env: S }\n      token_file: tokens.json\n";
+
+    let both = format!("    webhook_url: {{ env: W }}\n{oauth}");
+    for (text, what) in [(String::new(), "neither"), (both, "both")] {
+        let path = write(
+            dir.path(),
+            &[("rosterd.yaml", &root(&text)), ("groups/s.yaml", group)],
+        );
+        let d = load(&path).unwrap_err();
+        let text = diags_text(&d, dir.path());
+        assert!(
+            text.contains("rosterd.yaml:4:5:")
+                && text.contains("exactly one of webhook_url and oauth"),
+            "{what}: {text}"
+        );
+    }
+
+    let path = write(
+        dir.path(),
+        &[("rosterd.yaml", &root(oauth)), ("groups/s.yaml", group)],
+    );
+    let cfg = load(&path).unwrap();
+    let crate::provider::KindSettings::Bitrix24(s) = &cfg.instances["b"].settings else {
+        panic!("a bitrix24 instance");
+    };
+    assert_eq!(
+        s.oauth.as_ref().unwrap().token_file,
+        dir.path().join("tokens.json")
+    );
+}

@@ -59,6 +59,22 @@ pub struct OAuth {
     pub token_file: PathBuf,
 }
 
+impl Settings {
+    /// Settle what serde cannot: exactly one way to authenticate, and a relative `token_file`
+    /// rooted at the folder of rosterd.yaml like every other path there (SPEC §2).
+    pub fn validated(mut self, root: &Path) -> Result<Self, String> {
+        if self.webhook_url.is_some() == self.oauth.is_some() {
+            return Err("give exactly one of webhook_url and oauth".to_string());
+        }
+        if let Some(o) = &mut self.oauth
+            && o.token_file.is_relative()
+        {
+            o.token_file = root.join(&o.token_file);
+        }
+        Ok(self)
+    }
+}
+
 /// Commands one `batch` request may carry (`BATCH_MAX_LENGTH`, bitrix24.md §3).
 pub const MAX_COMMANDS: usize = 50;
 /// Ids per `im.chat.user.add` command. The API documents no cap; the reference advises modest

@@ -344,6 +344,16 @@ impl HttpClient {
             .await
             .map_err(|e| transport_error(call.label, e))?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            // Not followed (see `build_reqwest`). The Location is not quoted: it may echo the
+            // credentials of the request URL.
+            return Err(ProviderError::fatal(format!(
+                "{}: the provider answered with a redirect (HTTP {status}); rosterd does not \
+                 follow redirects, which would resend credentials elsewhere: check base_url",
+                call.label
+            ))
+            .with_code(format!("HTTP_{status}")));
+        }
         let headers = resp.headers().clone();
         let body = resp
             .bytes()
@@ -418,6 +428,9 @@ pub fn build_reqwest(opts: &HttpOptions) -> Result<reqwest::Client, ProviderErro
         .read_timeout(opts.timeout)
         .timeout(opts.timeout)
         .user_agent(concat!("rosterd/", env!("CARGO_PKG_VERSION")))
+        // A followed redirect would carry the credentials in the URL (Bitrix24's webhook path,
+        // Tencent's usersig) and in headers to another host, and turn a POST into a bodyless GET.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| {
             ProviderError::fatal(format!("cannot build the HTTP client: {}", e.without_url()))

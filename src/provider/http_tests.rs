@@ -19,6 +19,7 @@ enum Reply {
     Status(u16),
     Throttle(u64),
     Slow(Duration),
+    Redirect,
 }
 
 struct Script {
@@ -53,6 +54,12 @@ async fn serve(replies: Vec<Reply>) -> (String, Arc<Script>) {
                         StatusCode::TOO_MANY_REQUESTS,
                         [("retry-after", secs.to_string())],
                         "{}",
+                    )
+                        .into_response(),
+                    Reply::Redirect => (
+                        StatusCode::FOUND,
+                        [("location", "/elsewhere/secret-token-in-path/x")],
+                        "",
                     )
                         .into_response(),
                     Reply::Slow(d) => {
@@ -276,4 +283,19 @@ async fn a_refused_connection_names_no_url() {
         1,
         "a request that never left may be repeated, even a write"
     );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_fail_without_the_url() {
+    let (url, script) = serve(vec![Reply::Redirect, Reply::Ok]).await;
+    let client = HttpClient::new(opts()).unwrap();
+    let err = client
+        .call(call(&url, true, true), classify)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Fatal);
+    assert_eq!(err.code.as_deref(), Some("HTTP_302"));
+    assert!(!err.message.contains("secret-token"), "{err}");
+    // One request: neither the redirect target nor a retry was asked for.
+    assert_eq!(script.hits.lock().unwrap().len(), 1);
 }
