@@ -68,7 +68,7 @@ fn states() -> (DesiredGroup, LiveGroup) {
 fn bench(c: &mut Criterion) {
     let (desired, live) = states();
     let caps = Kind::Cometchat.capabilities();
-    let size = |k| (caps.max_batch)(k);
+    let size = |k| caps.max_batch.get(k);
     let opts = PlanOptions {
         caps,
         batch_size: &size,

@@ -50,7 +50,7 @@ fn live(members: &[(&str, Role)]) -> LiveGroup {
 
 fn plan_with(d: &DesiredGroup, l: &LiveGroup, allow: bool) -> GroupPlan {
     let caps = d.kind.capabilities();
-    let size = |k| (caps.max_batch)(k);
+    let size = |k| caps.max_batch.get(k);
     plan_group(
         d,
         l,
@@ -369,7 +369,7 @@ fn a_smaller_configured_batch_size_is_obeyed() {
             .collect::<Vec<_>>(),
     );
     let caps = d.kind.capabilities();
-    let size = |k| (caps.max_batch)(k).min(4);
+    let size = |k| caps.max_batch.get(k).min(4);
     let p = plan_group(
         &d,
         &live(&[]),
@@ -542,7 +542,7 @@ proptest! {
         let Case { kind, desired: d, live: l } = case;
         let caps = kind.capabilities();
         let p = plan_with(&d, &l, true);
-        prop_assert!(p.batches.iter().all(|b| b.ops.len() <= (caps.max_batch)(b.kind)));
+        prop_assert!(p.batches.iter().all(|b| b.ops.len() <= caps.max_batch.get(b.kind)));
         prop_assert_eq!(p.batches.iter().map(|b| b.ops.len()).sum::<usize>(), p.ops.len());
 
         let admins = |g: &LiveGroup| g.members.values().filter(|r| **r == Role::Admin).count();

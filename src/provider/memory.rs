@@ -158,7 +158,7 @@ impl Provider for MemoryProvider {
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
         let _g = self.enter().await;
         let caps = self.kind.capabilities();
-        let max = (caps.max_batch)(batch.kind);
+        let max = caps.max_batch.get(batch.kind);
         if batch.ops.len() > max {
             return Err(ProviderError::fatal(format!(
                 "{} members in one {} call; the maximum is {max}",

@@ -101,8 +101,8 @@ pub struct Capabilities {
     /// call); otherwise they are added as participants and promoted afterwards.
     pub add_with_role: bool,
     pub transfer_owner: bool,
-    /// The most members one write call of this kind may carry; 1 where the API has no bulk call.
-    pub max_batch: fn(OpKind) -> usize,
+    /// The most members one write call of each kind may carry; 1 where the API has no bulk call.
+    pub max_batch: BatchLimits,
     /// Members of one batch of this kind must share the same parameter (target role, mute
     /// duration), because the call takes one value for all of them.
     pub uniform_batch: fn(OpKind) -> bool,
@@ -121,16 +121,35 @@ fn always(_: OpKind) -> bool {
     true
 }
 
+/// Members per write call, per kind of operation. Data rather than a function, so an
+/// instance's settings (Tencent's `max_batch`) or the pace chosen for one run (WhatsApp's adds)
+/// can change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits([usize; OpKind::ALL.len()]);
+
+impl BatchLimits {
+    /// One member per call for every kind: an API with no bulk calls.
+    pub const ONE: BatchLimits = BatchLimits([1; OpKind::ALL.len()]);
+
+    /// The same limits with `n` (at least 1) members per call of `kind`.
+    pub const fn with(mut self, kind: OpKind, n: usize) -> Self {
+        self.0[kind as usize] = if n == 0 { 1 } else { n };
+        self
+    }
+
+    /// Members per call of `kind`; at least 1.
+    pub const fn get(&self, kind: OpKind) -> usize {
+        self.0[kind as usize]
+    }
+}
+
 pub static COMETCHAT_CAPS: Capabilities = Capabilities {
     roles: &[Role::Admin, Role::Moderator, Role::Participant],
     bans: true,
     mutes: MuteSupport::No,
     add_with_role: true,
     transfer_owner: true,
-    max_batch: |k| match k {
-        OpKind::Add | OpKind::Ban => 25,
-        _ => 1,
-    },
+    max_batch: BatchLimits::ONE.with(OpKind::Add, 25).with(OpKind::Ban, 25),
     uniform_batch: |_| false,
     idempotent: always,
 };
@@ -141,12 +160,13 @@ pub static TENCENT_CAPS: Capabilities = Capabilities {
     mutes: MuteSupport::Timed,
     add_with_role: false,
     transfer_owner: true,
-    max_batch: |k| match k {
-        OpKind::Add | OpKind::Ban | OpKind::Unban => 20,
-        OpKind::Remove => 100,
-        OpKind::Mute | OpKind::Unmute => 500,
-        _ => 1,
-    },
+    max_batch: BatchLimits::ONE
+        .with(OpKind::Add, 20)
+        .with(OpKind::Ban, 20)
+        .with(OpKind::Unban, 20)
+        .with(OpKind::Remove, 100)
+        .with(OpKind::Mute, 500)
+        .with(OpKind::Unmute, 500),
     uniform_batch: |k| matches!(k, OpKind::Mute),
     idempotent: always,
 };
@@ -158,10 +178,11 @@ pub static WAHA_CAPS: Capabilities = Capabilities {
     add_with_role: false,
     transfer_owner: false,
     // WhatsApp documents no per-call cap; 20 keeps one WEBJS call under ~20 s (waha.md §5).
-    max_batch: |k| match k {
-        OpKind::Add | OpKind::Remove | OpKind::Promote | OpKind::Demote => 20,
-        _ => 1,
-    },
+    max_batch: BatchLimits::ONE
+        .with(OpKind::Add, 20)
+        .with(OpKind::Remove, 20)
+        .with(OpKind::Promote, 20)
+        .with(OpKind::Demote, 20),
     uniform_batch: |_| false,
     // Every repeated add notifies the group and counts towards anti-spam limits; only reads
     // are retried blindly, writes are verified by re-reading instead.
@@ -177,12 +198,11 @@ pub static BITRIX24_CAPS: Capabilities = Capabilities {
     // One planned batch is one `batch` request of at most 50 commands: adds carry 50 ids per
     // command (the 50th command re-lists to verify), removals and manager changes one member
     // per command (manager changes keep one command to verify), ownership one.
-    max_batch: |k| match k {
-        OpKind::Add => bitrix24::MAX_ADDS_PER_REQUEST,
-        OpKind::Remove => bitrix24::MAX_COMMANDS,
-        OpKind::Promote | OpKind::Demote => bitrix24::MAX_MANAGER_CHANGES,
-        _ => 1,
-    },
+    max_batch: BatchLimits::ONE
+        .with(OpKind::Add, bitrix24::MAX_ADDS_PER_REQUEST)
+        .with(OpKind::Remove, bitrix24::MAX_COMMANDS)
+        .with(OpKind::Promote, bitrix24::MAX_MANAGER_CHANGES)
+        .with(OpKind::Demote, bitrix24::MAX_MANAGER_CHANGES),
     uniform_batch: |_| false,
     idempotent: always,
 };
@@ -353,7 +373,7 @@ pub struct Instance {
 impl Instance {
     /// The batch size for one kind of write: `batch_size` capped at the provider's maximum.
     pub fn batch_size(&self, op: OpKind, caps: &Capabilities) -> usize {
-        let max = (caps.max_batch)(op).max(1);
+        let max = caps.max_batch.get(op);
         self.common.batch_size.map_or(max, |b| b.clamp(1, max))
     }
 }

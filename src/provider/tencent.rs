@@ -23,8 +23,8 @@ use crate::config::secret::{Secret, SecretRef};
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Mute, Op, OpKind, Role};
 use crate::provider::http::{Call, HttpClient, HttpOptions, Response};
 use crate::provider::{
-    Capabilities, ErrorClass, Instance, Kind, KindSettings, MuteSupport, Provider, ProviderError,
-    RequestCounts, TENCENT_CAPS,
+    BatchLimits, Capabilities, ErrorClass, Instance, Kind, KindSettings, MuteSupport, Provider,
+    ProviderError, RequestCounts, TENCENT_CAPS,
 };
 
 pub mod usersig;
@@ -158,85 +158,19 @@ impl GroupType {
     }
 }
 
-/// The per-call maxima in force for one instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Maxima {
-    add: usize,
-    remove: usize,
-    mute: usize,
-    ban: usize,
-}
-
-impl Maxima {
-    fn from_settings(m: Option<MaxBatch>) -> Maxima {
-        let d = (TENCENT_CAPS.max_batch)(OpKind::Add);
-        let m = m.unwrap_or_default();
-        Maxima {
-            add: m.add.unwrap_or(d).max(1),
-            remove: m
-                .remove
-                .unwrap_or((TENCENT_CAPS.max_batch)(OpKind::Remove))
-                .max(1),
-            mute: m
-                .mute
-                .unwrap_or((TENCENT_CAPS.max_batch)(OpKind::Mute))
-                .max(1),
-            ban: m
-                .ban
-                .unwrap_or((TENCENT_CAPS.max_batch)(OpKind::Ban))
-                .max(1),
-        }
-    }
-
-    fn of(&self, k: OpKind) -> usize {
-        match k {
-            OpKind::Add => self.add,
-            OpKind::Remove => self.remove,
-            OpKind::Mute | OpKind::Unmute => self.mute,
-            OpKind::Ban | OpKind::Unban => self.ban,
-            OpKind::Promote | OpKind::Demote | OpKind::TransferOwner => 1,
-        }
-    }
-}
-
-// `Capabilities::max_batch` is a plain `fn` (capabilities are static data for every other
-// kind), so an instance's configured maxima are interned in a small table and reached through
-// one monomorphised function per slot.
-const SLOTS: usize = 16;
-static MAXIMA: Mutex<Vec<Maxima>> = Mutex::new(Vec::new());
-
-fn slot<const I: usize>(k: OpKind) -> usize {
-    let table = MAXIMA.lock().unwrap_or_else(|e| e.into_inner());
-    table
-        .get(I)
-        .map_or_else(|| (TENCENT_CAPS.max_batch)(k), |m| m.of(k))
-}
-
-static SLOT_FNS: [fn(OpKind) -> usize; SLOTS] = [
-    slot::<0>, slot::<1>, slot::<2>, slot::<3>, slot::<4>, slot::<5>, slot::<6>, slot::<7>,
-    slot::<8>, slot::<9>, slot::<10>, slot::<11>, slot::<12>, slot::<13>, slot::<14>, slot::<15>,
-];
-
-/// The `max_batch` function for these maxima: the kind's static one when nothing is
-/// overridden, else an interned slot (identical settings share one).
-fn max_batch_fn(name: &str, m: Maxima) -> Result<fn(OpKind) -> usize, ProviderError> {
-    if m == Maxima::from_settings(None) {
-        return Ok(TENCENT_CAPS.max_batch);
-    }
-    let mut table = MAXIMA.lock().unwrap_or_else(|e| e.into_inner());
-    let idx = match table.iter().position(|t| *t == m) {
-        Some(i) => i,
-        None if table.len() < SLOTS => {
-            table.push(m);
-            table.len() - 1
-        }
-        None => {
-            return Err(ProviderError::fatal(format!(
-                "provider {name}: more than {SLOTS} different max_batch settings across tencent instances"
-            )));
-        }
-    };
-    Ok(SLOT_FNS[idx])
+/// The per-call maxima in force for one instance: the kind's defaults, raised or lowered by
+/// the instance's `max_batch` (the documentation disagrees across versions, tencent.md §3).
+fn maxima(m: Option<MaxBatch>) -> BatchLimits {
+    let d = TENCENT_CAPS.max_batch;
+    let m = m.unwrap_or_default();
+    let mute = m.mute.unwrap_or(d.get(OpKind::Mute));
+    let ban = m.ban.unwrap_or(d.get(OpKind::Ban));
+    d.with(OpKind::Add, m.add.unwrap_or(d.get(OpKind::Add)))
+        .with(OpKind::Remove, m.remove.unwrap_or(d.get(OpKind::Remove)))
+        .with(OpKind::Mute, mute)
+        .with(OpKind::Unmute, mute)
+        .with(OpKind::Ban, ban)
+        .with(OpKind::Unban, ban)
 }
 
 struct CachedSig {
@@ -254,7 +188,7 @@ pub struct Tencent {
     secret: Secret,
     http: HttpClient,
     clock: Clock,
-    max_batch: fn(OpKind) -> usize,
+    max_batch: BatchLimits,
     sig: Mutex<Option<CachedSig>>,
     /// Per kind of write: a smaller maximum the service taught us by answering 10005.
     learned: Mutex<HashMap<OpKind, usize>>,
@@ -297,7 +231,7 @@ impl Tencent {
                 instance.name, s.identifier
             )));
         }
-        let max_batch = max_batch_fn(&instance.name, Maxima::from_settings(s.max_batch))?;
+        let max_batch = maxima(s.max_batch);
         Ok(Tencent {
             instance: instance.name.clone(),
             base,
@@ -1269,17 +1203,17 @@ mod tests {
             bans: Some(BTreeSet::new()),
             ..LiveGroup::default()
         });
-        assert_eq!((caps.max_batch)(OpKind::Add), 300);
-        assert_eq!((caps.max_batch)(OpKind::Remove), 500);
-        assert_eq!((caps.max_batch)(OpKind::Mute), 500);
-        assert_eq!((caps.max_batch)(OpKind::Ban), 20);
-        assert_eq!((caps.max_batch)(OpKind::Promote), 1);
+        assert_eq!(caps.max_batch.get(OpKind::Add), 300);
+        assert_eq!(caps.max_batch.get(OpKind::Remove), 500);
+        assert_eq!(caps.max_batch.get(OpKind::Mute), 500);
+        assert_eq!(caps.max_batch.get(OpKind::Ban), 20);
+        assert_eq!(caps.max_batch.get(OpKind::Promote), 1);
         let d = Tencent::with_key(&instance(None, Some("tokyo"), None), Secret::new("k")).unwrap();
         let work = d.capabilities_for(&LiveGroup {
             group_type: Some("Private".into()),
             ..LiveGroup::default()
         });
-        assert_eq!((work.max_batch)(OpKind::Add), 20);
+        assert_eq!(work.max_batch.get(OpKind::Add), 20);
         assert!(!work.bans && work.mutes == MuteSupport::No && !work.supports_role(Role::Admin));
     }
 }

@@ -992,7 +992,7 @@ impl Provider for Waha {
         }
         let per_call = match batch.kind {
             OpKind::Add => self.add_batch,
-            k => (Kind::Waha.capabilities().max_batch)(k).max(1),
+            k => Kind::Waha.capabilities().max_batch.get(k).max(1),
         };
         let mut out = Vec::with_capacity(batch.ops.len());
         for chunk in batch.ops.chunks(per_call) {

@@ -509,7 +509,7 @@ fn model_minimum(plan: &rosterd::plan::Plan) -> usize {
         .map(|g| {
             [OpKind::Add, OpKind::Remove]
                 .iter()
-                .map(|k| g.count(*k).div_ceil((caps.max_batch)(*k)))
+                .map(|k| g.count(*k).div_ceil(caps.max_batch.get(*k)))
                 .sum::<usize>()
         })
         .sum()
