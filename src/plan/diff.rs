@@ -114,7 +114,7 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
             if !mu.active_at(now) {
                 continue; // an expired desired mute means "not muted"; handled below
             }
-            if live_active.get(m) == Some(&mu) {
+            if live_active.get(m).is_some_and(|have| same_mute(*have, mu)) {
                 continue;
             }
             match untouchable(m) {
@@ -376,4 +376,21 @@ fn roster_lines(
     );
     lines.sort();
     lines
+}
+
+/// Mute ends this close are the same end. Providers store an end computed from their own
+/// receipt time (Tencent: receipt + MuteTime), so an end read back differs from the one asked
+/// for by the request's latency and the clocks' skew; re-muting over that would be churn on
+/// every run. Manifests give ends to the second, and a minute is below any intent they express.
+pub const MUTE_END_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn same_mute(a: Mute, b: Mute) -> bool {
+    match (a, b) {
+        (Mute::Indefinite, Mute::Indefinite) => true,
+        (Mute::Until(x), Mute::Until(y)) => {
+            let gap = x.duration_since(y).or_else(|_| y.duration_since(x));
+            gap.is_ok_and(|d| d <= MUTE_END_TOLERANCE)
+        }
+        _ => false,
+    }
 }

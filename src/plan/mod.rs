@@ -6,7 +6,7 @@ use std::time::SystemTime;
 pub mod diff;
 pub mod render;
 
-pub use diff::{apply_op, plan_group, simulate};
+pub use diff::{MUTE_END_TOLERANCE, apply_op, plan_group, simulate};
 
 use serde::Serialize;
 

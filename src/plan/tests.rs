@@ -220,6 +220,37 @@ fn mutes_timed_indefinite_expired_and_extended() {
 }
 
 #[test]
+fn mute_ends_within_the_tolerance_are_the_same_end() {
+    let until = now() + Duration::from_secs(3600);
+    let near = until + super::MUTE_END_TOLERANCE - Duration::from_secs(1);
+    let far = until + super::MUTE_END_TOLERANCE + Duration::from_secs(1);
+    let mut d = desired(
+        Kind::Tencent,
+        &[
+            ("a", Role::Participant),
+            ("b", Role::Participant),
+            ("c", Role::Participant),
+        ],
+    );
+    d.mutes = Some(BTreeMap::from([
+        (m("a"), Mute::Until(until)),
+        (m("b"), Mute::Until(until)),
+        (m("c"), Mute::Until(until)),
+    ]));
+    let mut l = live(&[
+        ("a", Role::Participant),
+        ("b", Role::Participant),
+        ("c", Role::Participant),
+    ]);
+    l.mutes = BTreeMap::from([
+        (m("a"), Mute::Until(near)), // the service's receipt time moved it: same end
+        (m("b"), Mute::Until(far)),  // a different end: muted again
+        (m("c"), Mute::Indefinite),  // indefinite is never "near" a timed end
+    ]);
+    assert_eq!(ops(&plan(&d, &l)), ["mute b", "mute c"]);
+}
+
+#[test]
 fn mutes_are_not_managed_without_the_key() {
     let d = desired(Kind::Tencent, &[("a", Role::Participant)]);
     let mut l = live(&[("a", Role::Participant)]);

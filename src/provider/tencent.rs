@@ -100,10 +100,6 @@ pub const FOREVER: u64 = u32::MAX as u64;
 pub const USERSIG_TTL: u64 = 24 * 3600;
 const USERSIG_RENEW: u64 = 300;
 
-/// A stored mute end within this of the one we asked for is the one we asked for: the service
-/// computes it from its own clock at receipt (§3.6).
-const MUTE_TOLERANCE: u64 = 5;
-
 /// The largest groups are 100,000 members (Community, §6.10); a listing past this is a server
 /// ignoring paging.
 const MAX_LISTED: usize = 200_000;
@@ -192,9 +188,6 @@ pub struct Tencent {
     sig: Mutex<Option<CachedSig>>,
     /// Per kind of write: a smaller maximum the service taught us by answering 10005.
     learned: Mutex<HashMap<OpKind, usize>>,
-    /// The mute ends we asked for, per (group, member), to read back the service's
-    /// receipt-time arithmetic as the value we sent.
-    sent_mutes: Mutex<HashMap<(String, String), SystemTime>>,
     /// Members per page when listing. A field so tests can page through small pages.
     pub page_size: usize,
 }
@@ -243,7 +236,6 @@ impl Tencent {
             max_batch,
             sig: Mutex::new(None),
             learned: Mutex::new(HashMap::new()),
-            sent_mutes: Mutex::new(HashMap::new()),
             page_size: DEFAULT_PAGE_SIZE,
         })
     }
@@ -659,18 +651,6 @@ impl Tencent {
                     label,
                 )
                 .await?;
-                let mut sent = self.sent_mutes.lock().unwrap_or_else(|e| e.into_inner());
-                for o in ops {
-                    let key = (g.to_string(), o.member.0.clone());
-                    match o.mute {
-                        Some(Mute::Until(t)) if kind == OpKind::Mute => {
-                            sent.insert(key, t);
-                        }
-                        _ => {
-                            sent.remove(&key);
-                        }
-                    }
-                }
                 Ok(done())
             }
             OpKind::Ban => {
@@ -924,11 +904,6 @@ impl Provider for Tencent {
             )));
         }
         let listed = self.members(group, ty).await?;
-        let sent = self
-            .sent_mutes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let mut members = BTreeMap::new();
         let mut mutes = BTreeMap::new();
         let mut role_owner = None;
@@ -955,10 +930,9 @@ impl Provider for Tencent {
                 let mute = if until >= FOREVER {
                     Mute::Indefinite
                 } else {
-                    match sent.get(&(group.0.clone(), id.0.clone())) {
-                        Some(t) if unix(*t).abs_diff(until) <= MUTE_TOLERANCE => Mute::Until(*t),
-                        _ => Mute::Until(UNIX_EPOCH + Duration::from_secs(until)),
-                    }
+                    // The service's end is its receipt time + MuteTime; the planner allows for
+                    // that difference (plan::MUTE_END_TOLERANCE).
+                    Mute::Until(UNIX_EPOCH + Duration::from_secs(until))
                 };
                 mutes.insert(id.clone(), mute);
             }
