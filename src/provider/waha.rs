@@ -114,7 +114,9 @@ pub struct Account {
 #[derive(Debug, Clone, Default)]
 struct GroupIds {
     send_as: HashMap<MemberId, String>,
-    me_admin: bool,
+    /// `None` when the account's own row could not be recognised (an `@lid` with no phone on a
+    /// server that does not report `me.lid`): the server then decides.
+    me_admin: Option<bool>,
 }
 
 const V2_UNKNOWN: u8 = 0;
@@ -267,14 +269,20 @@ impl Waha {
     /// Classify a non-2xx answer, turning `rate-overlimit` into a throttle whose cooldown
     /// doubles while WhatsApp keeps refusing.
     fn error(&self, r: &Response, label: &str) -> ProviderError {
-        let mut e = classify_error(r, label);
+        self.throttle(classify_error(r, label))
+    }
+
+    /// Give a throttle its cooldown: the instance's first pause, doubled per refusal in a row.
+    fn throttle(&self, mut e: ProviderError) -> ProviderError {
         if e.class == ErrorClass::Throttled {
             let streak = self.throttle_streak.fetch_add(1, Ordering::Relaxed).min(16);
             let wait = self
                 .throttle_cooldown
                 .saturating_mul(1u32 << streak)
                 .min(MAX_THROTTLE_COOLDOWN.max(self.throttle_cooldown));
-            e.retry_after = Some(wait);
+            // Up to a fifth more, so instances throttled together do not return together.
+            let jitter = wait.mul_f64(rand::random::<f64>() * 0.2);
+            e.retry_after = Some(wait + jitter);
         }
         e
     }
@@ -370,10 +378,7 @@ impl Waha {
                         return Err(self.error(r, "list participants"));
                     }
                     let rows: Vec<Value> = r.json()?;
-                    rows.iter()
-                        .map(parse_row)
-                        .collect::<Result<_, _>>()
-                        .map(Some)
+                    parse_rows(&rows).map(Some)
                 })
                 .await?;
             match got {
@@ -393,7 +398,7 @@ impl Waha {
                     return Err(self.error(r, "list participants"));
                 }
                 let rows: Vec<Value> = r.json()?;
-                rows.iter().map(parse_row).collect::<Result<_, _>>()
+                parse_rows(&rows)
             })
             .await?;
         self.ok();
@@ -484,15 +489,26 @@ impl Waha {
                 if !is_success(r.status) {
                     return Err(self.error(r, label));
                 }
-                parse_results(r, label)
+                let results = parse_results(r, label)?;
+                // WEBJS may report WhatsApp's throttle per member instead of failing the call
+                // (waha.md §5): the whole call waits out the cooldown and is made again; members
+                // it already added then answer 409, which counts as done.
+                if results
+                    .iter()
+                    .flatten()
+                    .any(|m| m.code == 429 || m.message.contains("overlimit"))
+                {
+                    return Err(self.throttle(ProviderError::throttled(
+                        format!("{label}: WhatsApp answered rate-overlimit for some members"),
+                        None,
+                    )
+                    .with_code("rate-overlimit")));
+                }
+                Ok(results)
             })
             .await?;
         self.ok();
-        Ok(ops
-            .iter()
-            .zip(&sent)
-            .map(|(op, sent)| outcome(kind, op, sent, &results))
-            .collect())
+        Ok(outcomes(kind, ops, &sent, results.as_deref()))
     }
 
     fn cached(&self, group: &GroupId) -> Option<GroupIds> {
@@ -544,14 +560,48 @@ fn http_options(instance: &Instance) -> HttpOptions {
     o
 }
 
-/// Members per add call: `batch_size` when set (capped by the planner), else one.
+/// Members per add call: `batch_size` when set, else one; never more than the kind's cap.
 fn add_batch(instance: &Instance) -> usize {
     instance
         .common
         .batch_size
         .unwrap_or(DEFAULT_ADD_BATCH)
-        .max(1)
+        .clamp(1, ADD_BATCH_CAPS.len())
 }
+
+/// WAHA's per-call caps with adds capped at `ADD` members. `Capabilities::max_batch` is a plain
+/// `fn`, so each possible add batch size gets its own instance; the planner then cuts adds to
+/// the instance's pace while `batch_size` still applies to every kind of call.
+fn max_batch_with_adds<const ADD: usize>(k: OpKind) -> usize {
+    match k {
+        OpKind::Add => ADD,
+        k => (crate::provider::WAHA_CAPS.max_batch)(k),
+    }
+}
+
+/// `max_batch` for an add batch of 1..=20 members (20: waha.md §5, one WEBJS call under ~20 s).
+const ADD_BATCH_CAPS: [fn(OpKind) -> usize; 20] = [
+    max_batch_with_adds::<1>,
+    max_batch_with_adds::<2>,
+    max_batch_with_adds::<3>,
+    max_batch_with_adds::<4>,
+    max_batch_with_adds::<5>,
+    max_batch_with_adds::<6>,
+    max_batch_with_adds::<7>,
+    max_batch_with_adds::<8>,
+    max_batch_with_adds::<9>,
+    max_batch_with_adds::<10>,
+    max_batch_with_adds::<11>,
+    max_batch_with_adds::<12>,
+    max_batch_with_adds::<13>,
+    max_batch_with_adds::<14>,
+    max_batch_with_adds::<15>,
+    max_batch_with_adds::<16>,
+    max_batch_with_adds::<17>,
+    max_batch_with_adds::<18>,
+    max_batch_with_adds::<19>,
+    max_batch_with_adds::<20>,
+];
 
 fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
@@ -620,7 +670,7 @@ fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
 }
 
 /// One row of the v2 listing or of any engine's legacy listing, told apart by its shape.
-fn parse_row(v: &Value) -> Result<Row, ProviderError> {
+fn parse_row(v: &Value) -> Result<Option<Row>, ProviderError> {
     let bad = || {
         ProviderError::fatal(format!(
             "list participants: unexpected participant entry {}",
@@ -644,7 +694,9 @@ fn parse_row(v: &Value) -> Result<Row, ProviderError> {
         match role {
             "superadmin" => (raw, pn, true, true),
             "admin" => (raw, pn, true, false),
-            "participant" | "left" => (raw, pn, false, false),
+            "participant" => (raw, pn, false, false),
+            // Someone who left is not a member; only events carry this role (waha.md §1).
+            "left" => return Ok(None),
             _ => return Err(bad()),
         }
     } else {
@@ -659,13 +711,22 @@ fn parse_row(v: &Value) -> Result<Row, ProviderError> {
         .as_deref()
         .and_then(jid)
         .filter(|j| j.server == Server::Phone);
-    Ok(Row {
+    Ok(Some(Row {
         raw,
         id,
         pn,
         admin,
         superadmin,
-    })
+    }))
+}
+
+/// Every row of a listing body; one entry that cannot be read fails the whole read.
+fn parse_rows(rows: &[Value]) -> Result<Vec<Row>, ProviderError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for v in rows {
+        out.extend(parse_row(v)?);
+    }
+    Ok(out)
 }
 
 /// One member's result of a write call, as any engine reports it.
@@ -752,25 +813,54 @@ fn parse_results(r: &Response, label: &str) -> Result<Option<Vec<MemberResult>>,
     }
 }
 
-fn outcome(
+/// The outcome of each op of one call, in `ops` order. Results are matched on the digits of
+/// every id they name; the server may answer under an id it never showed us (a phone added
+/// joins under its hidden lid), so when exactly one op and one result are left unmatched they
+/// belong together. Anything else unmatched is a failure: the re-read then tells the truth.
+fn outcomes(
     kind: OpKind,
-    op: &Op,
-    sent: &str,
-    results: &Option<Vec<MemberResult>>,
-) -> MemberOutcome {
-    let member = op.member.clone();
+    ops: &[Op],
+    sent: &[String],
+    results: Option<&[MemberResult]>,
+) -> Vec<MemberOutcome> {
     let Some(results) = results else {
-        return MemberOutcome::done(member);
+        return ops
+            .iter()
+            .map(|op| MemberOutcome::done(op.member.clone()))
+            .collect();
     };
-    let keys: BTreeSet<String> = [op.member.as_str(), sent]
-        .into_iter()
-        .filter_map(jid)
-        .map(|j| j.user)
-        .collect();
-    let Some(r) = results
+    let mut used = vec![false; results.len()];
+    let mut found: Vec<Option<usize>> = ops
         .iter()
-        .find(|r| r.users.iter().any(|u| keys.contains(u)))
-    else {
+        .zip(sent)
+        .map(|(op, sent)| {
+            let keys: BTreeSet<String> = [op.member.as_str(), sent.as_str()]
+                .into_iter()
+                .filter_map(jid)
+                .map(|j| j.user)
+                .collect();
+            let i = results
+                .iter()
+                .enumerate()
+                .position(|(i, r)| !used[i] && r.users.iter().any(|u| keys.contains(u)))?;
+            used[i] = true;
+            Some(i)
+        })
+        .collect();
+    let lone_op: Vec<usize> = (0..ops.len()).filter(|&i| found[i].is_none()).collect();
+    let lone_result: Vec<usize> = (0..results.len()).filter(|&i| !used[i]).collect();
+    if let ([o], [r]) = (lone_op.as_slice(), lone_result.as_slice()) {
+        found[*o] = Some(*r);
+    }
+    ops.iter()
+        .zip(found)
+        .map(|(op, i)| outcome(kind, op, i.map(|i| &results[i])))
+        .collect()
+}
+
+fn outcome(kind: OpKind, op: &Op, result: Option<&MemberResult>) -> MemberOutcome {
+    let member = op.member.clone();
+    let Some(r) = result else {
         return MemberOutcome::failed(
             member,
             "NO_RESULT",
@@ -951,7 +1041,7 @@ impl Provider for Waha {
             }
             let is_me = phone.as_ref().map(|p| &p.user) == me_user.as_ref();
             if is_me {
-                ids.me_admin = row.admin || row.superadmin;
+                ids.me_admin = Some(row.admin || row.superadmin);
             }
             if row.superadmin {
                 live.owner = Some(key.clone());
@@ -983,29 +1073,23 @@ impl Provider for Waha {
                 self.cached(group).unwrap_or_default()
             }
         };
-        if !ids.me_admin {
+        if ids.me_admin == Some(false) {
             return Err(ProviderError::fatal(format!(
                 "provider {}: the WhatsApp account {} is not an admin of group {group}; WAHA writes need admin rights",
                 self.instance, account.me
             ))
             .with_code("not-authorized"));
         }
-        let per_call = match batch.kind {
-            OpKind::Add => self.add_batch,
-            k => (Kind::Waha.capabilities().max_batch)(k).max(1),
-        };
-        let mut out = Vec::with_capacity(batch.ops.len());
-        for chunk in batch.ops.chunks(per_call) {
-            out.extend(
-                self.write(group, batch.kind, chunk, &ids, account.engine)
-                    .await?,
-            );
-        }
-        Ok(out)
+        // One batch is one call: the planner already cut adds to `add_batch` members through
+        // `capabilities_for`, so the reported call count is the number of requests made.
+        self.write(group, batch.kind, &batch.ops, &ids, account.engine)
+            .await
     }
 
     fn capabilities_for(&self, _live: &LiveGroup) -> Capabilities {
-        *Kind::Waha.capabilities()
+        let mut caps = *Kind::Waha.capabilities();
+        caps.max_batch = ADD_BATCH_CAPS[self.add_batch.clamp(1, ADD_BATCH_CAPS.len()) - 1];
+        caps
     }
 
     fn requests(&self) -> RequestCounts {

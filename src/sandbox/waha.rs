@@ -10,7 +10,8 @@
 //!   WEBJS; removing or promoting a non-member is a per-member 404;
 //! - a phone added while the server knows a lid for it is listed under that lid, as WhatsApp
 //!   does for accounts that hide their number;
-//! - `rate-overlimit` counts added members in a fixed window; the refused call changes nothing;
+//! - `rate-overlimit` counts added members in a fixed window and refuses add calls once it is
+//!   full; the refused call changes nothing;
 //! - the session gate answers at once instead of waiting ~15 s first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -101,7 +102,8 @@ fn yes() -> bool {
     true
 }
 
-/// WhatsApp's throttle: more than `adds` members added within `per` draws `rate-overlimit`.
+/// WhatsApp's throttle: once `adds` members were added within a window of `per`, further add
+/// calls in that window draw `rate-overlimit`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overlimit {
@@ -364,7 +366,7 @@ impl WahaEmulator {
         hit
     }
 
-    /// Count `n` adds against WhatsApp's window; `false` when they would go over it.
+    /// Count `n` adds against WhatsApp's window; `false` when the window is already full.
     fn admit_adds(&self, limit: Option<Overlimit>, n: usize) -> bool {
         let Some(limit) = limit else { return true };
         let per = (limit.per.as_millis() as u64).max(1);
@@ -373,7 +375,9 @@ impl WahaEmulator {
         if w.index != index {
             *w = Window { index, adds: 0 };
         }
-        if w.adds as usize + n > limit.adds as usize {
+        // A call is refused once the window is full, not when it would overfill it: a batch
+        // larger than the burst must still get through once the window turns over.
+        if w.adds >= limit.adds {
             return false;
         }
         w.adds += n as u32;
