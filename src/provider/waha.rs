@@ -198,6 +198,12 @@ impl Waha {
         self
     }
 
+    /// The pacing in force: the HTTP layer's options (interval, rate, timeout) and the members
+    /// per add call.
+    pub fn pacing(&self) -> (&HttpOptions, usize) {
+        (self.http.options(), self.add_batch)
+    }
+
     /// The account and engine of the session, checking it once per client (see [`Account`]).
     pub async fn account(&self) -> Result<&Account, ProviderError> {
         self.account.get_or_try_init(|| self.check_session()).await
@@ -498,11 +504,13 @@ impl Waha {
                     .flatten()
                     .any(|m| m.code == 429 || m.message.contains("overlimit"))
                 {
-                    return Err(self.throttle(ProviderError::throttled(
-                        format!("{label}: WhatsApp answered rate-overlimit for some members"),
-                        None,
-                    )
-                    .with_code("rate-overlimit")));
+                    return Err(self.throttle(
+                        ProviderError::throttled(
+                            format!("{label}: WhatsApp answered rate-overlimit for some members"),
+                            None,
+                        )
+                        .with_code("rate-overlimit"),
+                    ));
                 }
                 Ok(results)
             })
@@ -922,6 +930,10 @@ fn short_message(r: &Response) -> String {
     };
     let mut parts = Vec::new();
     if let Some(ex) = v.get("exception") {
+        // A `TypeError` is a bug on our side (waha.md §4); a plain `Error` says nothing.
+        if let Some(name) = str_field(ex, "name").filter(|n| *n != "Error") {
+            parts.push(name.to_string());
+        }
         for k in ["message", "details", "data"] {
             match ex.get(k) {
                 Some(Value::String(s)) if !s.is_empty() => parts.push(s.clone()),

@@ -798,6 +798,8 @@ fn list_v2(state: &State, group: &Group) -> Value {
                 (Engine::Noweb, Some(pn)) if k.ends_with("@lid") => row["pn"] = json!(pn),
                 (Engine::Noweb, _) => {}
                 (Engine::Gows, None) => row["pn"] = json!(""),
+                // WEBJS gives no phone for any `@lid` row, known or not (waha.md §3.2).
+                (Engine::Webjs, _) if k.ends_with("@lid") => row["pn"] = Value::Null,
                 (_, pn) => row["pn"] = json!(pn),
             }
             row

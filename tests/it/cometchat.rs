@@ -992,12 +992,13 @@ async fn cometchat_demo_applies_the_manifests_and_ends_in_sync() {
         for op in ["grace", "trent", "mallory", "peggy", "heidi-eu"] {
             assert!(first.contains(op), "the first plan names {op}:\n{first}");
         }
+        // Three CometChat groups and the WhatsApp one (tests/it/waha.rs checks that one).
         assert_eq!(
             applied.matches("applied and verified").count(),
-            3,
+            4,
             "{applied}"
         );
-        assert_eq!(second.matches("in sync").count(), 3, "{second}");
+        assert_eq!(second.matches("in sync").count(), 4, "{second}");
         assert!(
             !out.contains("sandbox-demo-key"),
             "the key is never printed"

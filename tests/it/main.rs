@@ -4,3 +4,4 @@ mod cli;
 mod cometchat;
 mod daemon;
 mod support;
+mod waha;
