@@ -11,7 +11,8 @@
 //! - a phone added while the server knows a lid for it is listed under that lid, as WhatsApp
 //!   does for accounts that hide their number;
 //! - `rate-overlimit` counts added members in a fixed window and refuses add calls once it is
-//!   full; the refused call changes nothing;
+//!   full; the refused call changes nothing. GOWS and NOWEB fail the call with a 500 envelope,
+//!   WEBJS answers 200 with a per-member `429` for each id;
 //! - the session gate answers at once instead of waiting ~15 s first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -737,12 +738,27 @@ fn session_route(
                         };
                     }
                     if op == WriteOp::Add && !emu.admit_adds(state.overlimit, ids.len()) {
-                        let mut a = envelope(
-                            engine_error(engine, EngineError::RateOverlimit),
-                            method,
-                            path,
-                            body,
-                        );
+                        // WEBJS reports WhatsApp's refusal per member in a 200; the other
+                        // engines fail the call with a 500 envelope (waha.md §4, §5).
+                        let mut a = if engine == Engine::Webjs {
+                            ok(Value::Object(
+                                ids.iter()
+                                    .map(|id| {
+                                        (
+                                            id.clone(),
+                                            json!({"code": 429, "message": "rate-overlimit", "isInviteV4Sent": false}),
+                                        )
+                                    })
+                                    .collect(),
+                            ))
+                        } else {
+                            envelope(
+                                engine_error(engine, EngineError::RateOverlimit),
+                                method,
+                                path,
+                                body,
+                            )
+                        };
                         a.throttled = true;
                         return a;
                     }
