@@ -403,7 +403,7 @@ async fn waha_phone_numbers_in_manifests_normalise_to_jids_and_cause_no_churn() 
             );
         }
         let sb = start(st).await;
-        let report = run(std::slice::from_ref(&g), &targets(&sb), true).await;
+        let report = run(std::slice::from_ref(g), &targets(&sb), true).await;
         assert_eq!(report.groups[0].status, GroupStatus::InSync, "{report:#?}");
         assert!(sb.waha.writes().is_empty());
 
@@ -411,7 +411,7 @@ async fn waha_phone_numbers_in_manifests_normalise_to_jids_and_cause_no_churn() 
         sb.waha.with_state(|s| {
             s.groups.get_mut(GROUP).unwrap().members.remove(&phone(5));
         });
-        let report = run(std::slice::from_ref(&g), &targets(&sb), true).await;
+        let report = run(std::slice::from_ref(g), &targets(&sb), true).await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let add = &sb.waha.writes()[0];
         assert!(add.path.ends_with("/participants/add"));
