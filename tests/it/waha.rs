@@ -1325,7 +1325,7 @@ async fn waha_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
 // ---- Validation --------------------------------------------------------------------------------------
 
 #[test]
-fn waha_moderators_bans_and_mutes_fail_validation_naming_provider_and_group() {
+fn waha_moderators_bans_mutes_and_lids_fail_validation_naming_provider_and_group() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_tree(
         dir.path(),
@@ -1337,11 +1337,17 @@ fn waha_moderators_bans_and_mutes_fail_validation_naming_provider_and_group() {
             ),
             (
                 "groups/g.yaml",
-                "group: mods\nprovider: wa\nid: \"120363000000000001@g.us\"\nmoderators: [ana]\n---\ngroup: banned\nprovider: wa\nid: \"120363000000000002@g.us\"\nparticipants: [ana]\nbans: [\"+49 170 0000004\"]\n---\ngroup: muted\nprovider: wa\nid: \"120363000000000003@g.us\"\nparticipants: [ana]\nmutes:\n  - { member: ana }\n",
+                "group: mods\nprovider: wa\nid: \"120363000000000001@g.us\"\nmoderators: [ana]\n---\ngroup: banned\nprovider: wa\nid: \"120363000000000002@g.us\"\nparticipants: [ana]\nbans: [\"+49 170 0000004\"]\n---\ngroup: muted\nprovider: wa\nid: \"120363000000000003@g.us\"\nparticipants: [ana]\nmutes:\n  - { member: ana }\n---\ngroup: lids\nprovider: wa\nid: \"120363000000000004@g.us\"\nparticipants: [ana, \"900000000000003@lid\"]\n",
             ),
         ],
     );
     let text = rosterd::config::load(&cfg).unwrap_err().to_string();
+    // A hidden lid names nobody rosterd can match safely once WAHA learns the phone behind it.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("900000000000003@lid") && l.contains("phone number")),
+        "{text}"
+    );
     for (group, what) in [
         ("mods", "has no moderator role"),
         ("banned", "cannot ban members"),
