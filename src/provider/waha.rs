@@ -3,8 +3,8 @@
 //! WAHA is a thin HTTP layer over an unofficial WhatsApp client ("engine"), so three things
 //! shape this module:
 //! - the account: every call acts as one linked WhatsApp account (the session's `me`). The
-//!   session is checked once per client before any group is touched, because a session that is
-//!   not `WORKING` makes every group call wait ~15 s and then fail (waha.md §2);
+//!   session is checked before any group is touched (and again after [`ACCOUNT_TTL`]), because
+//!   a session that is not `WORKING` makes every group call wait ~15 s and then fail (waha.md §2);
 //! - ids: manifests name phone numbers (`<digits>@c.us`), while WhatsApp lists many members under
 //!   hidden `@lid` ids. Live members are matched to phones through the listing's `pn`, the
 //!   session's own lid and the lids API; a member whose phone stays unknown is reported in
@@ -67,6 +67,10 @@ pub const DEFAULT_RATE: f64 = 2.0;
 /// ~15 s, and a WEBJS add takes ~0.5-1 s per member (waha.md §2, §3.6, §5).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the session's account is trusted before it is read again: longer than one run of
+/// many groups, shorter than the daemon's resync.
+pub const ACCOUNT_TTL: Duration = Duration::from_secs(60);
+
 /// The first pause after a `rate-overlimit`; it doubles on each further one in a row.
 pub const DEFAULT_THROTTLE_COOLDOWN: Duration = Duration::from_secs(60);
 
@@ -98,7 +102,8 @@ impl Engine {
     }
 }
 
-/// The account a session acts as, learnt once per client.
+/// The account a session acts as, learnt before the first group and again once it is older
+/// than [`ACCOUNT_TTL`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     /// `me.id` as `<digits>@c.us`.
@@ -134,7 +139,11 @@ pub struct Waha {
     throttle_cooldown: Duration,
     /// `rate-overlimit` answers in a row, for the doubling cooldown.
     throttle_streak: AtomicU32,
-    account: tokio::sync::OnceCell<Account>,
+    /// The session's account and when it was read. Re-read after [`ACCOUNT_TTL`]: a long-lived
+    /// client (the daemon) must notice the session being linked to another phone, or it would
+    /// take its own new account for an unlisted member.
+    account: tokio::sync::Mutex<Option<(tokio::time::Instant, Account)>>,
+    account_ttl: Duration,
     groups: Mutex<HashMap<GroupId, GroupIds>>,
     /// Whether the server has the v2 participants listing (2025.11+).
     v2: AtomicU8,
@@ -184,7 +193,8 @@ impl Waha {
             add_batch: add_batch(instance),
             throttle_cooldown: DEFAULT_THROTTLE_COOLDOWN,
             throttle_streak: AtomicU32::new(0),
-            account: tokio::sync::OnceCell::new(),
+            account: tokio::sync::Mutex::new(None),
+            account_ttl: ACCOUNT_TTL,
             groups: Mutex::new(HashMap::new()),
             v2: AtomicU8::new(V2_UNKNOWN),
             lids_api: AtomicBool::new(true),
@@ -204,9 +214,26 @@ impl Waha {
         (self.http.options(), self.add_batch)
     }
 
-    /// The account and engine of the session, checking it once per client (see [`Account`]).
-    pub async fn account(&self) -> Result<&Account, ProviderError> {
-        self.account.get_or_try_init(|| self.check_session()).await
+    /// Re-read the session's account after `d` instead of [`ACCOUNT_TTL`] (tests).
+    pub fn with_account_ttl(mut self, d: Duration) -> Self {
+        self.account_ttl = d;
+        self
+    }
+
+    /// The account and engine of the session, checked before the first group and again when
+    /// the last check is older than the TTL. A failed check is not kept: the next call checks
+    /// again.
+    pub async fn account(&self) -> Result<Account, ProviderError> {
+        // Held across the check so that concurrent groups share one request.
+        let mut cached = self.account.lock().await;
+        if let Some((at, account)) = cached.as_ref()
+            && at.elapsed() < self.account_ttl
+        {
+            return Ok(account.clone());
+        }
+        let account = self.check_session().await?;
+        *cached = Some((tokio::time::Instant::now(), account.clone()));
+        Ok(account)
     }
 
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> String {
@@ -1028,7 +1055,7 @@ struct SessionEngine {
 #[async_trait]
 impl Provider for Waha {
     async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
-        let account = self.account().await?.clone();
+        let account = self.account().await?;
         let rows = self.list(group).await?;
         let me_user = jid(account.me.as_str()).map(|j| j.user);
         let me_lid = account.lid.as_deref().and_then(jid).map(|j| j.user);
@@ -1077,7 +1104,7 @@ impl Provider for Waha {
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        let account = self.account().await?.clone();
+        let account = self.account().await?;
         let ids = match self.cached(group) {
             Some(ids) => ids,
             None => {

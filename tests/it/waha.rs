@@ -657,6 +657,47 @@ async fn waha_acting_account_is_never_removed_or_demoted() {
 }
 
 #[tokio::test]
+async fn waha_a_relinked_session_is_noticed_and_its_new_account_is_not_removed() {
+    bounded(30, async {
+        use WaRole::*;
+        let sb = start(world(
+            Engine::Gows,
+            vec![(
+                GROUP,
+                vec![
+                    (ME_LID.into(), Admin),
+                    (OWNER.into(), Superadmin),
+                    (phone(60), Admin),
+                ],
+            )],
+        ))
+        .await;
+        let inst = instance(&sb, |_| {});
+        let c = client(&inst).with_account_ttl(Duration::ZERO);
+        let g = GroupId(GROUP.into());
+        assert_eq!(c.fetch(&g).await.unwrap().me, Some(mid(ME_PHONE)));
+        // The operator links the session to another phone while the daemon runs.
+        sb.waha.with_state(|s| {
+            s.me = Me {
+                phone: phone(60),
+                lid: None,
+            }
+        });
+        assert_eq!(c.fetch(&g).await.unwrap().me, Some(MemberId(phone(60))));
+        let t = targets_of(inst, c);
+        let want = desired(GROUP, &[(OWNER, Role::Admin)], Unlisted::Remove);
+        let report = run(std::slice::from_ref(&want), &t, false).await;
+        let plan = report.groups[0].plan.as_ref().unwrap();
+        assert!(
+            plan.ops.iter().all(|o| o.member.as_str() != phone(60)),
+            "{plan:#?}"
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn waha_superadmin_is_never_touched() {
     bounded(60, async {
         use WaRole::*;
