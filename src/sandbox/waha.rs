@@ -476,6 +476,13 @@ fn engine_error(engine: Engine, what: EngineError) -> Value {
             "message": "failed to update participants", "name": "Error",
             "details": "server returned error 401: not-authorized"
         }),
+        (Engine::Noweb, EngineError::BadRequest) => {
+            json!({"message": "bad-request", "name": "Error", "data": 400})
+        }
+        (_, EngineError::BadRequest) => json!({
+            "message": "failed to update participants", "name": "Error",
+            "details": "info query returned status 400: bad-request"
+        }),
         (_, EngineError::NoParticipants) => json!({
             "message": "Cannot read properties of undefined (reading 'map')", "name": "TypeError"
         }),
@@ -491,6 +498,7 @@ enum EngineError {
     NoGroup(String),
     NotAdmin,
     NoParticipants,
+    BadRequest,
     NoneLeft,
     Flaky,
 }
@@ -722,6 +730,15 @@ fn session_route(
                             body,
                         );
                     };
+                    // One id WhatsApp cannot read fails the whole call (waha.md §6.8).
+                    if ids.iter().any(|id| !is_jid(id)) {
+                        return envelope(
+                            engine_error(engine, EngineError::BadRequest),
+                            method,
+                            path,
+                            body,
+                        );
+                    }
                     if !me_role.is_admin() {
                         return match (engine, op) {
                             (Engine::Webjs, WriteOp::Add) => ok(Value::String(
@@ -777,6 +794,15 @@ enum WriteOp {
     Remove,
     Promote,
     Demote,
+}
+
+/// `<digits>@c.us` or `<digits>@lid`, as `norm` leaves every id WhatsApp can read.
+fn is_jid(id: &str) -> bool {
+    id.split_once('@').is_some_and(|(user, server)| {
+        !user.is_empty()
+            && user.bytes().all(|b| b.is_ascii_digit())
+            && matches!(server, "c.us" | "lid")
+    })
 }
 
 fn digits(id: &str) -> &str {

@@ -840,6 +840,40 @@ async fn waha_per_member_results_are_read_in_every_engine_shape() {
 }
 
 #[tokio::test]
+async fn waha_one_unreadable_id_fails_the_whole_call_and_changes_nothing() {
+    bounded(30, async {
+        for engine in [Engine::Gows, Engine::Noweb] {
+            let sb = start(drifted(engine, true)).await;
+            let c = client(&instance(&sb, |_| {}));
+            let g = GroupId(GROUP.into());
+            c.fetch(&g).await.unwrap();
+            let before = sb.waha.group(GROUP).unwrap();
+            let err = c
+                .apply(
+                    &g,
+                    &Batch {
+                        kind: OpKind::Add,
+                        ops: vec![
+                            Op::new(OpKind::Add, MemberId(phone(41))),
+                            Op::new(OpKind::Add, MemberId("not-a-number@c.us".into())),
+                        ],
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (err.class, err.code.as_deref()),
+                (ErrorClass::Fatal, Some("bad-request")),
+                "{engine:?}: {err:?}"
+            );
+            assert_eq!(sb.waha.group(GROUP).unwrap(), before, "{engine:?}");
+            sb.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn waha_a_full_group_refuses_adds_per_member_at_1024() {
     bounded(30, async {
         let mut members: Vec<(String, WaRole)> = (0..1022)
