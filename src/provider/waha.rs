@@ -1105,9 +1105,19 @@ impl Provider for Waha {
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
         let account = self.account().await?;
+        // Remove, promote and demote must send the id the listing shows (WEBJS skips any other
+        // form, waha.md §6.4). A member added earlier in this run is not in the last listing and
+        // may have joined under a lid, so the group is read again first (§6.9).
+        let unknown = |ids: &GroupIds| {
+            batch.kind != OpKind::Add
+                && batch
+                    .ops
+                    .iter()
+                    .any(|op| !ids.send_as.contains_key(&op.member))
+        };
         let ids = match self.cached(group) {
-            Some(ids) => ids,
-            None => {
+            Some(ids) if !unknown(&ids) => ids,
+            _ => {
                 self.fetch(group).await?;
                 self.cached(group).unwrap_or_default()
             }

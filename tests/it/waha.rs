@@ -275,7 +275,9 @@ async fn waha_round_trip_converges_on_every_engine_and_listing_then_writes_nothi
                 } else {
                     // One probe answers 404; the client remembers and reads the legacy listing.
                     assert_eq!(listings("/participants/v2"), 1, "{ctx}");
-                    assert_eq!(listings("/participants"), 2, "{ctx}: plan and re-read");
+                    // Plan, a fresh read before promoting the member added in this run, and
+                    // the verifying re-read.
+                    assert_eq!(listings("/participants"), 3, "{ctx}");
                 }
                 assert_eq!(report.calls(), sb.waha.writes().len(), "{ctx}");
 
@@ -287,6 +289,29 @@ async fn waha_round_trip_converges_on_every_engine_and_listing_then_writes_nothi
                 assert!(sb.waha.writes().is_empty(), "{ctx}: {}", write_bodies(&sb));
                 sb.shutdown().await;
             }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waha_an_admin_added_under_a_lid_is_promoted_by_that_lid() {
+    bounded(30, async {
+        for engine in ENGINES {
+            // phone 10 joins under lid 10; WEBJS finds members for a promotion only by the
+            // exact listed id, so the promotion must name the lid.
+            let sb = start(drifted(engine, true)).await;
+            let mut want = round_trip_manifest();
+            want.members.insert(MemberId(phone(10)), Role::Admin);
+            let report = run(std::slice::from_ref(&want), &targets(&sb), true).await;
+            assert_eq!(report.exit_code(true, false), 0, "{engine:?}: {report:#?}");
+            assert_eq!(
+                sb.waha.group(GROUP).unwrap().members.get(&lid(10)),
+                Some(&WaRole::Admin),
+                "{engine:?}"
+            );
+            assert_eq!(roster(&sb, GROUP), want.members, "{engine:?}");
+            sb.shutdown().await;
         }
     })
     .await;
