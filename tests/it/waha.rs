@@ -1311,7 +1311,24 @@ async fn waha_a_failed_read_is_an_error_never_a_short_roster() {
         let t = targets(&sb);
         t["wa"].provider.fetch(&want.id).await.unwrap();
         sb.waha.clear_log();
-        // A read that fails is an error for the group: nothing is planned, nobody is removed.
+        // The listing answers, then the lookup of lid 4 (whose phone only the lids API knows)
+        // is refused: the read fails as a whole, so nothing is planned and nobody is removed.
+        sb.waha
+            .inject(Fault::next(1, FaultKind::Slow(Duration::ZERO)));
+        sb.waha.inject(Fault::next(1, FaultKind::Status(401)));
+        let report = run(std::slice::from_ref(&want), &t, true).await;
+        assert!(report.groups[0].plan.is_none(), "{report:#?}");
+        let error = report.groups[0].error.as_deref().unwrap();
+        assert!(error.contains("look up lid"), "{error}");
+        let log = sb.waha.requests();
+        assert!(log[0].path.ends_with("/participants/v2"), "{log:?}");
+        assert_eq!(
+            log[1].path,
+            format!("/api/default/lids/{}", lid(4)),
+            "{log:?}"
+        );
+        assert!(sb.waha.writes().is_empty());
+        // Every request refused: the same.
         sb.waha.inject(Fault::next(100, FaultKind::Status(401)));
         let report = run(std::slice::from_ref(&want), &t, true).await;
         assert!(report.groups[0].plan.is_none(), "{report:#?}");
