@@ -1005,6 +1005,45 @@ async fn waha_rate_overlimit_slows_the_run_and_it_still_converges() {
     .await;
 }
 
+#[tokio::test]
+async fn waha_writes_of_concurrent_groups_go_one_at_a_time() {
+    bounded(30, async {
+        use WaRole::*;
+        let admins = || vec![(ME_LID.to_string(), Admin), (OWNER.to_string(), Superadmin)];
+        let second = "120363000000000002@g.us";
+        let sb = start(world(
+            Engine::Gows,
+            vec![(GROUP, admins()), (second, admins())],
+        ))
+        .await;
+        // Every write takes 250 ms; groups run concurrently and the interval is zero.
+        sb.waha
+            .inject(Fault::next(4, FaultKind::Slow(Duration::from_millis(250))).writes_only());
+        let mut groups = Vec::new();
+        for (id, first) in [(GROUP, 70), (second, 80)] {
+            let mut g = desired(
+                id,
+                &[(ME_PHONE, Role::Admin), (OWNER, Role::Admin)],
+                Unlisted::Remove,
+            );
+            g.name = id.to_string();
+            for n in first..first + 2 {
+                g.members.insert(MemberId(phone(n)), Role::Participant);
+            }
+            groups.push(g);
+        }
+        let started = Instant::now();
+        let report = run(&groups, &targets(&sb), true).await;
+        let elapsed = started.elapsed();
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        assert_eq!(sb.waha.writes().len(), 4);
+        // Four slow writes one after another, not two pairs side by side.
+        assert!(elapsed >= Duration::from_millis(1000), "{elapsed:?}");
+        sb.shutdown().await;
+    })
+    .await;
+}
+
 #[test]
 fn waha_rate_overlimit_in_a_500_is_a_throttle_in_every_engine_shape() {
     let resp = |body: serde_json::Value| rosterd::provider::http::Response {
