@@ -13,6 +13,8 @@
 //! - `rate-overlimit` counts added members in a fixed window and refuses add calls once it is
 //!   full; the refused call changes nothing. GOWS and NOWEB fail the call with a 500 envelope,
 //!   WEBJS answers 200 with a per-member `429` for each id;
+//! - an id WhatsApp cannot read fails the whole write call with `bad-request` on every engine
+//!   (waha.md §6.8 names NOWEB/GOWS; WEBJS is unconfirmed);
 //! - the session gate answers at once instead of waiting ~15 s first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
