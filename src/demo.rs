@@ -18,6 +18,7 @@ use crate::config::secret::Secret;
 use crate::model::{DesiredGroup, Outcome};
 use crate::plan::render;
 use crate::provider::cometchat::CometChat;
+use crate::provider::waha::Waha;
 use crate::provider::{Instance, Kind, KindSettings, Provider};
 use crate::reconcile::{self, GroupStatus, Report, RunOptions, Target};
 use crate::sandbox::{Ports, Sandbox, SandboxState, default_state};
@@ -178,6 +179,15 @@ fn sandbox_target(
             let url = Secret::new(format!("{base_url}/rest/{user}/{code}/"));
             let client = crate::provider::bitrix24::Bitrix24::with_webhook(&instance, url)
                 .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
+            Arc::new(client)
+        }
+        (KindSettings::Waha(_), Kind::Waha) => {
+            // WAHA's defaults pace writes at one per 10 s to keep a real account safe; the
+            // emulator needs none of that, and a throttle in it clears in milliseconds.
+            instance.common.interval = Some(std::time::Duration::ZERO);
+            let client = Waha::with_key(&instance, Secret::new(state.waha.api_key.clone()))
+                .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?
+                .with_throttle_cooldown(std::time::Duration::from_millis(100));
             Arc::new(client)
         }
         _ => return Ok(None),

@@ -254,19 +254,28 @@ pub mod ids {
     }
 
     /// WhatsApp members: a phone number (with `+`, spaces, dashes, dots or brackets) normalised
-    /// to `<digits>@c.us`, or an explicit `<digits>@c.us` / `<digits>@lid`.
+    /// to `<digits>@c.us`, or an explicit `<digits>@c.us`. A hidden `@lid` is refused: the
+    /// client keys every member whose phone it can learn by that phone, so a manifest naming the
+    /// lid would see that member as unlisted and remove it; members whose phone stays unknown
+    /// are kept and reported without being named.
     pub fn waha(raw: &str) -> Result<MemberId, String> {
         let s = raw.trim();
         let expected = || {
             format!(
                 "a phone number in international form (e.g. \"+49 151 2345678\") or a WhatsApp id \
-                 (<digits>@c.us, <digits>@lid), found {raw:?}"
+                 (<digits>@c.us), found {raw:?}"
             )
         };
         if let Some((user, server)) = s.split_once('@') {
             let server = match server {
                 "c.us" | "s.whatsapp.net" => "c.us",
-                "lid" => "lid",
+                "lid" => {
+                    return Err(format!(
+                        "a phone number, not a hidden WhatsApp id: {raw:?} is an @lid, which \
+                         names nobody rosterd can match safely; use the member's phone number \
+                         (members WAHA lists only under a lid are kept and reported)"
+                    ));
+                }
                 _ => return Err(expected()),
             };
             if user.is_empty() || !user.bytes().all(|b| b.is_ascii_digit()) || user.len() > 20 {
@@ -495,7 +504,7 @@ mod tests {
             ids::waha("491512345678@s.whatsapp.net").unwrap().0,
             "491512345678@c.us"
         );
-        assert_eq!(ids::waha("12345@lid").unwrap().0, "12345@lid");
+        assert!(ids::waha("12345@lid").unwrap_err().contains("@lid"));
         assert!(ids::waha("alice").is_err());
         assert!(ids::waha("+49 151").is_err());
     }

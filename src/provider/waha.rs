@@ -3,8 +3,8 @@
 //! WAHA is a thin HTTP layer over an unofficial WhatsApp client ("engine"), so three things
 //! shape this module:
 //! - the account: every call acts as one linked WhatsApp account (the session's `me`). The
-//!   session is checked once per client before any group is touched, because a session that is
-//!   not `WORKING` makes every group call wait ~15 s and then fail (waha.md §2);
+//!   session is checked before any group is touched (and again after [`ACCOUNT_TTL`]), because
+//!   a session that is not `WORKING` makes every group call wait ~15 s and then fail (waha.md §2);
 //! - ids: manifests name phone numbers (`<digits>@c.us`), while WhatsApp lists many members under
 //!   hidden `@lid` ids. Live members are matched to phones through the listing's `pn`, the
 //!   session's own lid and the lids API; a member whose phone stays unknown is reported in
@@ -67,6 +67,10 @@ pub const DEFAULT_RATE: f64 = 2.0;
 /// ~15 s, and a WEBJS add takes ~0.5-1 s per member (waha.md §2, §3.6, §5).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the session's account is trusted before it is read again: longer than one run of
+/// many groups, shorter than the daemon's resync.
+pub const ACCOUNT_TTL: Duration = Duration::from_secs(60);
+
 /// The first pause after a `rate-overlimit`; it doubles on each further one in a row.
 pub const DEFAULT_THROTTLE_COOLDOWN: Duration = Duration::from_secs(60);
 
@@ -98,7 +102,8 @@ impl Engine {
     }
 }
 
-/// The account a session acts as, learnt once per client.
+/// The account a session acts as, learnt before the first group and again once it is older
+/// than [`ACCOUNT_TTL`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     /// `me.id` as `<digits>@c.us`.
@@ -114,7 +119,9 @@ pub struct Account {
 #[derive(Debug, Clone, Default)]
 struct GroupIds {
     send_as: HashMap<MemberId, String>,
-    me_admin: bool,
+    /// `None` when the account's own row could not be recognised (an `@lid` with no phone on a
+    /// server that does not report `me.lid`): the server then decides.
+    me_admin: Option<bool>,
 }
 
 const V2_UNKNOWN: u8 = 0;
@@ -132,8 +139,16 @@ pub struct Waha {
     throttle_cooldown: Duration,
     /// `rate-overlimit` answers in a row, for the doubling cooldown.
     throttle_streak: AtomicU32,
-    account: tokio::sync::OnceCell<Account>,
+    /// The session's account and when it was read. Re-read after [`ACCOUNT_TTL`]: a long-lived
+    /// client (the daemon) must notice the session being linked to another phone, or it would
+    /// take its own new account for an unlisted member.
+    account: tokio::sync::Mutex<Option<(tokio::time::Instant, Account)>>,
+    account_ttl: Duration,
     groups: Mutex<HashMap<GroupId, GroupIds>>,
+    /// Held for the whole of each write call: every group of the instance acts as one
+    /// WhatsApp account, so writes go one at a time even when groups run concurrently and a
+    /// call outlasts the interval (waha.md §5).
+    write_lock: tokio::sync::Mutex<()>,
     /// Whether the server has the v2 participants listing (2025.11+).
     v2: AtomicU8,
     /// Whether the server has the lids API (2025.5+); cleared on its first 404.
@@ -182,8 +197,10 @@ impl Waha {
             add_batch: add_batch(instance),
             throttle_cooldown: DEFAULT_THROTTLE_COOLDOWN,
             throttle_streak: AtomicU32::new(0),
-            account: tokio::sync::OnceCell::new(),
+            account: tokio::sync::Mutex::new(None),
+            account_ttl: ACCOUNT_TTL,
             groups: Mutex::new(HashMap::new()),
+            write_lock: tokio::sync::Mutex::new(()),
             v2: AtomicU8::new(V2_UNKNOWN),
             lids_api: AtomicBool::new(true),
         })
@@ -196,9 +213,32 @@ impl Waha {
         self
     }
 
-    /// The account and engine of the session, checking it once per client (see [`Account`]).
-    pub async fn account(&self) -> Result<&Account, ProviderError> {
-        self.account.get_or_try_init(|| self.check_session()).await
+    /// The pacing in force: the HTTP layer's options (interval, rate, timeout) and the members
+    /// per add call.
+    pub fn pacing(&self) -> (&HttpOptions, usize) {
+        (self.http.options(), self.add_batch)
+    }
+
+    /// Re-read the session's account after `d` instead of [`ACCOUNT_TTL`] (tests).
+    pub fn with_account_ttl(mut self, d: Duration) -> Self {
+        self.account_ttl = d;
+        self
+    }
+
+    /// The account and engine of the session, checked before the first group and again when
+    /// the last check is older than the TTL. A failed check is not kept: the next call checks
+    /// again.
+    pub async fn account(&self) -> Result<Account, ProviderError> {
+        // Held across the check so that concurrent groups share one request.
+        let mut cached = self.account.lock().await;
+        if let Some((at, account)) = cached.as_ref()
+            && at.elapsed() < self.account_ttl
+        {
+            return Ok(account.clone());
+        }
+        let account = self.check_session().await?;
+        *cached = Some((tokio::time::Instant::now(), account.clone()));
+        Ok(account)
     }
 
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> String {
@@ -267,14 +307,20 @@ impl Waha {
     /// Classify a non-2xx answer, turning `rate-overlimit` into a throttle whose cooldown
     /// doubles while WhatsApp keeps refusing.
     fn error(&self, r: &Response, label: &str) -> ProviderError {
-        let mut e = classify_error(r, label);
+        self.throttle(classify_error(r, label))
+    }
+
+    /// Give a throttle its cooldown: the instance's first pause, doubled per refusal in a row.
+    fn throttle(&self, mut e: ProviderError) -> ProviderError {
         if e.class == ErrorClass::Throttled {
             let streak = self.throttle_streak.fetch_add(1, Ordering::Relaxed).min(16);
             let wait = self
                 .throttle_cooldown
                 .saturating_mul(1u32 << streak)
                 .min(MAX_THROTTLE_COOLDOWN.max(self.throttle_cooldown));
-            e.retry_after = Some(wait);
+            // Up to a fifth more, so instances throttled together do not return together.
+            let jitter = wait.mul_f64(rand::random::<f64>() * 0.2);
+            e.retry_after = Some(wait + jitter);
         }
         e
     }
@@ -370,10 +416,7 @@ impl Waha {
                         return Err(self.error(r, "list participants"));
                     }
                     let rows: Vec<Value> = r.json()?;
-                    rows.iter()
-                        .map(parse_row)
-                        .collect::<Result<_, _>>()
-                        .map(Some)
+                    parse_rows(&rows).map(Some)
                 })
                 .await?;
             match got {
@@ -393,7 +436,7 @@ impl Waha {
                     return Err(self.error(r, "list participants"));
                 }
                 let rows: Vec<Value> = r.json()?;
-                rows.iter().map(parse_row).collect::<Result<_, _>>()
+                parse_rows(&rows)
             })
             .await?;
         self.ok();
@@ -478,21 +521,35 @@ impl Waha {
         let label = self
             .call(Method::POST, String::new(), None, Some(kind))
             .label;
+        let _one_at_a_time = self.write_lock.lock().await;
         let results = self
             .http
             .call(self.call(Method::POST, url, Some(body), Some(kind)), |r| {
                 if !is_success(r.status) {
                     return Err(self.error(r, label));
                 }
-                parse_results(r, label)
+                let results = parse_results(r, label)?;
+                // WEBJS may report WhatsApp's throttle per member instead of failing the call
+                // (waha.md §5): the whole call waits out the cooldown and is made again; members
+                // it already added then answer 409, which counts as done.
+                if results
+                    .iter()
+                    .flatten()
+                    .any(|m| m.code == 429 || m.message.contains("overlimit"))
+                {
+                    return Err(self.throttle(
+                        ProviderError::throttled(
+                            format!("{label}: WhatsApp answered rate-overlimit for some members"),
+                            None,
+                        )
+                        .with_code("rate-overlimit"),
+                    ));
+                }
+                Ok(results)
             })
             .await?;
         self.ok();
-        Ok(ops
-            .iter()
-            .zip(&sent)
-            .map(|(op, sent)| outcome(kind, op, sent, &results))
-            .collect())
+        Ok(outcomes(kind, ops, &sent, results.as_deref()))
     }
 
     fn cached(&self, group: &GroupId) -> Option<GroupIds> {
@@ -544,13 +601,13 @@ fn http_options(instance: &Instance) -> HttpOptions {
     o
 }
 
-/// Members per add call: `batch_size` when set (capped by the planner), else one.
+/// Members per add call: `batch_size` when set, else one; never more than the kind's cap.
 fn add_batch(instance: &Instance) -> usize {
     instance
         .common
         .batch_size
         .unwrap_or(DEFAULT_ADD_BATCH)
-        .max(1)
+        .clamp(1, crate::provider::WAHA_CAPS.max_batch.get(OpKind::Add))
 }
 
 fn is_success(status: u16) -> bool {
@@ -620,7 +677,7 @@ fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
 }
 
 /// One row of the v2 listing or of any engine's legacy listing, told apart by its shape.
-fn parse_row(v: &Value) -> Result<Row, ProviderError> {
+fn parse_row(v: &Value) -> Result<Option<Row>, ProviderError> {
     let bad = || {
         ProviderError::fatal(format!(
             "list participants: unexpected participant entry {}",
@@ -644,7 +701,9 @@ fn parse_row(v: &Value) -> Result<Row, ProviderError> {
         match role {
             "superadmin" => (raw, pn, true, true),
             "admin" => (raw, pn, true, false),
-            "participant" | "left" => (raw, pn, false, false),
+            "participant" => (raw, pn, false, false),
+            // Someone who left is not a member; only events carry this role (waha.md §1).
+            "left" => return Ok(None),
             _ => return Err(bad()),
         }
     } else {
@@ -659,13 +718,22 @@ fn parse_row(v: &Value) -> Result<Row, ProviderError> {
         .as_deref()
         .and_then(jid)
         .filter(|j| j.server == Server::Phone);
-    Ok(Row {
+    Ok(Some(Row {
         raw,
         id,
         pn,
         admin,
         superadmin,
-    })
+    }))
+}
+
+/// Every row of a listing body; one entry that cannot be read fails the whole read.
+fn parse_rows(rows: &[Value]) -> Result<Vec<Row>, ProviderError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for v in rows {
+        out.extend(parse_row(v)?);
+    }
+    Ok(out)
 }
 
 /// One member's result of a write call, as any engine reports it.
@@ -752,25 +820,54 @@ fn parse_results(r: &Response, label: &str) -> Result<Option<Vec<MemberResult>>,
     }
 }
 
-fn outcome(
+/// The outcome of each op of one call, in `ops` order. Results are matched on the digits of
+/// every id they name; the server may answer under an id it never showed us (a phone added
+/// joins under its hidden lid), so when exactly one op and one result are left unmatched they
+/// belong together. Anything else unmatched is a failure: the re-read then tells the truth.
+fn outcomes(
     kind: OpKind,
-    op: &Op,
-    sent: &str,
-    results: &Option<Vec<MemberResult>>,
-) -> MemberOutcome {
-    let member = op.member.clone();
+    ops: &[Op],
+    sent: &[String],
+    results: Option<&[MemberResult]>,
+) -> Vec<MemberOutcome> {
     let Some(results) = results else {
-        return MemberOutcome::done(member);
+        return ops
+            .iter()
+            .map(|op| MemberOutcome::done(op.member.clone()))
+            .collect();
     };
-    let keys: BTreeSet<String> = [op.member.as_str(), sent]
-        .into_iter()
-        .filter_map(jid)
-        .map(|j| j.user)
-        .collect();
-    let Some(r) = results
+    let mut used = vec![false; results.len()];
+    let mut found: Vec<Option<usize>> = ops
         .iter()
-        .find(|r| r.users.iter().any(|u| keys.contains(u)))
-    else {
+        .zip(sent)
+        .map(|(op, sent)| {
+            let keys: BTreeSet<String> = [op.member.as_str(), sent.as_str()]
+                .into_iter()
+                .filter_map(jid)
+                .map(|j| j.user)
+                .collect();
+            let i = results
+                .iter()
+                .enumerate()
+                .position(|(i, r)| !used[i] && r.users.iter().any(|u| keys.contains(u)))?;
+            used[i] = true;
+            Some(i)
+        })
+        .collect();
+    let lone_op: Vec<usize> = (0..ops.len()).filter(|&i| found[i].is_none()).collect();
+    let lone_result: Vec<usize> = (0..results.len()).filter(|&i| !used[i]).collect();
+    if let ([o], [r]) = (lone_op.as_slice(), lone_result.as_slice()) {
+        found[*o] = Some(*r);
+    }
+    ops.iter()
+        .zip(found)
+        .map(|(op, i)| outcome(kind, op, i.map(|i| &results[i])))
+        .collect()
+}
+
+fn outcome(kind: OpKind, op: &Op, result: Option<&MemberResult>) -> MemberOutcome {
+    let member = op.member.clone();
+    let Some(r) = result else {
         return MemberOutcome::failed(
             member,
             "NO_RESULT",
@@ -832,6 +929,10 @@ fn short_message(r: &Response) -> String {
     };
     let mut parts = Vec::new();
     if let Some(ex) = v.get("exception") {
+        // A `TypeError` is a bug on our side (waha.md §4); a plain `Error` says nothing.
+        if let Some(name) = str_field(ex, "name").filter(|n| *n != "Error") {
+            parts.push(name.to_string());
+        }
         for k in ["message", "details", "data"] {
             match ex.get(k) {
                 Some(Value::String(s)) if !s.is_empty() => parts.push(s.clone()),
@@ -926,7 +1027,7 @@ struct SessionEngine {
 #[async_trait]
 impl Provider for Waha {
     async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
-        let account = self.account().await?.clone();
+        let account = self.account().await?;
         let rows = self.list(group).await?;
         let me_user = jid(account.me.as_str()).map(|j| j.user);
         let me_lid = account.lid.as_deref().and_then(jid).map(|j| j.user);
@@ -951,7 +1052,7 @@ impl Provider for Waha {
             }
             let is_me = phone.as_ref().map(|p| &p.user) == me_user.as_ref();
             if is_me {
-                ids.me_admin = row.admin || row.superadmin;
+                ids.me_admin = Some(row.admin || row.superadmin);
             }
             if row.superadmin {
                 live.owner = Some(key.clone());
@@ -975,37 +1076,43 @@ impl Provider for Waha {
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        let account = self.account().await?.clone();
+        let account = self.account().await?;
+        // Remove, promote and demote must send the id the listing shows (WEBJS skips any other
+        // form, waha.md §6.4). A member added earlier in this run is not in the last listing and
+        // may have joined under a lid, so the group is read again first (§6.9).
+        let unknown = |ids: &GroupIds| {
+            batch.kind != OpKind::Add
+                && batch
+                    .ops
+                    .iter()
+                    .any(|op| !ids.send_as.contains_key(&op.member))
+        };
         let ids = match self.cached(group) {
-            Some(ids) => ids,
-            None => {
+            Some(ids) if !unknown(&ids) => ids,
+            _ => {
                 self.fetch(group).await?;
                 self.cached(group).unwrap_or_default()
             }
         };
-        if !ids.me_admin {
+        if ids.me_admin == Some(false) {
             return Err(ProviderError::fatal(format!(
                 "provider {}: the WhatsApp account {} is not an admin of group {group}; WAHA writes need admin rights",
                 self.instance, account.me
             ))
             .with_code("not-authorized"));
         }
-        let per_call = match batch.kind {
-            OpKind::Add => self.add_batch,
-            k => Kind::Waha.capabilities().max_batch.get(k).max(1),
-        };
-        let mut out = Vec::with_capacity(batch.ops.len());
-        for chunk in batch.ops.chunks(per_call) {
-            out.extend(
-                self.write(group, batch.kind, chunk, &ids, account.engine)
-                    .await?,
-            );
-        }
-        Ok(out)
+        // One batch is one call: the planner already cut adds to `add_batch` members through
+        // `capabilities_for`, so the reported call count is the number of requests made.
+        self.write(group, batch.kind, &batch.ops, &ids, account.engine)
+            .await
     }
 
     fn capabilities_for(&self, _live: &LiveGroup) -> Capabilities {
-        *Kind::Waha.capabilities()
+        // The planner cuts adds to the instance's pace, while `batch_size` still applies to
+        // every other kind of call.
+        let mut caps = *Kind::Waha.capabilities();
+        caps.max_batch = caps.max_batch.with(OpKind::Add, self.add_batch);
+        caps
     }
 
     fn requests(&self) -> RequestCounts {

@@ -10,7 +10,11 @@
 //!   WEBJS; removing or promoting a non-member is a per-member 404;
 //! - a phone added while the server knows a lid for it is listed under that lid, as WhatsApp
 //!   does for accounts that hide their number;
-//! - `rate-overlimit` counts added members in a fixed window; the refused call changes nothing;
+//! - `rate-overlimit` counts added members in a fixed window and refuses add calls once it is
+//!   full; the refused call changes nothing. GOWS and NOWEB fail the call with a 500 envelope,
+//!   WEBJS answers 200 with a per-member `429` for each id;
+//! - an id WhatsApp cannot read fails the whole write call with `bad-request` on every engine
+//!   (waha.md §6.8 names NOWEB/GOWS; WEBJS is unconfirmed);
 //! - the session gate answers at once instead of waiting ~15 s first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -101,7 +105,8 @@ fn yes() -> bool {
     true
 }
 
-/// WhatsApp's throttle: more than `adds` members added within `per` draws `rate-overlimit`.
+/// WhatsApp's throttle: once `adds` members were added within a window of `per`, further add
+/// calls in that window draw `rate-overlimit`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overlimit {
@@ -364,7 +369,7 @@ impl WahaEmulator {
         hit
     }
 
-    /// Count `n` adds against WhatsApp's window; `false` when they would go over it.
+    /// Count `n` adds against WhatsApp's window; `false` when the window is already full.
     fn admit_adds(&self, limit: Option<Overlimit>, n: usize) -> bool {
         let Some(limit) = limit else { return true };
         let per = (limit.per.as_millis() as u64).max(1);
@@ -373,7 +378,9 @@ impl WahaEmulator {
         if w.index != index {
             *w = Window { index, adds: 0 };
         }
-        if w.adds as usize + n > limit.adds as usize {
+        // A call is refused once the window is full, not when it would overfill it: a batch
+        // larger than the burst must still get through once the window turns over.
+        if w.adds >= limit.adds {
             return false;
         }
         w.adds += n as u32;
@@ -471,6 +478,13 @@ fn engine_error(engine: Engine, what: EngineError) -> Value {
             "message": "failed to update participants", "name": "Error",
             "details": "server returned error 401: not-authorized"
         }),
+        (Engine::Noweb, EngineError::BadRequest) => {
+            json!({"message": "bad-request", "name": "Error", "data": 400})
+        }
+        (_, EngineError::BadRequest) => json!({
+            "message": "failed to update participants", "name": "Error",
+            "details": "info query returned status 400: bad-request"
+        }),
         (_, EngineError::NoParticipants) => json!({
             "message": "Cannot read properties of undefined (reading 'map')", "name": "TypeError"
         }),
@@ -486,6 +500,7 @@ enum EngineError {
     NoGroup(String),
     NotAdmin,
     NoParticipants,
+    BadRequest,
     NoneLeft,
     Flaky,
 }
@@ -717,6 +732,15 @@ fn session_route(
                             body,
                         );
                     };
+                    // One id WhatsApp cannot read fails the whole call (waha.md §6.8).
+                    if ids.iter().any(|id| !is_jid(id)) {
+                        return envelope(
+                            engine_error(engine, EngineError::BadRequest),
+                            method,
+                            path,
+                            body,
+                        );
+                    }
                     if !me_role.is_admin() {
                         return match (engine, op) {
                             (Engine::Webjs, WriteOp::Add) => ok(Value::String(
@@ -733,12 +757,27 @@ fn session_route(
                         };
                     }
                     if op == WriteOp::Add && !emu.admit_adds(state.overlimit, ids.len()) {
-                        let mut a = envelope(
-                            engine_error(engine, EngineError::RateOverlimit),
-                            method,
-                            path,
-                            body,
-                        );
+                        // WEBJS reports WhatsApp's refusal per member in a 200; the other
+                        // engines fail the call with a 500 envelope (waha.md §4, §5).
+                        let mut a = if engine == Engine::Webjs {
+                            ok(Value::Object(
+                                ids.iter()
+                                    .map(|id| {
+                                        (
+                                            id.clone(),
+                                            json!({"code": 429, "message": "rate-overlimit", "isInviteV4Sent": false}),
+                                        )
+                                    })
+                                    .collect(),
+                            ))
+                        } else {
+                            envelope(
+                                engine_error(engine, EngineError::RateOverlimit),
+                                method,
+                                path,
+                                body,
+                            )
+                        };
                         a.throttled = true;
                         return a;
                     }
@@ -757,6 +796,15 @@ enum WriteOp {
     Remove,
     Promote,
     Demote,
+}
+
+/// `<digits>@c.us` or `<digits>@lid`, as `norm` leaves every id WhatsApp can read.
+fn is_jid(id: &str) -> bool {
+    id.split_once('@').is_some_and(|(user, server)| {
+        !user.is_empty()
+            && user.bytes().all(|b| b.is_ascii_digit())
+            && matches!(server, "c.us" | "lid")
+    })
 }
 
 fn digits(id: &str) -> &str {
@@ -794,6 +842,8 @@ fn list_v2(state: &State, group: &Group) -> Value {
                 (Engine::Noweb, Some(pn)) if k.ends_with("@lid") => row["pn"] = json!(pn),
                 (Engine::Noweb, _) => {}
                 (Engine::Gows, None) => row["pn"] = json!(""),
+                // WEBJS gives no phone for any `@lid` row, known or not (waha.md §3.2).
+                (Engine::Webjs, _) if k.ends_with("@lid") => row["pn"] = Value::Null,
                 (_, pn) => row["pn"] = json!(pn),
             }
             row

@@ -6,3 +6,4 @@ mod cometchat;
 mod daemon;
 mod support;
 mod tencent;
+mod waha;
