@@ -26,12 +26,11 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State as AxState};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::cometchat::LoggedRequest;
-use super::{Conn, Fault, FaultKind, FaultWhen};
+use super::{Conn, Fault, FaultKind, Faults};
 use crate::provider::ids;
 
 /// The most members a WhatsApp group holds.
@@ -274,7 +273,7 @@ struct Window {
 struct Inner {
     state: Mutex<State>,
     log: Mutex<Vec<LoggedRequest>>,
-    faults: Mutex<Vec<Fault>>,
+    faults: Faults,
     window: Mutex<Window>,
 }
 
@@ -290,7 +289,7 @@ impl WahaEmulator {
             inner: Arc::new(Inner {
                 state: Mutex::new(state.normalized()),
                 log: Mutex::new(Vec::new()),
-                faults: Mutex::new(Vec::new()),
+                faults: Faults::default(),
                 window: Mutex::new(Window { index: 0, adds: 0 }),
             }),
         }
@@ -338,35 +337,11 @@ impl WahaEmulator {
     }
 
     pub fn inject(&self, fault: Fault) {
-        lock(&self.inner.faults).push(fault);
+        self.inner.faults.inject(fault);
     }
 
     pub fn clear_faults(&self) {
-        lock(&self.inner.faults).clear();
-    }
-
-    fn take_fault(&self, method: &Method) -> Option<FaultKind> {
-        let mut faults = lock(&self.inner.faults);
-        let mut hit = None;
-        for f in faults.iter_mut() {
-            if f.writes_only && method == Method::GET {
-                continue;
-            }
-            match &mut f.when {
-                FaultWhen::Next(n) if *n > 0 => {
-                    *n -= 1;
-                    hit = Some(f.kind);
-                    break;
-                }
-                FaultWhen::Probability(p) if rand::rng().random_bool(p.clamp(0.0, 1.0)) => {
-                    hit = Some(f.kind);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        faults.retain(|f| !matches!(f.when, FaultWhen::Next(0)));
-        hit
+        self.inner.faults.clear();
     }
 
     /// Count `n` adds against WhatsApp's window; `false` when the window is already full.
@@ -543,7 +518,7 @@ async fn handle(AxState(emu): AxState<WahaEmulator>, req: Request) -> Response {
         fault: None,
     };
 
-    match emu.take_fault(&method) {
+    match emu.inner.faults.take(method != Method::GET) {
         Some(FaultKind::Status(code)) => {
             entry.status = code;
             entry.fault = Some(format!("status {code}"));
