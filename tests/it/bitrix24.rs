@@ -21,7 +21,7 @@ use rosterd::sandbox::bitrix24::{Bucket, Chat, OAuthApp, Operating, State};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{bounded, run_opts};
+use crate::support::{Captured, bounded, capture_logs, run_opts};
 
 /// The webhook code of the test portal. It must never show up in any output.
 const HOOK: &str = "hk7f3a9c1e5b2d8f4a6c0e9b1d3f5a7c9e";
@@ -889,7 +889,7 @@ async fn bitrix24_sandbox_command_prints_a_working_webhook_url() {
         let served = rosterd::sandbox::serve(None, Ports::EPHEMERAL, &mut sink, token.clone());
         let probe = async {
             let text = loop {
-                let text = String::from_utf8(printed.0.lock().unwrap().clone()).unwrap();
+                let text = printed.text();
                 if text.contains("webhook_url") {
                     break text;
                 }
@@ -927,31 +927,10 @@ async fn bitrix24_sandbox_command_prints_a_working_webhook_url() {
 
 // ---- Secrets -------------------------------------------------------------------------------
 
-/// A `Write` that appends to a shared buffer, for capturing log output.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_audit() {
     bounded(60, async {
-        let logs = Captured::default();
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = capture_logs();
 
         let sb = sandbox(portal(vec![(42, chat(ME, &[], &[17, 70]))], [23])).await;
         sb.bitrix24
@@ -1014,7 +993,7 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
         .unwrap_err();
         seen.push(format!("{bad} {bad:?}"));
         drop(_guard);
-        seen.push(String::from_utf8(logs.0.lock().unwrap().clone()).unwrap());
+        seen.push(logs.text());
 
         assert!(
             seen[5].contains("NOT_ADDED"),

@@ -558,7 +558,7 @@ async fn cometchat_sandbox_command_prints_a_working_base_url_and_key() {
         );
         let probe = async {
             let text = loop {
-                let text = String::from_utf8(printed.0.lock().unwrap().clone()).unwrap();
+                let text = printed.text();
                 if text.contains("apikey") {
                     break text;
                 }
@@ -872,31 +872,10 @@ async fn cometchat_unknown_user_fails_alone_and_the_run_exits_3() {
     .await;
 }
 
-/// A `Write` that appends to a shared buffer, for capturing log output.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn cometchat_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
     bounded(60, async {
-        let logs = Captured::default();
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = capture_logs();
 
         let live = group(
             Some("alice"),
@@ -953,7 +932,7 @@ async fn cometchat_api_key_never_appears_in_output_errors_plans_logs_or_audit() 
         let err = wrong.fetch(&gid("g")).await.unwrap_err();
         seen.push(format!("{err} {err:?}"));
         drop(_guard);
-        seen.push(String::from_utf8(logs.0.lock().unwrap().clone()).unwrap());
+        seen.push(logs.text());
 
         assert!(
             seen[5].contains("ghost"),

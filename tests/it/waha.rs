@@ -16,7 +16,7 @@ use rosterd::sandbox::waha::{Engine, Group, Lid, Me, Overlimit, State, WaRole};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{bounded, run_opts};
+use crate::support::{bounded, capture_logs, run_opts};
 
 /// The emulator's key. It must never show up in any output.
 const KEY: &str = "waha-it-key-7f3c9e1d5b2a4f608e1c";
@@ -1385,30 +1385,10 @@ async fn waha_a_failed_read_is_an_error_never_a_short_roster() {
 
 // ---- Secrets ---------------------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn waha_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
     bounded(60, async {
-        let logs = Captured::default();
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = capture_logs();
 
         let mut st = drifted(Engine::Noweb, true);
         st.private.insert(phone(8));
@@ -1456,7 +1436,7 @@ async fn waha_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
         let err = wrong.fetch(&GroupId(GROUP.into())).await.unwrap_err();
         seen.push(format!("{err} {err:?} {wrong:?}"));
         drop(_guard);
-        seen.push(String::from_utf8(logs.0.lock().unwrap().clone()).unwrap());
+        seen.push(logs.text());
 
         assert!(
             seen[5].contains(&phone(8)),
