@@ -611,6 +611,7 @@ fn assert_clean(text: &str) {
 
 #[tokio::test]
 async fn tencent_wrong_key_is_an_auth_error_without_any_secret() {
+    let (logs, _guard) = crate::support::capture_logs();
     bounded(30, async {
         let g = group(GroupType::Public, Some("boss"), &[]);
         let sb = sandbox(world(
@@ -670,6 +671,14 @@ async fn tencent_wrong_key_is_an_auth_error_without_any_secret() {
         sb.shutdown().await;
     })
     .await;
+    // Every log line, at every level, of the client, the engine and the emulator.
+    let logs = logs.text();
+    assert!(
+        logs.contains("cannot read the group"),
+        "the logs were captured"
+    );
+    assert_clean(&logs);
+    assert!(!logs.contains("usersig=eJ"), "{logs}");
 }
 
 #[tokio::test]
