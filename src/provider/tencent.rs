@@ -438,8 +438,20 @@ impl Tencent {
                     }
                 } else {
                     offset += n;
-                    if n < self.page_size || total.is_some_and(|t| offset as u64 >= t) {
-                        return Ok(out);
+                    // Without a role filter MemberNum counts exactly what the pages list. A
+                    // short page before that count is a server that pages smaller than asked:
+                    // read on. An empty one is a listing that ended early, and a roster short
+                    // of members would plan their removal.
+                    match total {
+                        Some(t) if (offset as u64) < t && n == 0 => {
+                            return Err(ProviderError::transient(format!(
+                                "list members: the listing of {group} ended after {offset} of its {t} members"
+                            )));
+                        }
+                        Some(t) if (offset as u64) < t => {}
+                        Some(_) => return Ok(out),
+                        None if n < self.page_size => return Ok(out),
+                        None => {}
                     }
                 }
             }

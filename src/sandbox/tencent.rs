@@ -87,6 +87,10 @@ pub struct Limits {
     pub ban: usize,
     /// Largest `Limit` of a member-list page.
     pub page: usize,
+    /// Answer a larger `Limit` with a page of `page` members instead of refusing it: Tencent's
+    /// pages disagree on the cap (200 or 6000, tencent.md §3), so a client must not take a
+    /// page shorter than it asked for as the end of the list.
+    pub clamp_page: bool,
 }
 
 impl Default for Limits {
@@ -97,6 +101,7 @@ impl Default for Limits {
             mute: 500,
             ban: 20,
             page: 200,
+            clamp_page: false,
         }
     }
 }
@@ -859,6 +864,7 @@ fn member_info(g: &Group, body: &Value, limits: Limits) -> Value {
         None => g.members.len().max(1),
         Some(l) => match l.as_u64() {
             Some(l) if (1..=limits.page as u64).contains(&l) => l as usize,
+            Some(l) if l >= 1 && limits.clamp_page => limits.page,
             _ => return fail(10004, "Limit is out of range"),
         },
     };

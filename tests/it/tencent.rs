@@ -818,6 +818,50 @@ async fn tencent_community_groups_page_by_cursor_and_others_by_offset() {
 }
 
 #[tokio::test]
+async fn tencent_pages_shorter_than_asked_are_not_the_end_of_the_list() {
+    bounded(30, async {
+        let members = users("s", 130);
+        let live: Vec<(&str, MemberRole)> = members
+            .iter()
+            .map(|a| (a.as_str(), MemberRole::Member))
+            .collect();
+        let mut accounts = members.clone();
+        accounts.push("boss".into());
+        // The service hands out 40 members a page whatever Limit asks for.
+        let limits = Limits {
+            page: 40,
+            clamp_page: true,
+            ..Limits::default()
+        };
+        let sb = sandbox(world(
+            &accounts,
+            vec![("@TGS#short", group(GroupType::Public, Some("boss"), &live))],
+            limits,
+        ))
+        .await;
+        let c = client(&sb, &instance(&sb, None), KEY);
+        let g = c.fetch(&gid("@TGS#short")).await.unwrap();
+        assert_eq!(g.members.len(), 131, "every member, not the first page");
+
+        // Through the engine: a manifest listing everyone plans no removal.
+        let mut want: Vec<(&str, Role)> = members
+            .iter()
+            .map(|a| (a.as_str(), Role::Participant))
+            .collect();
+        want.push(("boss", Role::Admin));
+        let t = targets(&sb, None);
+        let d = desired("@TGS#short", Some("boss"), &want);
+        let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(false, T), None).await;
+        assert!(
+            report.groups[0].plan.as_ref().unwrap().is_empty(),
+            "{report:#?}"
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn tencent_mute_time_is_counted_from_the_clock_passed_in() {
     bounded(30, async {
         let accounts: Vec<String> = ["boss", "a", "b"].map(String::from).to_vec();
