@@ -186,16 +186,23 @@ impl CometChat {
                     ("page", page.to_string()),
                 ],
             );
-            let items: Vec<ListItem> = self
+            let (items, per_page) = self
                 .http
                 .call(self.call(Method::GET, url, None, false, label), |r| {
-                    let body: DataEnvelope<Vec<ListItem>> = ok_json(r)?;
-                    Ok(body.data)
+                    let body: PagedEnvelope = ok_json(r)?;
+                    let per_page = body.per_page();
+                    Ok((body.data, per_page))
                 })
                 .await?;
             let n = items.len();
             out.extend(items);
-            if n < self.page_size {
+            // The end is a page shorter than the server's own page size, which it states in
+            // `per_page`: a server that pages smaller than asked must not end the read early,
+            // or the members past its first page would be planned away.
+            let page_size = per_page
+                .filter(|&p| p > 0)
+                .map_or(self.page_size, |p| p.min(self.page_size));
+            if n < page_size {
                 return Ok(out);
             }
             if out.len() > MAX_LISTED {
@@ -357,6 +364,24 @@ fn http_options(instance: &Instance) -> HttpOptions {
 #[derive(Deserialize)]
 struct DataEnvelope<T> {
     data: T,
+}
+
+/// A listing: the items, and the meta block where the server states its page size.
+#[derive(Deserialize)]
+struct PagedEnvelope {
+    data: Vec<ListItem>,
+    /// Read leniently: a meta block of an unexpected shape must not fail the read.
+    #[serde(default)]
+    meta: Value,
+}
+
+impl PagedEnvelope {
+    fn per_page(&self) -> Option<usize> {
+        let p = &self.meta["pagination"]["per_page"];
+        p.as_u64()
+            .or_else(|| p.as_str()?.parse().ok())
+            .and_then(|n| usize::try_from(n).ok())
+    }
 }
 
 #[derive(Deserialize)]

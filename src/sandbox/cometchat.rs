@@ -41,6 +41,10 @@ pub struct State {
     /// Answer 429 beyond this many requests per window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// List at most this many items a page whatever `perPage` asks, saying so in
+    /// `meta.pagination.per_page`: a server whose cap is below the documented 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_cap: Option<usize>,
 }
 
 /// One CometChat app.
@@ -169,6 +173,7 @@ impl State {
         State {
             apps,
             rate_limit: self.rate_limit,
+            page_cap: self.page_cap,
         }
     }
 }
@@ -545,6 +550,7 @@ fn route(
             "The apikey header is missing.",
         );
     }
+    let page_cap = state.page_cap;
     let Some(app) = state.apps.values_mut().find(|a| a.api_key == key) else {
         return err(
             401,
@@ -560,7 +566,7 @@ fn route(
             with_group(app, guid, |app, guid| update_group(app, guid, body))
         }
         (Method::GET, ["groups", guid, "members"]) => with_group(app, guid, |app, guid| {
-            list(app, guid, params, ListKind::Members)
+            list(app, guid, params, page_cap, ListKind::Members)
         }),
         (Method::POST, ["groups", guid, "members"]) => {
             with_group(app, guid, |app, guid| add_members(app, guid, body))
@@ -572,7 +578,7 @@ fn route(
             with_group(app, guid, |app, guid| kick(app, guid, &lower(uid)))
         }
         (Method::GET, ["groups", guid, "bannedusers"]) => with_group(app, guid, |app, guid| {
-            list(app, guid, params, ListKind::Banned)
+            list(app, guid, params, page_cap, ListKind::Banned)
         }),
         (Method::POST, ["groups", guid, "bannedusers", uid]) => {
             with_group(app, guid, |app, guid| ban(app, guid, &lower(uid)))
@@ -670,12 +676,19 @@ enum ListKind {
     Banned,
 }
 
-fn list(app: &mut App, guid: &str, params: &HashMap<String, String>, kind: ListKind) -> Answer {
+fn list(
+    app: &mut App,
+    guid: &str,
+    params: &HashMap<String, String>,
+    page_cap: Option<usize>,
+    kind: ListKind,
+) -> Answer {
     let per_page = match params.get("perPage").map(|s| s.parse::<usize>()) {
         None => DEFAULT_PER_PAGE,
         Some(Ok(n)) if (1..=MAX_PER_PAGE).contains(&n) => n,
         Some(_) => return bad_request("perPage", "The per page must be between 1 and 1000."),
     };
+    let per_page = page_cap.map_or(per_page, |cap| per_page.min(cap.max(1)));
     let page = match params.get("page").map(|s| s.parse::<usize>()) {
         None => 1,
         Some(Ok(n)) if n >= 1 => n,

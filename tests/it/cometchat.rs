@@ -83,6 +83,35 @@ async fn cometchat_fetch_reads_every_page_of_members_and_bans() {
 }
 
 #[tokio::test]
+async fn cometchat_a_server_paging_smaller_than_asked_is_read_to_the_end() {
+    bounded(30, async {
+        let members = users("m", 250);
+        let seeded: Vec<(&str, Scope)> = members
+            .iter()
+            .map(|u| (u.as_str(), Scope::Participant))
+            .collect();
+        let mut state = cc_state(
+            members.clone(),
+            vec![("g", group(Some("m000"), &seeded, &[]))],
+        );
+        // The client asks for 1000 a page; this server hands out 100 and says so.
+        state.page_cap = Some(100);
+        let sb = sandbox(state).await;
+        let live = cc_client(&sb, 1000).fetch(&gid("g")).await.unwrap();
+        assert_eq!(live.members.len(), 250, "not just the first page");
+        let pages = sb
+            .cometchat
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/members"))
+            .count();
+        assert_eq!(pages, 3);
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn cometchat_fetch_stops_after_an_exactly_full_last_page() {
     bounded(30, async {
         let members = users("m", 100);
