@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State as AxState};
@@ -23,7 +22,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Conn, Fault, FaultKind, Faults};
+pub use super::RateLimit;
+use super::{Conn, Fault, FaultKind, Faults, Window};
 
 /// The most ids one `POST members` call may carry across all four arrays.
 pub const MAX_IDS: usize = 25;
@@ -98,30 +98,6 @@ impl Scope {
             Scope::Admin => "admin",
             Scope::Moderator => "moderator",
             Scope::Participant => "participant",
-        }
-    }
-}
-
-/// A fixed-window request limit, e.g. 10 per `1s` or 500 per `1m`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    pub requests: u32,
-    #[serde(with = "humantime_serde")]
-    pub per: Duration,
-}
-
-impl RateLimit {
-    pub fn per_second(requests: u32) -> Self {
-        RateLimit {
-            requests,
-            per: Duration::from_secs(1),
-        }
-    }
-    pub fn per_minute(requests: u32) -> Self {
-        RateLimit {
-            requests,
-            per: Duration::from_secs(60),
         }
     }
 }
@@ -203,16 +179,11 @@ impl LoggedRequest {
     }
 }
 
-struct Limiter {
-    window: u64,
-    count: u32,
-}
-
 struct Inner {
     state: Mutex<State>,
     log: Mutex<Vec<LoggedRequest>>,
     faults: Faults,
-    limiter: Mutex<Limiter>,
+    limiter: Window,
 }
 
 /// A handle on one CometChat emulator; clones share the same state.
@@ -228,10 +199,7 @@ impl CometChatEmulator {
                 state: Mutex::new(state.normalized()),
                 log: Mutex::new(Vec::new()),
                 faults: Faults::default(),
-                limiter: Mutex::new(Limiter {
-                    window: 0,
-                    count: 0,
-                }),
+                limiter: Window::default(),
             }),
         }
     }
@@ -283,10 +251,7 @@ impl CometChatEmulator {
 
     pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
         lock(&self.inner.state).rate_limit = limit;
-        *lock(&self.inner.limiter) = Limiter {
-            window: 0,
-            count: 0,
-        };
+        self.inner.limiter.reset();
     }
 
     pub fn inject(&self, fault: Fault) {
@@ -303,34 +268,19 @@ impl CometChatEmulator {
         let Some(limit) = lock(&self.inner.state).rate_limit else {
             return Ok(HeaderMap::new());
         };
-        let now_ms = unix_ms();
-        let window_ms = (limit.per.as_millis() as u64).max(1);
-        let idx = now_ms / window_ms;
-        let mut l = lock(&self.inner.limiter);
-        if l.window != idx {
-            *l = Limiter {
-                window: idx,
-                count: 0,
-            };
-        }
-        let reset_ms = (idx + 1) * window_ms;
+        let a = self.inner.limiter.admit(limit);
         let mut h = HeaderMap::new();
         h.insert("x-rate-limit", num(limit.requests as u64));
-        if l.count >= limit.requests {
-            h.insert("x-rate-limit-remaining", num(0));
-            h.insert("x-rate-limit-reset", num(reset_ms.div_ceil(1000)));
+        h.insert("x-rate-limit-remaining", num(a.remaining as u64));
+        if !a.admitted {
+            h.insert("x-rate-limit-reset", num(a.reset_ms.div_ceil(1000)));
             // Whole seconds, as the service sends them.
             h.insert(
                 "retry-after",
-                num((reset_ms - now_ms).div_ceil(1000).max(1)),
+                num((a.reset_ms - a.now_ms).div_ceil(1000).max(1)),
             );
             return Err(h);
         }
-        l.count += 1;
-        h.insert(
-            "x-rate-limit-remaining",
-            num((limit.requests - l.count) as u64),
-        );
         Ok(h)
     }
 
@@ -346,12 +296,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn num(n: u64) -> HeaderValue {
     HeaderValue::from(n)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A CometChat answer before it becomes an HTTP response.

@@ -357,6 +357,80 @@ impl Fault {
     }
 }
 
+/// A fixed-window request limit, e.g. 10 per `1s` or 500 per `1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
+impl RateLimit {
+    pub fn per_second(requests: u32) -> Self {
+        RateLimit {
+            requests,
+            per: Duration::from_secs(1),
+        }
+    }
+    pub fn per_minute(requests: u32) -> Self {
+        RateLimit {
+            requests,
+            per: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The requests counted in the current window of a [`RateLimit`] (wall-clock windows, as the
+/// services count them).
+#[derive(Debug, Default)]
+pub struct Window(std::sync::Mutex<(u64, u32)>);
+
+/// What a [`Window`] decided about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub admitted: bool,
+    /// Requests left in the window after this one.
+    pub remaining: u32,
+    /// Unix milliseconds now and when the window ends.
+    pub now_ms: u64,
+    pub reset_ms: u64,
+}
+
+impl Window {
+    /// Forget what was counted (a new limit was set).
+    pub fn reset(&self) {
+        *self.lock() = (0, 0);
+    }
+
+    /// Count one request against `limit`, unless the window is already full.
+    pub fn admit(&self, limit: RateLimit) -> Admission {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let window_ms = (limit.per.as_millis() as u64).max(1);
+        let idx = now_ms / window_ms;
+        let mut w = self.lock();
+        if w.0 != idx {
+            *w = (idx, 0);
+        }
+        let admitted = w.1 < limit.requests;
+        if admitted {
+            w.1 += 1;
+        }
+        Admission {
+            admitted,
+            remaining: limit.requests.saturating_sub(w.1),
+            now_ms,
+            reset_ms: (idx + 1) * window_ms,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, u32)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The injected faults of one emulator. "Next N" faults count down and then go; probabilistic
 /// ones roll for every request they match.
 #[derive(Debug, Default)]

@@ -30,8 +30,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use super::cometchat::RateLimit;
-use super::{Conn, Fault, FaultKind, Faults};
+pub use super::RateLimit;
+use super::{Conn, Fault, FaultKind, Faults, Window};
 use crate::provider::tencent::usersig;
 
 /// `MuteUntil` / `BannedUntil` meaning forever, and the `MuteTime` that sets it.
@@ -216,16 +216,11 @@ impl LoggedRequest {
     }
 }
 
-struct Limiter {
-    window: u64,
-    count: u32,
-}
-
 struct Inner {
     state: Mutex<State>,
     log: Mutex<Vec<LoggedRequest>>,
     faults: Faults,
-    limiter: Mutex<Limiter>,
+    limiter: Window,
     /// A fixed time (tests); `None` follows the system clock.
     now: Mutex<Option<SystemTime>>,
     /// Per SDKAppID, when UserSig checks failed (emulator clock), for the 70050 lock.
@@ -255,10 +250,7 @@ impl TencentEmulator {
                 state: Mutex::new(state.normalized()),
                 log: Mutex::new(Vec::new()),
                 faults: Faults::default(),
-                limiter: Mutex::new(Limiter {
-                    window: 0,
-                    count: 0,
-                }),
+                limiter: Window::default(),
                 now: Mutex::new(None),
                 auth_failures: Mutex::new(HashMap::new()),
             }),
@@ -319,10 +311,7 @@ impl TencentEmulator {
 
     pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
         lock(&self.inner.state).rate_limit = limit;
-        *lock(&self.inner.limiter) = Limiter {
-            window: 0,
-            count: 0,
-        };
+        self.inner.limiter.reset();
     }
 
     pub fn inject(&self, fault: Fault) {
@@ -338,22 +327,7 @@ impl TencentEmulator {
         let Some(limit) = lock(&self.inner.state).rate_limit else {
             return true;
         };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let idx = now_ms / (limit.per.as_millis() as u64).max(1);
-        let mut l = lock(&self.inner.limiter);
-        if l.window != idx {
-            *l = Limiter {
-                window: idx,
-                count: 0,
-            };
-        }
-        if l.count >= limit.requests {
-            return false;
-        }
-        l.count += 1;
-        true
+        self.inner.limiter.admit(limit).admitted
     }
 
     fn log(&self, entry: LoggedRequest) {
