@@ -21,7 +21,7 @@ use rosterd::sandbox::bitrix24::{Bucket, Chat, OAuthApp, Operating, State};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Captured, bounded, capture_logs, run_opts};
+use crate::support::{Captured, bounded, capture_logs, everything_shown, run_opts};
 
 /// The webhook code of the test portal. It must never show up in any output.
 const HOOK: &str = "hk7f3a9c1e5b2d8f4a6c0e9b1d3f5a7c9e";
@@ -957,17 +957,11 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
             "999 is skipped, 99 unreadable"
         );
 
-        let plan = report.plan();
-        let mut seen = vec![
-            rosterd::plan::render::text(&plan, false),
-            rosterd::plan::render::json(&plan).to_string(),
-            rosterd::plan::render::markdown(&plan),
-            format!("{report:?}"),
-            serde_json::to_string(&report).unwrap(),
-            std::fs::read_to_string(&audit_path).unwrap(),
+        let mut seen = everything_shown(&report, &audit_path);
+        seen.extend([
             serde_json::to_string(&sb.bitrix24.requests()).unwrap(),
             format!("{:?} {:?}", targets["b24"].instance, client(&sb)),
-        ];
+        ]);
         // A wrong webhook, and a portal that is not there (a transport error).
         let wrong = Bitrix24::with_webhook(
             &instance(1000.0, None, None),

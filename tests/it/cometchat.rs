@@ -942,17 +942,11 @@ async fn cometchat_api_key_never_appears_in_output_errors_plans_logs_or_audit() 
             "ghost fails and the missing group cannot be read"
         );
 
-        let plan = report.plan();
-        let mut seen = vec![
-            rosterd::plan::render::text(&plan, false),
-            rosterd::plan::render::json(&plan).to_string(),
-            rosterd::plan::render::markdown(&plan),
-            format!("{report:?}"),
-            serde_json::to_string(&report).unwrap(),
-            std::fs::read_to_string(&audit_path).unwrap(),
+        let mut seen = everything_shown(&report, &audit_path);
+        seen.extend([
             serde_json::to_string(&sb.cometchat.requests()).unwrap(),
             format!("{:?}", targets["cc"].instance),
-        ];
+        ]);
         let wrong = CometChat::with_key(
             &cc_instance(&sb, None),
             Secret::new("feedfacefeedfacefeedfacefeedfacefeedface"),

@@ -181,3 +181,20 @@ pub fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
         .finish();
     (logs, tracing::subscriber::set_default(subscriber))
 }
+
+/// Everything a run shows a user, as text: the plan in its three renderings, the report (Debug
+/// and JSON) and the audit log. Secret tests add their provider's own pieces and search it all.
+pub fn everything_shown(
+    report: &rosterd::reconcile::Report,
+    audit: &std::path::Path,
+) -> Vec<String> {
+    let plan = report.plan();
+    vec![
+        rosterd::plan::render::text(&plan, false),
+        rosterd::plan::render::json(&plan).to_string(),
+        rosterd::plan::render::markdown(&plan),
+        format!("{report:?}"),
+        serde_json::to_string(report).unwrap(),
+        std::fs::read_to_string(audit).unwrap(),
+    ]
+}

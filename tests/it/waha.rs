@@ -16,7 +16,7 @@ use rosterd::sandbox::waha::{Engine, Group, Lid, Me, Overlimit, State, WaRole};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{bounded, capture_logs, run_opts};
+use crate::support::{bounded, capture_logs, everything_shown, run_opts};
 
 /// The emulator's key. It must never show up in any output.
 const KEY: &str = "waha-it-key-7f3c9e1d5b2a4f608e1c";
@@ -1416,18 +1416,12 @@ async fn waha_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
         let report = reconcile::run(&[want, missing], &t, &run_opts(true), Some(&audit)).await;
         assert_eq!(report.exit_code(true, false), 3, "{report:#?}");
 
-        let plan = report.plan();
-        let mut seen = vec![
-            rosterd::plan::render::text(&plan, false),
-            rosterd::plan::render::json(&plan).to_string(),
-            rosterd::plan::render::markdown(&plan),
-            format!("{report:?}"),
-            serde_json::to_string(&report).unwrap(),
-            std::fs::read_to_string(&audit_path).unwrap(),
+        let mut seen = everything_shown(&report, &audit_path);
+        seen.extend([
             serde_json::to_string(&sb.waha.requests()).unwrap(),
             format!("{:?}", t["wa"].instance),
             debug_client,
-        ];
+        ]);
         let wrong = Waha::with_key(
             &instance(&sb, |_| {}),
             Secret::new("feedfacefeedface-wrong"),
