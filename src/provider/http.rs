@@ -42,6 +42,10 @@ pub struct HttpOptions {
     pub min_backoff: Duration,
     /// Upper bound of one backoff step.
     pub max_backoff: Duration,
+    /// Write calls of the instance never overlap: the next waits until the one in flight has
+    /// its answer (retries and throttle waits included). For providers where every write acts
+    /// as one account, whatever the number of groups in flight (WhatsApp).
+    pub serial_writes: bool,
 }
 
 impl Default for HttpOptions {
@@ -56,6 +60,7 @@ impl Default for HttpOptions {
             max_attempts: 5,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(60),
+            serial_writes: false,
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct HttpClient {
     cooldown: std::sync::Mutex<Option<Instant>>,
     /// When the last write call went out, for `interval`.
     last_write: tokio::sync::Mutex<Option<Instant>>,
+    /// Held by the write in flight when `serial_writes` is set.
+    write_gate: tokio::sync::Mutex<()>,
     current_wait: std::sync::Mutex<Option<(Instant, &'static str)>>,
     reads: AtomicU64,
     writes: AtomicU64,
@@ -176,6 +183,7 @@ impl HttpClient {
             limiter,
             cooldown: std::sync::Mutex::new(None),
             last_write: tokio::sync::Mutex::new(None),
+            write_gate: tokio::sync::Mutex::new(()),
             current_wait: std::sync::Mutex::new(None),
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -208,6 +216,10 @@ impl HttpClient {
             .with_jitter()
             .without_max_times()
             .build();
+        let _gate = match call.write && self.opts.serial_writes {
+            true => Some(self.write_gate.lock().await),
+            false => None,
+        };
         let mut failures = 0u32;
         let mut throttles = 0u32;
         loop {

@@ -299,3 +299,30 @@ async fn redirects_are_not_followed_and_fail_without_the_url() {
     // One request: neither the redirect target nor a retry was asked for.
     assert_eq!(script.hits.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn serial_writes_never_overlap_and_other_writes_may() {
+    for serial in [true, false] {
+        let (url, script) = serve(vec![Reply::Slow(Duration::from_millis(150))]).await;
+        let client = HttpClient::new(HttpOptions {
+            serial_writes: serial,
+            ..opts()
+        })
+        .unwrap();
+        let (a, b) = tokio::join!(
+            client.call(call(&url, true, true), classify),
+            client.call(call(&url, true, true), classify)
+        );
+        assert_eq!((a.unwrap(), b.unwrap()), (200, 200));
+        let hits = script.hits.lock().unwrap().clone();
+        let gap = hits[1] - hits[0];
+        if serial {
+            assert!(
+                gap >= Duration::from_millis(140),
+                "the second waited: {gap:?}"
+            );
+        } else {
+            assert!(gap < Duration::from_millis(100), "both in flight: {gap:?}");
+        }
+    }
+}

@@ -145,10 +145,6 @@ pub struct Waha {
     account: tokio::sync::Mutex<Option<(tokio::time::Instant, Account)>>,
     account_ttl: Duration,
     groups: Mutex<HashMap<GroupId, GroupIds>>,
-    /// Held for the whole of each write call: every group of the instance acts as one
-    /// WhatsApp account, so writes go one at a time even when groups run concurrently and a
-    /// call outlasts the interval (waha.md §5).
-    write_lock: tokio::sync::Mutex<()>,
     /// Whether the server has the v2 participants listing (2025.11+).
     v2: AtomicU8,
     /// Whether the server has the lids API (2025.5+); cleared on its first 404.
@@ -200,7 +196,6 @@ impl Waha {
             account: tokio::sync::Mutex::new(None),
             account_ttl: ACCOUNT_TTL,
             groups: Mutex::new(HashMap::new()),
-            write_lock: tokio::sync::Mutex::new(()),
             v2: AtomicU8::new(V2_UNKNOWN),
             lids_api: AtomicBool::new(true),
         })
@@ -521,7 +516,6 @@ impl Waha {
         let label = self
             .call(Method::POST, String::new(), None, Some(kind))
             .label;
-        let _one_at_a_time = self.write_lock.lock().await;
         let results = self
             .http
             .call(self.call(Method::POST, url, Some(body), Some(kind)), |r| {
@@ -598,6 +592,8 @@ fn base_url(name: &str, raw: Option<&str>) -> Result<reqwest::Url, ProviderError
 fn http_options(instance: &Instance) -> HttpOptions {
     let mut o = HttpOptions::for_instance(instance, Some(DEFAULT_RATE), DEFAULT_INTERVAL);
     o.timeout = instance.common.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    // Every group of a session writes as one WhatsApp account (waha.md §5).
+    o.serial_writes = true;
     o
 }
 
