@@ -38,8 +38,14 @@ pub struct Metrics {
     pub throttled: Family<ProviderLabel, Counter>,
     pub drift: Family<GroupLabel, Gauge>,
     pub last_success: Family<GroupLabel, Gauge>,
+    /// Start of the current failure streak; absent while the group's last run did not fail.
+    pub failing_since: Family<GroupLabel, Gauge>,
     pub manifest_errors: Gauge,
     pub groups: Gauge,
+    /// The resync period in force, so alert rules can speak in resyncs.
+    pub resync: Gauge,
+    /// 1 while /readyz answers 200 (set when /metrics is scraped).
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,8 +58,11 @@ impl Default for Metrics {
             throttled: Family::default(),
             drift: Family::default(),
             last_success: Family::default(),
+            failing_since: Family::default(),
             manifest_errors: Gauge::default(),
             groups: Gauge::default(),
+            resync: Gauge::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -87,6 +96,11 @@ impl Default for Metrics {
             m.last_success.clone(),
         );
         registry.register(
+            "group_failing_since_timestamp_seconds",
+            "Unix time of the first failed run in the group's current streak of failed runs",
+            m.failing_since.clone(),
+        );
+        registry.register(
             "manifest_errors",
             "Problems in the files right now",
             m.manifest_errors.clone(),
@@ -96,11 +110,31 @@ impl Default for Metrics {
             "Groups declared by the files in force",
             m.groups.clone(),
         );
+        registry.register(
+            "resync_seconds",
+            "The full reconcile period in force",
+            m.resync.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when the configuration is loaded and every provider in use answered a read",
+            m.ready.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// A group no longer managed leaves no series behind, so no alert fires for it.
+    pub fn forget_group(&self, group: &str) {
+        let label = GroupLabel {
+            group: group.to_string(),
+        };
+        self.drift.remove(&label);
+        self.last_success.remove(&label);
+        self.failing_since.remove(&label);
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut s = String::new();

@@ -24,6 +24,7 @@ use crate::provider::{Capabilities, Provider, ProviderError, RequestCounts};
 use crate::reconcile::{self, GroupStatus, RunOptions, Target};
 
 pub mod metrics;
+pub mod page;
 pub mod server;
 pub mod state;
 pub mod watch;
@@ -72,6 +73,10 @@ pub struct GroupState {
     pub running: bool,
     #[serde(skip)]
     pub failures: u32,
+    /// The plan of the last run (from its first read), for the status page's detail view;
+    /// kept out of /status, which stays a summary.
+    #[serde(skip)]
+    pub last_plan: Option<crate::plan::GroupPlan>,
 }
 
 /// State shared by the control loop, the workers and the HTTP server.
@@ -151,6 +156,7 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
         audit: RwLock::new(None),
         counted: Mutex::new(BTreeMap::new()),
     });
+    shared.metrics.resync.set(resync.as_secs() as i64);
     let server_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -190,10 +196,7 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
                 }
                 for g in &r.dropped {
                     shared.status.write().expect("lock").remove(g);
-                    shared
-                        .metrics
-                        .drift
-                        .remove(&GroupLabel { group: g.clone() });
+                    shared.metrics.forget_group(g);
                 }
                 update_file_metrics(&shared);
                 for g in r.changed {
@@ -499,6 +502,9 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
         })
         .set(drift as i64);
     record(shared, &name, Some((g.status, drift)), error);
+    if let Some(e) = shared.status.write().expect("lock").get_mut(&name) {
+        e.last_plan = g.plan;
+    }
 }
 
 fn record(
@@ -520,17 +526,24 @@ fn record(
         .reconciles
         .get_or_create(&ResultLabel { result: label })
         .inc();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let label = GroupLabel {
+        group: name.to_string(),
+    };
     if matches!(status, Some(GroupStatus::Applied | GroupStatus::InSync)) {
-        let secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()) as i64;
-        shared
-            .metrics
-            .last_success
-            .get_or_create(&GroupLabel {
-                group: name.to_string(),
-            })
-            .set(secs);
+        shared.metrics.last_success.get_or_create(&label).set(secs);
+    }
+    if status.is_none() || status == Some(GroupStatus::Failed) {
+        // The start of a failure streak, kept while the group goes on failing: the alert on
+        // "failing longer than N resyncs" compares it with the resync period.
+        let g = shared.metrics.failing_since.get_or_create(&label);
+        if g.get() == 0 {
+            g.set(secs);
+        }
+    } else {
+        shared.metrics.failing_since.remove(&label);
     }
     let mut st = shared.status.write().expect("lock");
     let e = st.entry(name.to_string()).or_default();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{CC_APP, CC_KEY, bounded, cc_state, group, sandbox};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -61,7 +61,7 @@ fn members(sb: &Sandbox) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+pub async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < end, "timed out waiting for: {what}");
@@ -69,13 +69,13 @@ async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-struct Daemon {
+pub struct Daemon {
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-    port: u16,
+    pub port: u16,
 }
 
-fn start(config: &Path, resync: Duration) -> Daemon {
+pub fn start(config: &Path, resync: Duration) -> Daemon {
     let port = free_port();
     let mut opts = DaemonOptions::new(config);
     opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
@@ -89,7 +89,7 @@ fn start(config: &Path, resync: Duration) -> Daemon {
 }
 
 impl Daemon {
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub async fn get(&self, path: &str) -> (u16, String) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await;
         match r {
@@ -97,7 +97,7 @@ impl Daemon {
             Err(_) => (0, String::new()),
         }
     }
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.stop.cancel();
         self.handle.await.unwrap().unwrap();
     }
