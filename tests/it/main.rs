@@ -4,6 +4,7 @@ mod bitrix24;
 mod cli;
 mod cometchat;
 mod daemon;
+mod deploy;
 mod page;
 mod support;
 mod tencent;

@@ -1,0 +1,249 @@
+//! deploy/ against a live daemon: every metric the Grafana dashboard queries and every metric
+//! the alert rules read is one that a running `rosterd run` exports on /metrics. (The rules'
+//! behaviour is tested by `promtool test rules`, and the Kubernetes manifests by
+//! `kubectl kustomize` + `kubernetes-validate`, both in `.ci/deploy-checks`.)
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::daemon::start;
+use crate::page::{demo_sandbox, demo_state, write_demo_tree};
+use crate::support::bounded;
+
+/// The metric names a PromQL expression selects: identifiers outside label matchers, ranges
+/// and strings that are neither functions, keywords nor grouping labels. For Grafana's
+/// `label_values(metric, label)` only the metric counts.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    // Operators, and aggregations (`sum by (x) (…)` puts no parenthesis after `sum`).
+    const KEYWORDS: [&str; 20] = [
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "group_left",
+        "group_right",
+        "atan2",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+    ];
+    const GROUPING: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let expr = match expr.trim().strip_prefix("label_values(") {
+        Some(args) => args.rsplit_once(',').map_or(args, |(m, _)| m).to_string(),
+        None => expr.to_string(),
+    };
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let skip_to = |i: &mut usize, close: char| {
+        while *i < chars.len() && chars[*i] != close {
+            if chars[*i] == '"' {
+                *i += 1;
+                while *i < chars.len() && chars[*i] != '"' {
+                    *i += if chars[*i] == '\\' { 2 } else { 1 };
+                }
+            }
+            *i += 1;
+        }
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' => {
+                i += 1;
+                while i < chars.len() && chars[i] != c {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            '{' => skip_to(&mut i, '}'),
+            '[' => skip_to(&mut i, ']'),
+            '$' => {
+                // A Grafana variable, such as $__rate_interval.
+                i += 1;
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let mut j = i;
+                while j < chars.len() && chars[j].is_whitespace() {
+                    j += 1;
+                }
+                let call = j < chars.len() && chars[j] == '(';
+                if call && GROUPING.contains(&word.as_str()) {
+                    i = j;
+                    skip_to(&mut i, ')'); // a list of labels
+                } else if !call && !KEYWORDS.contains(&word.as_str()) {
+                    names.insert(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+#[test]
+fn metric_names_finds_selectors_and_nothing_else() {
+    let got = metric_names(
+        r#"sum by (provider) (rate(foo_total{a="b}",c=~"$x"}[$__rate_interval])) > ignoring(group) group_left bar * 3 or vector(0) unless on(instance) baz offset 5m"#,
+    );
+    assert_eq!(
+        got,
+        BTreeSet::from(["foo_total", "bar", "baz"].map(String::from))
+    );
+    assert_eq!(
+        metric_names(r#"label_values(rosterd_drift_operations{instance=~"$instance"}, group)"#),
+        BTreeSet::from(["rosterd_drift_operations".to_string()])
+    );
+}
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Every PromQL expression of the dashboard: panel targets and template variable queries.
+fn dashboard_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    ("definition", Value::String(e)) => out.push(e.clone()),
+                    _ => dashboard_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| dashboard_exprs(v, out)),
+        _ => {}
+    }
+}
+
+fn rule_exprs() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo("deploy/prometheus/rosterd-rules.yaml")).unwrap();
+    let rules: Value = serde_saphyr::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for g in rules["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            out.push((
+                r["alert"].as_str().unwrap().to_string(),
+                r["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_of_the_dashboard_and_the_alert_rules_is_in_a_live_metrics() {
+    bounded(90, async {
+        let state = demo_state();
+        let sb = demo_sandbox(&state).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_demo_tree(dir.path(), &sb, &state);
+        // A group the provider does not know: its runs fail.
+        std::fs::write(
+            dir.path().join("groups/gone.yaml"),
+            "group: gone\nprovider: tim\nid: \"@TGS#gone\"\nadmins: [alice]\n",
+        )
+        .unwrap();
+        let d = start(&cfg, Duration::from_secs(3600));
+        let want_failing = "rosterd_group_failing_since_timestamp_seconds{group=\"gone\"}";
+        let want_success = "rosterd_last_success_timestamp_seconds{group=\"eng-oncall\"}";
+        let want_ops = "rosterd_operations_total{";
+        let mut metrics = String::new();
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while ![want_failing, want_success, want_ops]
+            .iter()
+            .all(|w| metrics.contains(w))
+        {
+            assert!(
+                std::time::Instant::now() < end,
+                "metrics never showed up:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            metrics = d.get("/metrics").await.1;
+        }
+        let live: BTreeSet<String> = metrics
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+            .collect();
+
+        let dashboard: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo("deploy/grafana/rosterd-dashboard.json")).unwrap(),
+        )
+        .unwrap();
+        let mut exprs = Vec::new();
+        dashboard_exprs(&dashboard, &mut exprs);
+        assert!(exprs.len() >= 10, "the dashboard's queries: {exprs:?}");
+        let mut used = BTreeSet::new();
+        for e in &exprs {
+            let names = metric_names(e);
+            assert!(!names.is_empty(), "no metric in dashboard query {e}");
+            for n in names {
+                assert!(
+                    live.contains(&n),
+                    "dashboard query {e} uses {n}, not in /metrics:\n{metrics}"
+                );
+                used.insert(n);
+            }
+        }
+        for (alert, e) in rule_exprs() {
+            for n in metric_names(&e) {
+                assert!(
+                    live.contains(&n),
+                    "alert {alert} reads {n}, not in /metrics:\n{metrics}"
+                );
+            }
+        }
+        // Every family rosterd exports has a place on the dashboard.
+        let families: BTreeSet<String> = metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect();
+        for f in &families {
+            assert!(
+                used.iter()
+                    .any(|u| u == f || u.strip_suffix("_total") == Some(f)),
+                "metric family {f} is not on the dashboard"
+            );
+        }
+        d.stop().await;
+    })
+    .await
+}
