@@ -497,3 +497,213 @@ pub fn recent_operations(path: &Path, group: &str) -> Result<Vec<AuditEntry>, St
     out.truncate(RECENT_OPERATIONS);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVIL: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&";
+
+    fn row(name: &str, provider: &str, result: Option<GroupStatus>, drift: usize) -> Row {
+        Row {
+            name: name.into(),
+            provider: provider.into(),
+            kind: Kind::Cometchat,
+            id: name.into(),
+            source: "groups/x.yaml".into(),
+            state: GroupState {
+                last_run: result.map(|_| "2026-01-01T00:00:00Z".into()),
+                result,
+                pending_drift: drift,
+                last_error: Some(EVIL.into()),
+                ..GroupState::default()
+            },
+        }
+    }
+
+    fn overview(rows: Vec<Row>) -> Overview {
+        Overview {
+            rows,
+            file_errors: vec![format!("groups/x.yaml:1:1: {EVIL}")],
+            providers: vec!["cc".into(), "tim".into()],
+            ready: Err(EVIL.into()),
+        }
+    }
+
+    fn at(s: &str) -> SystemTime {
+        humantime::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn every_untrusted_text_is_escaped() {
+        let o = overview(vec![row(EVIL, "cc", Some(GroupStatus::Failed), 0)]);
+        let html =
+            render_index(&o, &IndexQuery::default(), at("2026-01-01T00:05:00Z")).into_string();
+        assert!(
+            !html.contains("<script>alert") && !html.contains("<img"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        // In a link the name is form-encoded, then escaped as an attribute.
+        assert!(
+            html.contains("href=\"/group?name=%3Cscript%3Ealert%281%29"),
+            "{html}"
+        );
+        assert_eq!(html.matches("<script").count(), 0);
+        let names = BTreeMap::from([("bob".to_string(), EVIL.to_string())]);
+        let ops = Ok(vec![AuditEntry {
+            ts: EVIL.into(),
+            op: "add".into(),
+            member: "bob".into(),
+            outcome: "failed".into(),
+            code: Some(EVIL.into()),
+            message: Some(EVIL.into()),
+        }]);
+        let page = render_group(&o.rows[0], &names, Some(&ops), at("2026-01-01T00:05:00Z"));
+        let html = page.into_string();
+        assert!(
+            !html.contains("<script>alert") && !html.contains("<img"),
+            "{html}"
+        );
+        assert!(html.contains("Group &lt;script&gt;"), "{html}");
+    }
+
+    #[test]
+    fn filters_by_provider_and_state() {
+        let o = overview(vec![
+            row("a", "cc", Some(GroupStatus::Applied), 0),
+            row("b", "tim", Some(GroupStatus::Failed), 0),
+            row("c", "cc", Some(GroupStatus::Blocked), 4),
+            row("d", "tim", None, 0),
+            row("e", "cc", Some(GroupStatus::InSync), 2),
+        ]);
+        let shown = |provider: Option<&str>, state: Option<&str>| -> Vec<String> {
+            let q = IndexQuery {
+                provider: provider.map(String::from),
+                state: state.map(String::from),
+            };
+            o.rows
+                .iter()
+                .filter(|r| matches(r, &q))
+                .map(|r| r.name.clone())
+                .collect()
+        };
+        assert_eq!(shown(None, None), ["a", "b", "c", "d", "e"]);
+        assert_eq!(shown(Some(""), Some("")), ["a", "b", "c", "d", "e"]);
+        assert_eq!(shown(Some("cc"), None), ["a", "c", "e"]);
+        assert_eq!(shown(None, Some("failed")), ["b"]);
+        assert_eq!(shown(None, Some("pending")), ["d"]);
+        assert_eq!(shown(None, Some("attention")), ["b", "c", "e"]);
+        assert_eq!(shown(Some("tim"), Some("attention")), ["b"]);
+        let html = render_index(
+            &o,
+            &IndexQuery {
+                provider: Some("tim".into()),
+                state: Some("failed".into()),
+            },
+            at("2026-01-01T00:05:00Z"),
+        )
+        .into_string();
+        assert!(html.contains("<option value=\"tim\" selected>"), "{html}");
+        assert!(
+            html.contains("<option value=\"failed\" selected>"),
+            "{html}"
+        );
+        assert_eq!(html.matches("<tr data-group").count(), 1);
+    }
+
+    #[test]
+    fn last_run_is_relative_and_absolute() {
+        let now = at("2026-01-03T00:00:00Z");
+        assert_eq!(ago(at("2026-01-02T23:59:48Z"), now), "12 s ago");
+        assert_eq!(ago(at("2026-01-02T23:55:00Z"), now), "5 min ago");
+        assert_eq!(ago(at("2026-01-02T21:00:00Z"), now), "3 h ago");
+        assert_eq!(ago(at("2025-12-31T00:00:00Z"), now), "3 days ago");
+        assert_eq!(
+            ago(at("2026-01-04T00:00:00Z"), now),
+            "0 s ago",
+            "a clock step back"
+        );
+        let o = overview(vec![row("a", "cc", Some(GroupStatus::Applied), 0)]);
+        let html =
+            render_index(&o, &IndexQuery::default(), at("2026-01-01T00:05:00Z")).into_string();
+        assert!(html.contains("5 min ago"), "{html}");
+        assert!(html.contains("2026-01-01T00:00:00Z"), "{html}");
+    }
+
+    #[test]
+    fn recent_operations_are_the_groups_member_lines_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        assert_eq!(recent_operations(&path, "team"), Ok(vec![]), "no log yet");
+        let log = crate::audit::AuditLog::open(&path).unwrap();
+        use crate::model::{MemberId, MemberOutcome, OpKind};
+        log.call(
+            "team",
+            "cc",
+            OpKind::Add,
+            1,
+            &[MemberOutcome::done(MemberId::new("a"))],
+        );
+        log.call(
+            "other",
+            "cc",
+            OpKind::Add,
+            1,
+            &[MemberOutcome::done(MemberId::new("x"))],
+        );
+        log.call(
+            "team",
+            "cc",
+            OpKind::Remove,
+            1,
+            &[MemberOutcome::failed(MemberId::new("b"), "E1", "no <b>")],
+        );
+        let ops = recent_operations(&path, "team").unwrap();
+        let got: Vec<(&str, &str, &str)> = ops
+            .iter()
+            .map(|o| (o.op.as_str(), o.member.as_str(), o.outcome.as_str()))
+            .collect();
+        assert_eq!(got, [("remove", "b", "failed"), ("add", "a", "done")]);
+        assert_eq!(ops[0].message.as_deref(), Some("no <b>"));
+
+        // A log larger than the tail read: the cut first line is skipped, the rest is read.
+        let mut big = "x".repeat(AUDIT_TAIL_BYTES as usize);
+        big.push('\n');
+        big.push_str(&std::fs::read_to_string(&path).unwrap());
+        std::fs::write(&path, big).unwrap();
+        assert_eq!(recent_operations(&path, "team").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn people_are_named_by_their_normalized_ids() {
+        let people = People {
+            people: BTreeMap::from([
+                (
+                    "alice".to_string(),
+                    BTreeMap::from([("wa".to_string(), "+49 151 2345678".to_string())]),
+                ),
+                (
+                    "bob".to_string(),
+                    BTreeMap::from([("waha".to_string(), "+49 151 9999999".to_string())]),
+                ),
+                (
+                    "carol".to_string(),
+                    BTreeMap::from([("cometchat".to_string(), "carol".to_string())]),
+                ),
+            ]),
+            teams: BTreeMap::new(),
+        };
+        let names = names_of(&people, "wa", Kind::Waha);
+        assert_eq!(
+            names,
+            BTreeMap::from([
+                ("491512345678@c.us".to_string(), "alice".to_string()),
+                ("491519999999@c.us".to_string(), "bob".to_string()),
+            ])
+        );
+    }
+}

@@ -22,7 +22,7 @@ pub fn free_port() -> u16 {
 }
 
 /// rosterd.yaml pointed at the sandbox, with the api key in a file (no process-wide env).
-fn write_root(dir: &Path, sb: &Sandbox, manifests: &str) -> PathBuf {
+pub fn write_root(dir: &Path, sb: &Sandbox, manifests: &str) -> PathBuf {
     let base = sb.base_url(rosterd::provider::Kind::Cometchat).unwrap();
     std::fs::write(dir.join("key"), CC_KEY).unwrap();
     let root = format!(
@@ -40,7 +40,7 @@ fn manifest(members: &[&str]) -> String {
     )
 }
 
-fn world() -> rosterd::sandbox::cometchat::State {
+pub fn world() -> rosterd::sandbox::cometchat::State {
     cc_state(
         ["alice", "bob", "carol", "dave", "erin", "zed"].map(String::from),
         vec![(

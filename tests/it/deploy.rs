@@ -167,6 +167,22 @@ fn rule_exprs() -> Vec<(String, String)> {
     out
 }
 
+/// Poll /metrics until `ok` holds of its text; returns the text.
+async fn metrics_until(d: &crate::daemon::Daemon, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = d.get("/metrics").await.1;
+        if ok(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_of_the_dashboard_and_the_alert_rules_is_in_a_live_metrics() {
     bounded(90, async {
@@ -184,19 +200,12 @@ async fn every_metric_of_the_dashboard_and_the_alert_rules_is_in_a_live_metrics(
         let want_failing = "rosterd_group_failing_since_timestamp_seconds{group=\"gone\"}";
         let want_success = "rosterd_last_success_timestamp_seconds{group=\"eng-oncall\"}";
         let want_ops = "rosterd_operations_total{";
-        let mut metrics = String::new();
-        let end = std::time::Instant::now() + Duration::from_secs(60);
-        while ![want_failing, want_success, want_ops]
-            .iter()
-            .all(|w| metrics.contains(w))
-        {
-            assert!(
-                std::time::Instant::now() < end,
-                "metrics never showed up:\n{metrics}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            metrics = d.get("/metrics").await.1;
-        }
+        let metrics = metrics_until(&d, "every kind of series", |m| {
+            [want_failing, want_success, want_ops]
+                .iter()
+                .all(|w| m.contains(w))
+        })
+        .await;
         let live: BTreeSet<String> = metrics
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -243,6 +252,80 @@ async fn every_metric_of_the_dashboard_and_the_alert_rules_is_in_a_live_metrics(
                 "metric family {f} is not on the dashboard"
             );
         }
+        d.stop().await;
+    })
+    .await
+}
+
+/// The series the alerts read follow a group: a failure streak starts
+/// `rosterd_group_failing_since_timestamp_seconds`, a success ends it, and a group that is no
+/// longer managed leaves no series behind (a stale one would fire an alert forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_series_follow_a_groups_failures_and_leave_with_it() {
+    use crate::daemon::{until, world, write_root};
+    use crate::support::{CC_APP, group, sandbox};
+    use rosterd::sandbox::cometchat::Scope;
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        let manifest = |members: &str| {
+            format!(
+                "group: late\nprovider: cc\nid: late\nadmins: [alice]\nparticipants: [{members}]\n"
+            )
+        };
+        std::fs::write(dir.path().join("groups/late.yaml"), manifest("bob")).unwrap();
+        let d = start(&cfg, Duration::from_secs(3600));
+        let metric = |text: &str, series: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        };
+        let failing = "rosterd_group_failing_since_timestamp_seconds{group=\"late\"}";
+        let success = "rosterd_last_success_timestamp_seconds{group=\"late\"}";
+        let text = metrics_until(&d, "a failure", |t| metric(t, failing).is_some()).await;
+        let since = metric(&text, failing).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - since).abs() < 30.0, "a Unix time: {since}");
+        assert_eq!(metric(&text, success), None);
+        assert_eq!(metric(&text, "rosterd_resync_seconds"), Some(3600.0));
+        assert_eq!(
+            metric(&text, "rosterd_ready"),
+            Some(0.0),
+            "no read answered yet"
+        );
+
+        // The group appears at the provider and the next run succeeds.
+        sb.cometchat.with_state(|s| {
+            s.apps.get_mut(CC_APP).unwrap().groups.insert(
+                "late".into(),
+                group(Some("alice"), &[("alice", Scope::Admin)], &[]),
+            );
+        });
+        std::fs::write(dir.path().join("groups/late.yaml"), manifest("bob, carol")).unwrap();
+        until(20, "the run succeeds", || {
+            sb.cometchat
+                .group(CC_APP, "late")
+                .is_some_and(|g| g.members.len() == 3)
+        })
+        .await;
+        let text = metrics_until(&d, "a success", |t| metric(t, success).is_some()).await;
+        assert_eq!(
+            metric(&text, failing),
+            None,
+            "a success ends the streak:\n{text}"
+        );
+        assert_eq!(metric(&text, "rosterd_ready"), Some(1.0));
+
+        // No longer managed: no series of the group is left.
+        std::fs::remove_file(dir.path().join("groups/late.yaml")).unwrap();
+        metrics_until(&d, "no series of the group", |t| {
+            !t.contains("group=\"late\"")
+        })
+        .await;
         d.stop().await;
     })
     .await
