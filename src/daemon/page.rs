@@ -398,7 +398,8 @@ fn plan_lines(plan: &GroupPlan, names: &BTreeMap<String, String>) -> Markup {
     );
     html! {
         pre #plan {
-            @for line in text.lines() {
+            // The plan of one group: its own summary line says it all, the total would repeat it.
+            @for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with("total: ")) {
                 @let (class, rest) = if let Some(r) = line.strip_prefix("  - ") {
                     ("del", r)
                 } else if let Some(r) = line.strip_prefix("  + ") {

@@ -348,7 +348,7 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
             "{applied}"
         );
 
-        let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
         std::fs::write(&shot, c.screenshot().await.unwrap()).unwrap();
         eprintln!("screenshot: {}", shot.display());
 
@@ -392,6 +392,8 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
             .unwrap();
         assert!(plan.contains("- intruder1 participant"), "{plan}");
         assert!(plan.contains("BLOCKED"), "{plan}");
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-group.png");
+        std::fs::write(&shot, c.screenshot().await.unwrap()).unwrap();
         c.goto(&format!("{base}/")).await.unwrap();
         c.find(Locator::Css(&format!("{} a", row("family-chat"))))
             .await
