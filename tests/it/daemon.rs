@@ -97,6 +97,21 @@ impl Daemon {
             Err(_) => (0, String::new()),
         }
     }
+    /// GET `path` until `ok` holds of the body (at most 30 s); returns the body.
+    pub async fn get_until(&self, path: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = self.get(path).await.1;
+            if ok(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}:\n{body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     pub async fn stop(self) {
         self.stop.cancel();
         self.handle.await.unwrap().unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::daemon::start;
-use crate::page::{demo_sandbox, demo_state, write_demo_tree};
+use crate::page::demo_daemon;
 use crate::support::bounded;
 
 /// The metric names a PromQL expression selects: identifiers outside label matchers, ranges
@@ -167,45 +167,22 @@ fn rule_exprs() -> Vec<(String, String)> {
     out
 }
 
-/// Poll /metrics until `ok` holds of its text; returns the text.
-async fn metrics_until(d: &crate::daemon::Daemon, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = d.get("/metrics").await.1;
-        if ok(&text) {
-            return text;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for {what}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_of_the_dashboard_and_the_alert_rules_is_in_a_live_metrics() {
     bounded(90, async {
-        let state = demo_state();
-        let sb = demo_sandbox(&state).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_demo_tree(dir.path(), &sb, &state);
         // A group the provider does not know: its runs fail.
-        std::fs::write(
-            dir.path().join("groups/gone.yaml"),
-            "group: gone\nprovider: tim\nid: \"@TGS#gone\"\nadmins: [alice]\n",
-        )
-        .unwrap();
-        let d = start(&cfg, Duration::from_secs(3600));
+        let gone = "group: gone\nprovider: tim\nid: \"@TGS#gone\"\nadmins: [alice]\n";
+        let (_sb, _dir, d) = demo_daemon(&[("gone.yaml", gone.to_string())]).await;
         let want_failing = "rosterd_group_failing_since_timestamp_seconds{group=\"gone\"}";
         let want_success = "rosterd_last_success_timestamp_seconds{group=\"eng-oncall\"}";
         let want_ops = "rosterd_operations_total{";
-        let metrics = metrics_until(&d, "every kind of series", |m| {
-            [want_failing, want_success, want_ops]
-                .iter()
-                .all(|w| m.contains(w))
-        })
-        .await;
+        let metrics = d
+            .get_until("/metrics", "every kind of series", |m| {
+                [want_failing, want_success, want_ops]
+                    .iter()
+                    .all(|w| m.contains(w))
+            })
+            .await;
         let live: BTreeSet<String> = metrics
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -283,7 +260,9 @@ async fn alert_series_follow_a_groups_failures_and_leave_with_it() {
         };
         let failing = "rosterd_group_failing_since_timestamp_seconds{group=\"late\"}";
         let success = "rosterd_last_success_timestamp_seconds{group=\"late\"}";
-        let text = metrics_until(&d, "a failure", |t| metric(t, failing).is_some()).await;
+        let text = d
+            .get_until("/metrics", "a failure", |t| metric(t, failing).is_some())
+            .await;
         let since = metric(&text, failing).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -312,7 +291,9 @@ async fn alert_series_follow_a_groups_failures_and_leave_with_it() {
                 .is_some_and(|g| g.members.len() == 3)
         })
         .await;
-        let text = metrics_until(&d, "a success", |t| metric(t, success).is_some()).await;
+        let text = d
+            .get_until("/metrics", "a success", |t| metric(t, success).is_some())
+            .await;
         assert_eq!(
             metric(&text, failing),
             None,
@@ -322,7 +303,7 @@ async fn alert_series_follow_a_groups_failures_and_leave_with_it() {
 
         // No longer managed: no series of the group is left.
         std::fs::remove_file(dir.path().join("groups/late.yaml")).unwrap();
-        metrics_until(&d, "no series of the group", |t| {
+        d.get_until("/metrics", "no series of the group", |t| {
             !t.contains("group=\"late\"")
         })
         .await;

@@ -99,10 +99,20 @@ pub fn demo_state() -> SandboxState {
     state
 }
 
-pub async fn demo_sandbox(state: &SandboxState) -> Sandbox {
-    Sandbox::start(state.clone(), Ports::EPHEMERAL, CancellationToken::new())
+/// A daemon (resync 1 h) on the demo tree and `demo_state`, with `extra` manifests
+/// (file name, contents) in its groups folder. Keep the sandbox and the folder alive with it.
+pub async fn demo_daemon(extra: &[(&str, String)]) -> (Sandbox, tempfile::TempDir, Daemon) {
+    let state = demo_state();
+    let sb = Sandbox::start(state.clone(), Ports::EPHEMERAL, CancellationToken::new())
         .await
-        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_demo_tree(dir.path(), &sb, &state);
+    for (name, text) in extra {
+        std::fs::write(dir.path().join("groups").join(name), text).unwrap();
+    }
+    let d = start(&cfg, Duration::from_secs(3600));
+    (sb, dir, d)
 }
 
 /// chromedriver on an ephemeral port, killed when dropped.
@@ -212,20 +222,33 @@ async fn injected(c: &Client) -> Value {
     .unwrap()
 }
 
-/// Poll /status until `ok` holds of it.
-async fn status_until(d: &Daemon, secs: u64, what: &str, ok: impl Fn(&Value) -> bool) {
-    let end = std::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let st = serde_json::from_str(&d.get("/status").await.1).unwrap_or(Value::Null);
-        if ok(&st) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for: {what}: {st}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Poll /status until `ok` holds of its JSON.
+async fn status_until(d: &Daemon, what: &str, ok: impl Fn(&Value) -> bool) {
+    d.get_until("/status", what, |body| {
+        serde_json::from_str(body).is_ok_and(|st: Value| ok(&st))
+    })
+    .await;
+}
+
+/// The rendered text of the first element `css` selects.
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// From the overview, follow the link in the group's `row`, as a person would.
+async fn open_group(c: &Client, base: &str, row: &str) {
+    c.goto(&format!("{base}/")).await.unwrap();
+    c.find(Locator::Css(&format!("{row} a")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,27 +257,19 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
         return;
     };
     bounded(150, async {
-        let state = demo_state();
-        let sb = demo_sandbox(&state).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_demo_tree(dir.path(), &sb, &state);
-        std::fs::write(
-            dir.path().join("groups/untrusted.yaml"),
-            format!(
-                "group: {}\nprovider: tim\nid: {}\nadmins: [alice]\n",
-                serde_json::to_string(HTML_NAME).unwrap(),
-                serde_json::to_string(HTML_ID).unwrap()
-            ),
-        )
-        .unwrap();
-        let d = start(&cfg, Duration::from_secs(3600));
+        let untrusted = format!(
+            "group: {}\nprovider: tim\nid: {}\nadmins: [alice]\n",
+            serde_json::to_string(HTML_NAME).unwrap(),
+            serde_json::to_string(HTML_ID).unwrap()
+        );
+        let (_sb, dir, d) = demo_daemon(&[("untrusted.yaml", untrusted)]).await;
         let demo_groups: Vec<String> = ["eng-oncall", "eng-announce", "family-chat", "game-lobby"]
             .into_iter()
             .chain(["sales-floor", "partner-onboarding", "support-desk"])
             .map(String::from)
             .collect();
         // Every group has run once.
-        status_until(&d, 60, "every group ran", |st| {
+        status_until(&d, "every group ran", |st| {
             st["groups"].as_object().is_some_and(|g| {
                 g.len() == demo_groups.len() + 1
                     && g.values()
@@ -268,7 +283,7 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
             "group: sales-floor\nprovider: b24\nid: chat42\n\"<i>oops</i>\": [alice\n",
         )
         .unwrap();
-        status_until(&d, 20, "the file error is seen", |st| {
+        status_until(&d, "the file error is seen", |st| {
             st["file_errors"].as_array().is_some_and(|e| !e.is_empty())
         })
         .await;
@@ -292,13 +307,7 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
         );
 
         // The broken manifest's error, with file, line and column, at the top.
-        let errors = c
-            .find(Locator::Css("#file-errors"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let errors = text_of(&c, "#file-errors").await;
         assert!(errors.contains("sales.yaml:4:"), "{errors}");
         assert!(errors.contains("1 file error"), "{errors}");
 
@@ -309,40 +318,16 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
                 name.replace('\\', "\\\\").replace('"', "\\\"")
             )
         };
-        let support = c
-            .find(Locator::Css(&row("support-desk")))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let support = text_of(&c, &row("support-desk")).await;
         assert!(support.contains("blocked"), "{support}");
-        let drift = c
-            .find(Locator::Css(&format!("{} td.num", row("support-desk"))))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let drift = text_of(&c, &format!("{} td.num", row("support-desk"))).await;
         assert!(
             drift.parse::<usize>().unwrap() >= 4,
             "pending drift {drift}"
         );
-        let untrusted = c
-            .find(Locator::Css(&format!("{} td.err", row(HTML_NAME))))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let untrusted = text_of(&c, &format!("{} td.err", row(HTML_NAME))).await;
         assert!(untrusted.contains(HTML_ID), "{untrusted}");
-        let applied = c
-            .find(Locator::Css(&row("eng-oncall")))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let applied = text_of(&c, &row("eng-oncall")).await;
         assert!(
             applied.contains("applied") && applied.contains("s ago"),
             "{applied}"
@@ -376,66 +361,24 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
         assert_eq!(attention, [HTML_NAME, "support-desk"]);
 
         // A group's page, by its link: the blocked plan with people's names, and the audit log.
-        c.goto(&format!("{base}/")).await.unwrap();
-        c.find(Locator::Css(&format!("{} a", row("support-desk"))))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let plan = c
-            .find(Locator::Css("#plan"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        open_group(&c, &base, &row("support-desk")).await;
+        let plan = text_of(&c, "#plan").await;
         assert!(plan.contains("- intruder1 participant"), "{plan}");
         assert!(plan.contains("BLOCKED"), "{plan}");
         let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-group.png");
         std::fs::write(&shot, c.screenshot().await.unwrap()).unwrap();
-        c.goto(&format!("{base}/")).await.unwrap();
-        c.find(Locator::Css(&format!("{} a", row("family-chat"))))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let plan = c
-            .find(Locator::Css("#plan"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        open_group(&c, &base, &row("family-chat")).await;
+        let plan = text_of(&c, "#plan").await;
         assert!(
             plan.contains("(grace)"),
             "people's names beside their ids: {plan}"
         );
-        let ops = c
-            .find(Locator::Css("#operations"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let ops = text_of(&c, "#operations").await;
         assert!(ops.contains("add") && ops.contains("done"), "{ops}");
 
         // The untrusted group's own page.
-        c.goto(&format!("{base}/")).await.unwrap();
-        c.find(Locator::Css(&format!("{} a", row(HTML_NAME))))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let h1 = c
-            .find(Locator::Css("h1"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        open_group(&c, &base, &row(HTML_NAME)).await;
+        let h1 = text_of(&c, "h1").await;
         assert_eq!(h1, format!("Group {HTML_NAME}"));
         assert_eq!(injected(&c).await, json!([true, 0]));
 
