@@ -2,18 +2,14 @@
 //! the request count of a large drift, throttling and the operating budget, OAuth refresh,
 //! inaccessible chats, and the webhook token never leaking.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use futures::FutureExt as _;
 use rosterd::config::secret::{Secret, SecretRef};
-use rosterd::model::{
-    Batch, DesiredGroup, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, RemovalLimit, Role,
-    Unlisted,
-};
+use rosterd::model::{DesiredGroup, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, Role};
 use rosterd::provider::bitrix24::{Bitrix24, OAuth, Settings};
 use rosterd::provider::{
     CommonSettings, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError,
@@ -23,7 +19,9 @@ use rosterd::sandbox::bitrix24::{Bucket, Chat, OAuthApp, Operating, State};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Captured, bounded, capture_logs, ctx, everything_shown, run_opts};
+use crate::support::{
+    self, Captured, batch, bounded, capture_logs, ctx, everything_shown, run_opts,
+};
 
 /// The webhook code of the test portal. It must never show up in any output.
 const HOOK: &str = "hk7f3a9c1e5b2d8f4a6c0e9b1d3f5a7c9e";
@@ -53,16 +51,11 @@ fn portal(chats: Vec<(u64, Chat)>, users: impl IntoIterator<Item = u64>) -> Stat
 }
 
 async fn sandbox(state: State) -> Sandbox {
-    Sandbox::start(
-        SandboxState {
-            bitrix24: state,
-            ..SandboxState::default()
-        },
-        Ports::EPHEMERAL,
-        CancellationToken::new(),
-    )
+    support::start(SandboxState {
+        bitrix24: state,
+        ..SandboxState::default()
+    })
     .await
-    .expect("sandbox starts")
 }
 
 fn base(sb: &Sandbox) -> String {
@@ -107,10 +100,7 @@ fn quick(c: Bitrix24) -> Bitrix24 {
 }
 
 fn targets_of(client: Bitrix24, rate: f64, burst: Option<u32>) -> BTreeMap<String, Target> {
-    BTreeMap::from([(
-        "b24".to_string(),
-        Target::new(instance(rate, burst, None), Arc::new(client)),
-    )])
+    support::one_target(instance(rate, burst, None), client)
 }
 
 fn mid(n: u64) -> MemberId {
@@ -118,24 +108,14 @@ fn mid(n: u64) -> MemberId {
 }
 
 fn desired(chat: u64, owner: Option<u64>, members: &[(u64, Role)]) -> DesiredGroup {
-    DesiredGroup {
-        name: format!("chat-{chat}"),
-        provider: "b24".into(),
-        kind: Kind::Bitrix24,
-        id: GroupId(chat.to_string()),
-        owner: owner.map(mid),
-        members: members.iter().map(|(m, r)| (mid(*m), *r)).collect(),
-        bans: None,
-        mutes: None,
-        unlisted: Unlisted::Remove,
-        max_removals: RemovalLimit::Count(100_000),
-        protected: BTreeSet::new(),
-        source: "tests/it".into(),
-    }
-}
-
-fn batch(kind: OpKind, ops: Vec<Op>) -> Batch {
-    Batch { kind, ops }
+    support::desired_of(
+        Kind::Bitrix24,
+        "b24",
+        format!("chat-{chat}"),
+        &chat.to_string(),
+        owner.map(mid),
+        members.iter().map(|(m, r)| (mid(*m), *r)),
+    )
 }
 
 fn op(kind: OpKind, m: u64) -> Op {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use rosterd::config::secret::Secret;
-use rosterd::model::{Batch, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, Role};
+use rosterd::model::{MemberId, MemberOutcome, Op, OpKind, Outcome, Role};
 use rosterd::provider::cometchat::CometChat;
 use rosterd::provider::{ErrorClass, Kind, Provider};
 use rosterd::sandbox::cometchat::{RateLimit, Scope};
@@ -13,16 +13,8 @@ use rosterd::sandbox::{Fault, FaultKind, SandboxState};
 
 use crate::support::*;
 
-fn gid(s: &str) -> GroupId {
-    GroupId(s.to_string())
-}
-
 fn mid(s: &str) -> MemberId {
     MemberId::new(s)
-}
-
-fn batch(kind: OpKind, ops: Vec<Op>) -> Batch {
-    Batch { kind, ops }
 }
 
 fn op(kind: OpKind, member: &str) -> Op {
