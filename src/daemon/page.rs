@@ -643,23 +643,29 @@ mod tests {
         let log = crate::audit::AuditLog::open(&path).unwrap();
         use crate::model::{MemberId, MemberOutcome, OpKind};
         log.call(
+            SystemTime::UNIX_EPOCH,
             "team",
             "cc",
             OpKind::Add,
+            1,
             1,
             &[MemberOutcome::done(MemberId::new("a"))],
         );
         log.call(
+            SystemTime::UNIX_EPOCH,
             "other",
             "cc",
             OpKind::Add,
             1,
+            1,
             &[MemberOutcome::done(MemberId::new("x"))],
         );
         log.call(
+            SystemTime::UNIX_EPOCH,
             "team",
             "cc",
             OpKind::Remove,
+            1,
             1,
             &[MemberOutcome::failed(MemberId::new("b"), "E1", "no <b>")],
         );
