@@ -73,8 +73,8 @@ pub struct GroupState {
     pub running: bool,
     #[serde(skip)]
     pub failures: u32,
-    /// The plan of the last run (from its first read), for the status page's detail view;
-    /// kept out of /status, which stays a summary.
+    /// The plan of the last run that read the group (from its first read), for the status
+    /// page's detail view; kept out of /status, which stays a summary.
     #[serde(skip)]
     pub last_plan: Option<crate::plan::GroupPlan>,
 }
@@ -432,8 +432,9 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
         })
         .set(drift as i64);
     record(shared, &name, Some((g.status, drift)), error);
-    if let Some(e) = shared.status.write().expect("lock").get_mut(&name) {
-        e.last_plan = g.plan;
+    // A run whose read failed keeps the previous plan: the page shows the last one there was.
+    if let (Some(plan), Some(e)) = (g.plan, shared.status.write().expect("lock").get_mut(&name)) {
+        e.last_plan = Some(plan);
     }
 }
 

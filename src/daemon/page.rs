@@ -437,7 +437,7 @@ pub fn render_group(
             tr { th { "Pending drift" } td { (s.pending_drift) " operation(s)" } }
             tr { th { "Last error" } td.err { @if let Some(e) = &s.last_error { (e) } @else { span.muted { "none" } } } }
         }
-        h2 { "Last plan" }
+        h2 { "Last plan" span.muted { " — from the last run that could read the group" } }
         @match &s.last_plan {
             Some(plan) => { (plan_lines(plan, names)) }
             None => { p.muted { "No plan yet: the group has not been read successfully since the daemon started." } }
