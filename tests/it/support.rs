@@ -80,7 +80,7 @@ pub fn cc_instance(sb: &Sandbox, rate: Option<f64>) -> Instance {
             timeout: Some(Duration::from_secs(5)),
             ..CommonSettings::default()
         },
-        settings: KindSettings::Cometchat(Settings {
+        settings: KindSettings::new(Settings {
             app_id: "itapp".into(),
             region: "eu".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_COMETCHAT_KEY".into()),

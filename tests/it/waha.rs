@@ -91,7 +91,7 @@ fn instance(sb: &Sandbox, tweak: impl FnOnce(&mut CommonSettings)) -> Instance {
         name: "wa".into(),
         kind: Kind::Waha,
         common,
-        settings: KindSettings::Waha(Settings {
+        settings: KindSettings::new(Settings {
             session: "default".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_WAHA_KEY".into()),
         }),
@@ -1256,7 +1256,7 @@ async fn waha_unknown_session_and_wrong_key_are_fatal() {
     bounded(30, async {
         let sb = start(drifted(Engine::Gows, true)).await;
         let mut inst = instance(&sb, |_| {});
-        inst.settings = KindSettings::Waha(Settings {
+        inst.settings = KindSettings::new(Settings {
             session: "other".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_WAHA_KEY".into()),
         });
