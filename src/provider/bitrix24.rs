@@ -101,7 +101,7 @@ fn settings(input: &SettingsInput<'_>) -> Result<KindSettings, Vec<SettingError>
         if let Err(bad) = rest::parse_http_url(&o.endpoint) {
             errors.push(SettingError::at(
                 "oauth.endpoint",
-                rest::url_message("endpoint", &bad, "https://portal.bitrix24.com/rest/"),
+                rest::url_message(&bad, "https://portal.bitrix24.com/rest/"),
             ));
         }
         if o.token_file.is_relative() {
@@ -259,8 +259,8 @@ impl Bitrix24 {
             None => {
                 rest::parse_http_url(&o.endpoint).map_err(|bad| {
                     ProviderError::fatal(format!(
-                        "provider {name}: oauth.{}",
-                        rest::url_message("endpoint", &bad, "https://portal.bitrix24.com/rest/")
+                        "provider {name}: oauth.endpoint {}",
+                        rest::url_message(&bad, "https://portal.bitrix24.com/rest/")
                     ))
                 })?;
                 format!("{}/", o.endpoint.trim().trim_end_matches('/'))

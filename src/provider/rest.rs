@@ -27,12 +27,12 @@ pub fn parse_http_url(raw: &str) -> Result<Url, BadUrl> {
     Ok(url)
 }
 
-/// The message for a key that must hold an http(s) URL, without repeating the value (a URL
+/// What is wrong with a key that must hold an http(s) URL, without repeating the value (a URL
 /// may carry a credential). `example` shows what was expected.
-pub fn url_message(key: &str, bad: &BadUrl, example: &str) -> String {
+pub fn url_message(bad: &BadUrl, example: &str) -> String {
     match bad {
-        BadUrl::NotAUrl(e) => format!("{key} is not a URL ({e}); expected one such as {example}"),
-        BadUrl::NotHttp => format!("{key} must be an http:// or https:// URL such as {example}"),
+        BadUrl::NotAUrl(e) => format!("is not a URL ({e}); expected one such as {example}"),
+        BadUrl::NotHttp => format!("must be an http:// or https:// URL such as {example}"),
     }
 }
 
