@@ -249,14 +249,8 @@ impl CometChat {
     }
 
     fn check_key(&self) -> Result<(), ProviderError> {
-        if HeaderValue::from_str(self.api_key.expose()).is_err() {
-            return Err(ProviderError::fatal(format!(
-                "provider {}: the api_key holds characters that cannot be sent in a header",
-                self.instance
-            ))
-            .with_code("AUTH_ERR_APIKEY_NOT_FOUND"));
-        }
-        Ok(())
+        rest::check_header(&self.instance, "api_key", &self.api_key)
+            .map_err(|e| e.with_code("AUTH_ERR_APIKEY_NOT_FOUND"))
     }
 
     /// Every page of a listing, until a page comes back shorter than asked for. `pagination.total`

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{Capabilities, GroupId, Kind, MemberId, OpKind};
-use crate::provider::{Provider, ProviderError, bitrix24, cometchat, tencent, waha};
+use crate::provider::{Provider, ProviderError};
 use crate::sandbox::SandboxState;
 
 /// Everything rosterd knows about one provider kind.
@@ -41,10 +41,10 @@ impl Kind {
     /// The kind's spec: the one place a provider kind is registered.
     pub fn spec(self) -> &'static KindSpec {
         match self {
-            Kind::Cometchat => &cometchat::SPEC,
-            Kind::Tencent => &tencent::SPEC,
-            Kind::Waha => &waha::SPEC,
-            Kind::Bitrix24 => &bitrix24::SPEC,
+            Kind::Cometchat => &super::cometchat::SPEC,
+            Kind::Tencent => &super::tencent::SPEC,
+            Kind::Waha => &super::waha::SPEC,
+            Kind::Bitrix24 => &super::bitrix24::SPEC,
         }
     }
 
@@ -243,4 +243,32 @@ pub fn settings_schema<T: schemars::JsonSchema>() -> schemars::Schema {
     schemars::generate::SchemaSettings::draft07()
         .into_generator()
         .into_root_schema_for::<T>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_spec() {
+        for &k in Kind::ALL {
+            assert_eq!(k.spec().kind, k, "the arm of {k} names another kind's spec");
+            let schema = (k.spec().schema)().to_value();
+            assert!(schema["properties"].is_object(), "{k}: {schema}");
+        }
+    }
+
+    #[test]
+    fn kind_settings_compare_by_type_and_value() {
+        #[derive(Debug, PartialEq)]
+        struct A(u8);
+        #[derive(Debug, PartialEq)]
+        struct B(u8);
+        let a = KindSettings::new(A(1));
+        assert_eq!(a, KindSettings::new(A(1)));
+        assert_ne!(a, KindSettings::new(A(2)));
+        assert_ne!(a, KindSettings::new(B(1)));
+        assert_eq!(a.get::<A>(), Some(&A(1)));
+        assert_eq!(a.get::<B>(), None);
+    }
 }

@@ -397,13 +397,7 @@ impl Waha {
     }
 
     fn check_key(&self) -> Result<(), ProviderError> {
-        if HeaderValue::from_str(self.api_key.expose()).is_err() {
-            return Err(ProviderError::fatal(format!(
-                "provider {}: the api_key holds characters that cannot be sent in a header",
-                self.instance
-            )));
-        }
-        Ok(())
+        rest::check_header(&self.instance, "api_key", &self.api_key)
     }
 
     fn call(&self, method: Method, url: String, body: Option<Value>, kind: Option<OpKind>) -> Call {

@@ -32,11 +32,6 @@ pub mod cometchat;
 pub mod tencent;
 pub mod waha;
 
-pub use bitrix24::Bitrix24Emulator;
-pub use cometchat::CometChatEmulator;
-pub use tencent::TencentEmulator;
-pub use waha::WahaEmulator;
-
 /// What the sandbox needs of one emulator: its kind, its seed type, where it listens, and the
 /// made-up credentials it accepts. A new emulator implements this and takes one line in
 /// [`emulators!`].
@@ -104,10 +99,10 @@ macro_rules! emulators {
 }
 
 emulators! {
-    cometchat: CometChatEmulator,
-    waha: WahaEmulator,
-    tencent: TencentEmulator,
-    bitrix24: Bitrix24Emulator,
+    cometchat: cometchat::CometChatEmulator,
+    waha: waha::WahaEmulator,
+    tencent: tencent::TencentEmulator,
+    bitrix24: bitrix24::Bitrix24Emulator,
 }
 
 impl SandboxState {
