@@ -1295,15 +1295,6 @@ impl super::Emulator for Bitrix24Emulator {
     const KIND: crate::model::Kind = crate::model::Kind::Bitrix24;
     const PREFIX: &'static str = "";
     const FIXED_PORT: u16 = 8082;
-    fn start(state: State) -> Self {
-        Bitrix24Emulator::new(state)
-    }
-    fn serve(&self) -> Router {
-        self.router()
-    }
-    fn dump(&self) -> State {
-        self.state()
-    }
     fn credentials(state: &State, base_url: &str) -> Vec<String> {
         (credentials(state).iter())
             .map(|c| c.replace("<base_url>", base_url))

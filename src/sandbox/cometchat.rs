@@ -871,15 +871,6 @@ impl super::Emulator for CometChatEmulator {
     const KIND: crate::model::Kind = crate::model::Kind::Cometchat;
     const PREFIX: &'static str = "/v3";
     const FIXED_PORT: u16 = 8081;
-    fn start(state: State) -> Self {
-        CometChatEmulator::new(state)
-    }
-    fn serve(&self) -> Router {
-        self.router()
-    }
-    fn dump(&self) -> State {
-        self.state()
-    }
     fn credentials(state: &State, _base_url: &str) -> Vec<String> {
         (state.apps.iter())
             .map(|(app, a)| format!("app {app}: apikey {}", a.api_key))

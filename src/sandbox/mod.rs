@@ -32,10 +32,10 @@ pub mod cometchat;
 pub mod tencent;
 pub mod waha;
 
-/// What the sandbox needs of one emulator: its kind, its seed type, where it listens, and the
-/// made-up credentials it accepts. A new emulator implements this and takes one line in
-/// [`emulators!`].
-pub trait Emulator: Sized {
+/// What the sandbox needs to know of one emulator besides its `new(State)`, `router()` and
+/// `state()`: its kind, seed type, where it listens, and the made-up credentials it accepts. A
+/// new emulator implements this and takes one line in [`emulators!`].
+pub trait Emulator {
     /// The seed and dump of the emulator's world.
     type State: Clone
         + Default
@@ -48,9 +48,6 @@ pub trait Emulator: Sized {
     const PREFIX: &'static str;
     /// The port `rosterd sandbox` uses, matching the sample `manifests/rosterd.yaml`.
     const FIXED_PORT: u16;
-    fn start(state: Self::State) -> Self;
-    fn serve(&self) -> Router;
-    fn dump(&self) -> Self::State;
     /// The credentials of the seed, one `name: value` per app, for `rosterd sandbox` to print.
     fn credentials(state: &Self::State, base_url: &str) -> Vec<String>;
 }
@@ -85,14 +82,20 @@ macro_rules! emulators {
             ) -> anyhow::Result<Sandbox> {
                 let tracker = TaskTracker::new();
                 let mut endpoints = Vec::new();
-                $(let $field = start_one::<$emu>(state.$field, ports, &mut endpoints, &shutdown, &tracker).await?;)*
+                $(let $field = {
+                    let (listener, endpoint) = bind::<$emu>(&state.$field, ports).await?;
+                    let emulator = <$emu>::new(state.$field);
+                    serve_on(listener, emulator.router(), endpoint.kind, &shutdown, &tracker);
+                    endpoints.push(endpoint);
+                    emulator
+                };)*
                 tracker.close();
                 Ok(Sandbox { $($field,)* endpoints, shutdown, tracker })
             }
 
             /// The current state of every emulator.
             pub fn dump(&self) -> SandboxState {
-                SandboxState { $($field: self.$field.dump(),)* }
+                SandboxState { $($field: self.$field.state(),)* }
             }
         }
     };
@@ -179,14 +182,11 @@ impl Sandbox {
     }
 }
 
-/// Start one emulator on 127.0.0.1 and record its endpoint.
-async fn start_one<E: Emulator>(
-    state: E::State,
+/// Listen for one emulator on 127.0.0.1: the listener and the endpoint it will serve.
+async fn bind<E: Emulator>(
+    state: &E::State,
     ports: Ports,
-    endpoints: &mut Vec<Endpoint>,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<E> {
+) -> anyhow::Result<(TcpListener, Endpoint)> {
     let kind = E::KIND;
     let port = ports.of::<E>();
     let listener = TcpListener::bind(("127.0.0.1", port))
@@ -194,12 +194,26 @@ async fn start_one<E: Emulator>(
         .with_context(|| format!("cannot listen on 127.0.0.1:{port} for the {kind} emulator"))?;
     let addr = listener.local_addr()?;
     let base_url = format!("http://{addr}{}", E::PREFIX);
-    let credentials = E::credentials(&state, &base_url);
-    let emulator = E::start(state);
+    let credentials = E::credentials(state, &base_url);
+    let endpoint = Endpoint {
+        kind,
+        addr,
+        base_url,
+        credentials,
+    };
+    Ok((listener, endpoint))
+}
+
+/// Serve one emulator's routes until `shutdown` is cancelled, as a task of `tracker`.
+fn serve_on(
+    listener: TcpListener,
+    router: Router,
+    kind: Kind,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
     let token = shutdown.clone();
-    let app = emulator
-        .serve()
-        .into_make_service_with_connect_info::<Conn>();
+    let app = router.into_make_service_with_connect_info::<Conn>();
     tracker.spawn(async move {
         let served = axum::serve(KillableListener(listener), app)
             .with_graceful_shutdown(async move { token.cancelled().await })
@@ -208,13 +222,6 @@ async fn start_one<E: Emulator>(
             tracing::warn!(%kind, error = %e, "sandbox emulator stopped");
         }
     });
-    endpoints.push(Endpoint {
-        kind,
-        addr,
-        base_url,
-        credentials,
-    });
-    Ok(emulator)
 }
 
 /// Serve every emulator until `shutdown` is cancelled, seeded from `state_file` (or the demo

@@ -904,15 +904,6 @@ impl super::Emulator for TencentEmulator {
     const KIND: crate::model::Kind = crate::model::Kind::Tencent;
     const PREFIX: &'static str = "";
     const FIXED_PORT: u16 = 8084;
-    fn start(state: State) -> Self {
-        TencentEmulator::new(state)
-    }
-    fn serve(&self) -> Router {
-        self.router()
-    }
-    fn dump(&self) -> State {
-        self.state()
-    }
     fn credentials(state: &State, _base_url: &str) -> Vec<String> {
         (state.apps.iter())
             .map(|(id, a)| {

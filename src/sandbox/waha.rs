@@ -1037,15 +1037,6 @@ impl super::Emulator for WahaEmulator {
     const KIND: crate::model::Kind = crate::model::Kind::Waha;
     const PREFIX: &'static str = "";
     const FIXED_PORT: u16 = 8083;
-    fn start(state: State) -> Self {
-        WahaEmulator::new(state)
-    }
-    fn serve(&self) -> Router {
-        self.router()
-    }
-    fn dump(&self) -> State {
-        self.state()
-    }
     fn credentials(state: &State, _base_url: &str) -> Vec<String> {
         vec![format!(
             "session {}: X-Api-Key {}",
