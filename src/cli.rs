@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
+use crate::ctx::{Clock, Ctx};
 use crate::model::Outcome;
 use crate::plan::render;
 use crate::reconcile::{self, Report, RunOptions, Target};
@@ -271,17 +272,33 @@ async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) ->
     let opts = RunOptions {
         apply,
         allow_mass_removal,
-        now: SystemTime::now(),
-        per_instance_concurrency: 4,
         progress,
     };
-    let report = reconcile::run(&groups, &targets, &opts, audit.as_ref()).await;
+    let ctx = Ctx::new(Clock::starting_at(SystemTime::now()), interrupt_token());
+    let report = reconcile::run(&ctx, &groups, &targets, &opts, audit.as_ref()).await;
     print_report(&report, sel.format, apply);
     match mode {
         Mode::Plan { detailed } => report.exit_code(false, detailed),
         Mode::DryRun => report.exit_code(false, false),
         Mode::Apply => report.exit_code(true, false),
     }
+}
+
+/// Cancelled at the first Ctrl-C: no further request is sent (the ones in flight finish), and
+/// the run reports what was done. A second Ctrl-C ends the process at once.
+fn interrupt_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: no further request is sent; Ctrl-C again to quit at once");
+            t.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    token
 }
 
 /// The groups named by `--group`, or all of them. An unknown name is an error, not an empty run.
@@ -323,13 +340,7 @@ pub fn build_targets(
         };
         match crate::provider::build(instance) {
             Ok(provider) => {
-                targets.insert(
-                    name.to_string(),
-                    Target {
-                        instance: instance.clone(),
-                        provider,
-                    },
-                );
+                targets.insert(name.to_string(), Target::new(instance.clone(), provider));
             }
             Err(e) => errors.push(format!("provider {name}: {e}")),
         }

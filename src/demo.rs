@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
+use crate::ctx::Ctx;
 use crate::model::{DesiredGroup, Outcome};
 use crate::plan::render;
 use crate::provider::Instance;
@@ -93,20 +94,20 @@ async fn run(
 
     let opts = |apply: bool| RunOptions {
         apply,
-        now: SystemTime::now(),
         ..RunOptions::default()
     };
+    let ctx = Ctx::at(SystemTime::now());
 
     writeln!(out, "\n== plan ==")?;
-    let first = reconcile::run(&groups, &targets, &opts(false), None).await;
+    let first = reconcile::run(&ctx, &groups, &targets, &opts(false), None).await;
     write!(out, "{}", render::text(&first.plan(), color))?;
 
     writeln!(out, "\n== apply ==")?;
-    let applied = reconcile::run(&groups, &targets, &opts(true), None).await;
+    let applied = reconcile::run(&ctx, &groups, &targets, &opts(true), None).await;
     summarize(&applied, out)?;
 
     writeln!(out, "\n== plan after apply ==")?;
-    let second = reconcile::run(&groups, &targets, &opts(false), None).await;
+    let second = reconcile::run(&ctx, &groups, &targets, &opts(false), None).await;
     write!(out, "{}", render::text(&second.plan(), color))?;
 
     let code = applied.exit_code(true, false);
@@ -137,7 +138,7 @@ fn sandbox_target(
     instance.common.interval = None;
     instance.common.rate = Some(instance.common.rate.map_or(DEMO_RATE, |r| r.max(DEMO_RATE)));
     let provider = (instance.kind.spec().sandbox_client)(&mut instance, state)?;
-    Ok(Some(Target { instance, provider }))
+    Ok(Some(Target::new(instance, provider)))
 }
 
 /// One line per group, and one per member whose operation failed.

@@ -52,6 +52,19 @@ pub trait Emulator {
     fn credentials(state: &Self::State, base_url: &str) -> Vec<String>;
 }
 
+/// The emulators' wall clock: anchored once per process and advanced by tokio's clock, so a
+/// test on paused time moves the emulators' rate windows, buckets and mute ends with it, as a
+/// client's [`crate::ctx::Clock`] moves.
+pub fn now() -> std::time::SystemTime {
+    static ANCHOR: std::sync::OnceLock<(std::time::SystemTime, std::time::Instant)> =
+        std::sync::OnceLock::new();
+    let (wall, at) =
+        *ANCHOR.get_or_init(|| (std::time::SystemTime::now(), std::time::Instant::now()));
+    wall + tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(at)
+}
+
 /// The sandbox's emulators, each as `field: EmulatorType`: the field names the emulator in
 /// [`SandboxState`] (the seed file's top-level key) and in [`Sandbox`]. They start in this
 /// order, which is the order `rosterd sandbox` and `rosterd demo` print them in.
@@ -347,7 +360,7 @@ impl Window {
 
     /// Count one request against `limit`, unless the window is already full.
     pub fn admit(&self, limit: RateLimit) -> Admission {
-        let now_ms = std::time::SystemTime::now()
+        let now_ms = now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let window_ms = (limit.per.as_millis() as u64).max(1);

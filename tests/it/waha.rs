@@ -16,7 +16,7 @@ use rosterd::sandbox::waha::{Engine, Group, Lid, Me, Overlimit, State, WaRole};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{bounded, capture_logs, everything_shown, run_opts};
+use crate::support::{bounded, capture_logs, ctx, everything_shown, run_opts};
 
 /// The emulator's key. It must never show up in any output.
 const KEY: &str = "waha-it-key-7f3c9e1d5b2a4f608e1c";
@@ -102,16 +102,11 @@ fn client(inst: &Instance) -> Waha {
     Waha::with_key(inst, Secret::new(KEY))
         .expect("client builds")
         .with_throttle_cooldown(Duration::from_millis(50))
+        .expect("client builds")
 }
 
 fn targets_of(inst: Instance, c: Waha) -> BTreeMap<String, Target> {
-    BTreeMap::from([(
-        "wa".to_string(),
-        Target {
-            instance: inst,
-            provider: Arc::new(c),
-        },
-    )])
+    BTreeMap::from([("wa".to_string(), Target::new(inst, Arc::new(c)))])
 }
 
 fn targets(sb: &Sandbox) -> BTreeMap<String, Target> {
@@ -172,7 +167,7 @@ fn write_bodies(sb: &Sandbox) -> String {
 }
 
 async fn run(groups: &[DesiredGroup], t: &BTreeMap<String, Target>, apply: bool) -> Report {
-    reconcile::run(groups, t, &run_opts(apply), None).await
+    reconcile::run(&ctx(), groups, t, &run_opts(apply), None).await
 }
 
 // ---- Round trips -------------------------------------------------------------------------------
@@ -458,7 +453,7 @@ async fn waha_unresolvable_lid_member_is_reported_and_never_removed() {
             (Engine::Noweb, false, true),
             (Engine::Webjs, true, false),
         ] {
-            let ctx = format!("{engine:?}, v2 {v2}, lids API {lids_api}");
+            let case = format!("{engine:?}, v2 {v2}, lids API {lids_api}");
             let mut st = world(
                 engine,
                 vec![(
@@ -489,28 +484,28 @@ async fn waha_unresolvable_lid_member_is_reported_and_never_removed() {
             );
             let t = targets(&sb);
 
-            let live = t["wa"].provider.fetch(&want.id).await.unwrap();
+            let live = t["wa"].provider.fetch(&ctx(), &want.id).await.unwrap();
             assert_eq!(
                 live.unresolved,
                 BTreeSet::from([MemberId(lid(50)), MemberId(lid(51))]),
-                "{ctx}"
+                "{case}"
             );
 
             let report = run(std::slice::from_ref(&want), &t, true).await;
-            assert_eq!(report.exit_code(true, false), 0, "{ctx}: {report:#?}");
+            assert_eq!(report.exit_code(true, false), 0, "{case}: {report:#?}");
             let plan = report.groups[0].plan.as_ref().unwrap();
-            assert_eq!(plan.count(OpKind::Remove), 1, "{ctx}: {plan:#?}");
+            assert_eq!(plan.count(OpKind::Remove), 1, "{case}: {plan:#?}");
             for l in [lid(50), lid(51)] {
                 assert!(
                     plan.notes
                         .iter()
                         .any(|n| n.contains(&l) && n.contains("kept")),
-                    "{ctx}: {l} is reported: {:?}",
+                    "{case}: {l} is reported: {:?}",
                     plan.notes
                 );
                 assert!(
                     sb.waha.group(GROUP).unwrap().members.contains_key(&l),
-                    "{ctx}"
+                    "{case}"
                 );
             }
             assert!(
@@ -521,8 +516,8 @@ async fn waha_unresolvable_lid_member_is_reported_and_never_removed() {
                     .contains_key(&phone(5))
             );
             let bodies = write_bodies(&sb);
-            assert!(!bodies.contains("900000000000050"), "{ctx}: {bodies}");
-            assert!(!bodies.contains("900000000000051"), "{ctx}: {bodies}");
+            assert!(!bodies.contains("900000000000050"), "{case}: {bodies}");
+            assert!(!bodies.contains("900000000000051"), "{case}: {bodies}");
             sb.shutdown().await;
         }
     })
@@ -557,7 +552,10 @@ async fn waha_a_member_who_left_is_not_counted_as_present() {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         let inst = instance(&sb, |c| c.base_url = Some(format!("http://{addr}")));
-        let live = client(&inst).fetch(&GroupId(GROUP.into())).await.unwrap();
+        let live = client(&inst)
+            .fetch(&ctx(), &GroupId(GROUP.into()))
+            .await
+            .unwrap();
         assert!(
             !live.members.contains_key(&MemberId(phone(9))),
             "{:?}",
@@ -700,7 +698,7 @@ async fn waha_a_relinked_session_is_noticed_and_its_new_account_is_not_removed()
         let inst = instance(&sb, |_| {});
         let c = client(&inst).with_account_ttl(Duration::ZERO);
         let g = GroupId(GROUP.into());
-        assert_eq!(c.fetch(&g).await.unwrap().me, Some(mid(ME_PHONE)));
+        assert_eq!(c.fetch(&ctx(), &g).await.unwrap().me, Some(mid(ME_PHONE)));
         // The operator links the session to another phone while the daemon runs.
         sb.waha.with_state(|s| {
             s.me = Me {
@@ -708,7 +706,10 @@ async fn waha_a_relinked_session_is_noticed_and_its_new_account_is_not_removed()
                 lid: None,
             }
         });
-        assert_eq!(c.fetch(&g).await.unwrap().me, Some(MemberId(phone(60))));
+        assert_eq!(
+            c.fetch(&ctx(), &g).await.unwrap().me,
+            Some(MemberId(phone(60)))
+        );
         let t = targets_of(inst, c);
         let want = desired(GROUP, &[(OWNER, Role::Admin)], Unlisted::Remove);
         let report = run(std::slice::from_ref(&want), &t, false).await;
@@ -832,11 +833,12 @@ async fn waha_per_member_results_are_read_in_every_engine_shape() {
             let sb = start(st).await;
             let c = client(&instance(&sb, |_| {}));
             let g = GroupId(GROUP.into());
-            c.fetch(&g).await.unwrap();
+            c.fetch(&ctx(), &g).await.unwrap();
             let ops = [phone(3), phone(20), phone(21), phone(22)]
                 .map(|p| Op::new(OpKind::Add, MemberId(p)).with_role(Role::Participant));
             let out = c
                 .apply(
+                    &ctx(),
                     &g,
                     &Batch {
                         kind: OpKind::Add,
@@ -871,10 +873,11 @@ async fn waha_one_unreadable_id_fails_the_whole_call_and_changes_nothing() {
             let sb = start(drifted(engine, true)).await;
             let c = client(&instance(&sb, |_| {}));
             let g = GroupId(GROUP.into());
-            c.fetch(&g).await.unwrap();
+            c.fetch(&ctx(), &g).await.unwrap();
             let before = sb.waha.group(GROUP).unwrap();
             let err = c
                 .apply(
+                    &ctx(),
                     &g,
                     &Batch {
                         kind: OpKind::Add,
@@ -909,9 +912,10 @@ async fn waha_a_full_group_refuses_adds_per_member_at_1024() {
         let sb = start(world(Engine::Noweb, vec![(GROUP, members)])).await;
         let c = client(&instance(&sb, |_| {}));
         let g = GroupId(GROUP.into());
-        assert_eq!(c.fetch(&g).await.unwrap().members.len(), 1024);
+        assert_eq!(c.fetch(&ctx(), &g).await.unwrap().members.len(), 1024);
         let out = c
             .apply(
+                &ctx(),
                 &g,
                 &Batch {
                     kind: OpKind::Add,
@@ -1050,6 +1054,7 @@ fn waha_rate_overlimit_in_a_500_is_a_throttle_in_every_engine_shape() {
         status: 500,
         headers: Default::default(),
         body: body.to_string().into(),
+        received: std::time::SystemTime::UNIX_EPOCH,
     };
     for body in [
         serde_json::json!({"statusCode": 500, "exception": {"message": "rate-overlimit", "data": 429}}),
@@ -1236,7 +1241,7 @@ async fn waha_session_not_working_fails_fast_with_a_clear_message_and_writes_not
             );
             let err = t["wa"]
                 .provider
-                .fetch(&GroupId(GROUP.into()))
+                .fetch(&ctx(), &GroupId(GROUP.into()))
                 .await
                 .unwrap_err();
             let class = if status == "STARTING" {
@@ -1261,7 +1266,7 @@ async fn waha_unknown_session_and_wrong_key_are_fatal() {
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_WAHA_KEY".into()),
         });
         let err = client(&inst)
-            .fetch(&GroupId(GROUP.into()))
+            .fetch(&ctx(), &GroupId(GROUP.into()))
             .await
             .unwrap_err();
         assert_eq!(err.class, ErrorClass::Fatal);
@@ -1269,7 +1274,7 @@ async fn waha_unknown_session_and_wrong_key_are_fatal() {
 
         let wrong = Waha::with_key(&instance(&sb, |_| {}), Secret::new("nope-nope-nope"))
             .unwrap()
-            .fetch(&GroupId(GROUP.into()))
+            .fetch(&ctx(), &GroupId(GROUP.into()))
             .await
             .unwrap_err();
         assert_eq!(
@@ -1348,7 +1353,7 @@ async fn waha_a_failed_read_is_an_error_never_a_short_roster() {
         let sb = start(drifted(Engine::Noweb, true)).await;
         let want = round_trip_manifest();
         let t = targets(&sb);
-        t["wa"].provider.fetch(&want.id).await.unwrap();
+        t["wa"].provider.fetch(&ctx(), &want.id).await.unwrap();
         sb.waha.clear_log();
         // The listing answers, then the lookup of lid 4 (whose phone only the lids API knows)
         // is refused: the read fails as a whole, so nothing is planned and nobody is removed.
@@ -1413,7 +1418,8 @@ async fn waha_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
         let debug_client = format!("{c:?}");
         let t = targets_of(inst, c);
 
-        let report = reconcile::run(&[want, missing], &t, &run_opts(true), Some(&audit)).await;
+        let report =
+            reconcile::run(&ctx(), &[want, missing], &t, &run_opts(true), Some(&audit)).await;
         assert_eq!(report.exit_code(true, false), 3, "{report:#?}");
 
         let mut seen = everything_shown(&report, &audit_path);
@@ -1427,7 +1433,10 @@ async fn waha_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
             Secret::new("feedfacefeedface-wrong"),
         )
         .unwrap();
-        let err = wrong.fetch(&GroupId(GROUP.into())).await.unwrap_err();
+        let err = wrong
+            .fetch(&ctx(), &GroupId(GROUP.into()))
+            .await
+            .unwrap_err();
         seen.push(format!("{err} {err:?} {wrong:?}"));
         drop(_guard);
         seen.push(logs.text());
