@@ -669,11 +669,8 @@ impl Bitrix24 {
                 let key = format!("del_{id}");
                 out.push(match res.errors.get(&key) {
                     None if res.ok.contains_key(&key) => MemberOutcome::done(op.member.clone()),
-                    None => MemberOutcome::failed(
-                        op.member.clone(),
-                        "NO_RESULT",
-                        "the batch returned no result for this removal",
-                    ),
+                    // No word on this member: the engine reports it as failed.
+                    None => continue,
                     Some((c, _)) if c.eq_ignore_ascii_case("USER_NOT_FOUND") => {
                         MemberOutcome::already(op.member.clone())
                     }

@@ -351,9 +351,12 @@ impl CometChat {
         };
         Ok(ops
             .iter()
-            .map(|op| match results.get(op.member.as_str()) {
-                Some(r) if r.success => MemberOutcome::done(op.member.clone()),
-                Some(r) => {
+            // A member the answer does not mention gets no outcome: the engine reports it.
+            .filter_map(|op| {
+                let r = results.get(op.member.as_str())?;
+                Some(if r.success {
+                    MemberOutcome::done(op.member.clone())
+                } else {
                     let (code, message) = r.error_parts();
                     if code == already {
                         // For adds the engine's re-read verifies the scope (§6.5).
@@ -361,12 +364,7 @@ impl CometChat {
                     } else {
                         MemberOutcome::failed(op.member.clone(), code, message)
                     }
-                }
-                None => MemberOutcome::failed(
-                    op.member.clone(),
-                    "NO_RESULT",
-                    "the provider returned no result for this member",
-                ),
+                })
             })
             .collect())
     }

@@ -952,19 +952,13 @@ fn outcomes(
     }
     ops.iter()
         .zip(found)
-        .map(|(op, i)| outcome(kind, op, i.map(|i| &results[i])))
+        // A member no result speaks of gets no outcome: the engine reports it as failed.
+        .filter_map(|(op, i)| Some(outcome(kind, op, &results[i?])))
         .collect()
 }
 
-fn outcome(kind: OpKind, op: &Op, result: Option<&MemberResult>) -> MemberOutcome {
+fn outcome(kind: OpKind, op: &Op, r: &MemberResult) -> MemberOutcome {
     let member = op.member.clone();
-    let Some(r) = result else {
-        return MemberOutcome::failed(
-            member,
-            "NO_RESULT",
-            "the server returned no result for this member",
-        );
-    };
     let text = |default: &str| {
         if r.message.is_empty() {
             default.to_string()

@@ -1,9 +1,11 @@
 //! CometChat: the client against the stateful emulator over real HTTP.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rosterd::config::secret::Secret;
-use rosterd::model::{Batch, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, Role};
+use rosterd::model::{MemberId, MemberOutcome, Op, OpKind, Outcome, Role};
 use rosterd::provider::cometchat::CometChat;
 use rosterd::provider::{ErrorClass, Kind, Provider};
 use rosterd::sandbox::cometchat::{RateLimit, Scope};
@@ -11,16 +13,8 @@ use rosterd::sandbox::{Fault, FaultKind, SandboxState};
 
 use crate::support::*;
 
-fn gid(s: &str) -> GroupId {
-    GroupId(s.to_string())
-}
-
 fn mid(s: &str) -> MemberId {
     MemberId::new(s)
-}
-
-fn batch(kind: OpKind, ops: Vec<Op>) -> Batch {
-    Batch { kind, ops }
 }
 
 fn op(kind: OpKind, member: &str) -> Op {
@@ -444,7 +438,7 @@ async fn cometchat_emulator_rejects_more_than_25_ids_per_call() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn cometchat_throttling_obeys_retry_after() {
     bounded(30, async {
         let sb = sandbox(cc_state(
@@ -474,7 +468,7 @@ async fn cometchat_throttling_obeys_retry_after() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn cometchat_transient_faults_are_retried() {
     bounded(30, async {
         let g = group(Some("alice"), &[], &[]);
@@ -849,9 +843,44 @@ async fn cometchat_large_drift_takes_the_minimum_number_of_write_calls() {
     .await;
 }
 
+/// Sixty adds go out as ⌈60/25⌉ = 3 requests, and the report's API calls are the requests the
+/// emulator saw, no more, no fewer.
+#[tokio::test]
+async fn cometchat_add_of_sixty_ids_reports_the_requests_the_emulator_logged() {
+    bounded(30, async {
+        let new = users("n", 60);
+        let sb = sandbox(cc_state(
+            new.iter().cloned().chain(["alice".to_string()]),
+            vec![("g", group(Some("alice"), &[("alice", Scope::Admin)], &[]))],
+        ))
+        .await;
+        let mut members: Vec<(&str, Role)> = new
+            .iter()
+            .map(|u| (u.as_str(), Role::Participant))
+            .collect();
+        members.push(("alice", Role::Admin));
+        let want = desired("g", Some("alice"), &members, Some(&[]));
+        let targets = cc_targets(&sb, None);
+        let report = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets,
+            &run_opts(true),
+            None,
+        )
+        .await;
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        assert_eq!(sb.cometchat.writes().len(), 3);
+        assert_eq!(report.calls(), 3);
+        assert_eq!(report.groups[0].requests.writes, 3);
+        sb.shutdown().await;
+    })
+    .await;
+}
+
 /// Wall time of the 120/60/30 apply against an emulator limited to 10 requests/s, with the
 /// client paced at 10/s too. Prints the figure (`--nocapture`).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn cometchat_large_drift_at_ten_requests_per_second() {
     bounded(110, async {
         let (mut state, want) = big_drift();
@@ -874,8 +903,14 @@ async fn cometchat_large_drift_at_ten_requests_per_second() {
             throttled
         );
         assert_eq!(sb.cometchat.writes().len(), 95);
-        // 95 writes and 6 reads cannot go faster than the limit allows.
-        assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
+        // 95 writes and 6 reads at 10/s: exactly 100 gaps of 0.1 s (on paused time, to the
+        // millisecond tokio's timers round to), and the client's pace is never throttled.
+        assert_eq!(log.len(), 101);
+        assert_eq!(throttled, 0);
+        assert!(
+            elapsed >= Duration::from_secs(10) && elapsed < Duration::from_millis(10_100),
+            "{elapsed:?}"
+        );
         sb.shutdown().await;
     })
     .await;
