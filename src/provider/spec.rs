@@ -258,6 +258,62 @@ mod tests {
         }
     }
 
+    /// The Rust files below `dir` (a file or a folder), with their text.
+    fn sources(dir: &str) -> Vec<(std::path::PathBuf, String)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut todo = vec![root];
+        let mut out = Vec::new();
+        while let Some(p) = todo.pop() {
+            if p.is_dir() {
+                todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                out.push((p, text));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_model_and_the_planner_import_nothing_from_provider() {
+        let files: Vec<_> = ["src/model.rs", "src/model", "src/plan"]
+            .into_iter()
+            .flat_map(sources)
+            .collect();
+        assert!(files.len() >= 5, "{files:?}");
+        for (path, text) in files {
+            assert!(
+                !text.contains("crate::provider"),
+                "{} imports from provider",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn kind_spec_holds_the_only_match_on_kinds() {
+        let arm = |line: &str| {
+            let l = line.trim_start();
+            Kind::ALL.iter().any(|k| {
+                let name = format!("{k:?}");
+                [" =>", " |", "=>", "|"]
+                    .iter()
+                    .any(|t| l.starts_with(&format!("Kind::{name}{t}")))
+            })
+        };
+        let mut arms = Vec::new();
+        for (path, text) in sources("src") {
+            for line in text.lines().filter(|l| arm(l)) {
+                arms.push(format!("{}: {}", path.display(), line.trim()));
+            }
+        }
+        assert_eq!(arms.len(), Kind::ALL.len(), "{arms:#?}");
+        assert!(
+            arms.iter().all(|a| a.contains("provider/spec.rs")),
+            "{arms:#?}"
+        );
+    }
+
     #[test]
     fn kind_settings_compare_by_type_and_value() {
         #[derive(Debug, PartialEq)]
