@@ -20,7 +20,7 @@ use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    self, Captured, batch, bounded, capture_logs, ctx, everything_shown, run_opts,
+    self, Captured, applied_and_shown, batch, bounded, capture_logs, ctx, run_opts,
 };
 
 /// The webhook code of the test portal. It must never show up in any output.
@@ -956,25 +956,14 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
             ],
         );
         let missing = desired(99, None, &[(17, Role::Participant)]);
-        let dir = tempfile::tempdir().unwrap();
-        let audit_path = dir.path().join("audit.jsonl");
-        let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
         let targets = targets_of(quick(client(&sb)), 1000.0, None);
-        let report = reconcile::run(
-            &ctx(),
-            &[want, missing],
-            &targets,
-            &run_opts(true),
-            Some(&audit),
-        )
-        .await;
+        let (report, mut seen) = applied_and_shown(&[want, missing], &targets).await;
         assert_eq!(
             report.exit_code(true, false),
             3,
             "999 is skipped, 99 unreadable"
         );
 
-        let mut seen = everything_shown(&report, &audit_path);
         seen.extend([
             serde_json::to_string(&sb.bitrix24.requests()).unwrap(),
             format!("{:?} {:?}", targets["b24"].instance, client(&sb)),

@@ -247,6 +247,21 @@ pub fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
     (logs, tracing::subscriber::set_default(subscriber))
 }
 
+/// Apply `groups` with an audit log, and return the report with everything the run shows a
+/// user ([`everything_shown`]).
+pub async fn applied_and_shown(
+    groups: &[DesiredGroup],
+    targets: &BTreeMap<String, Target>,
+) -> (rosterd::reconcile::Report, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.jsonl");
+    let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
+    let report =
+        rosterd::reconcile::run(&ctx(), groups, targets, &run_opts(true), Some(&audit)).await;
+    let shown = everything_shown(&report, &audit_path);
+    (report, shown)
+}
+
 /// Everything a run shows a user, as text: the plan in its three renderings, the report (Debug
 /// and JSON) and the audit log. Secret tests add their provider's own pieces and search it all.
 pub fn everything_shown(

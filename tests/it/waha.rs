@@ -14,7 +14,7 @@ use rosterd::reconcile::{self, GroupStatus, Report, Target};
 use rosterd::sandbox::waha::{Engine, Group, Lid, Me, Overlimit, State, WaRole};
 use rosterd::sandbox::{Fault, FaultKind, Sandbox, SandboxState};
 
-use crate::support::{self, bounded, capture_logs, ctx, everything_shown, run_opts};
+use crate::support::{self, applied_and_shown, bounded, capture_logs, ctx, run_opts};
 
 /// The emulator's key. It must never show up in any output.
 const KEY: &str = "waha-it-key-7f3c9e1d5b2a4f608e1c";
@@ -1384,19 +1384,14 @@ async fn waha_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
             &[(OWNER, Role::Admin)],
             Unlisted::Keep,
         );
-        let dir = tempfile::tempdir().unwrap();
-        let audit_path = dir.path().join("audit.jsonl");
-        let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
         let inst = instance(&sb, |_| {});
         let c = client(&inst);
         let debug_client = format!("{c:?}");
         let t = targets_of(inst, c);
 
-        let report =
-            reconcile::run(&ctx(), &[want, missing], &t, &run_opts(true), Some(&audit)).await;
+        let (report, mut seen) = applied_and_shown(&[want, missing], &t).await;
         assert_eq!(report.exit_code(true, false), 3, "{report:#?}");
 
-        let mut seen = everything_shown(&report, &audit_path);
         seen.extend([
             serde_json::to_string(&sb.waha.requests()).unwrap(),
             format!("{:?}", t["wa"].instance),
