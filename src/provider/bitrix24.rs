@@ -224,15 +224,11 @@ impl Bitrix24 {
         let name = &instance.name;
         match (&s.webhook_url, &s.oauth) {
             (Some(w), None) => {
-                let url = w.resolve().map_err(|e| {
-                    ProviderError::fatal(format!("provider {name}: webhook_url: {e}"))
-                })?;
+                let url = rest::resolve(name, "webhook_url", w)?;
                 Self::with_webhook(instance, url)
             }
             (None, Some(o)) => {
-                let secret = o.client_secret.resolve().map_err(|e| {
-                    ProviderError::fatal(format!("provider {name}: oauth.client_secret: {e}"))
-                })?;
+                let secret = rest::resolve(name, "oauth.client_secret", &o.client_secret)?;
                 Self::with_oauth(instance, secret)
             }
             _ => Err(ProviderError::fatal(format!(
@@ -432,9 +428,7 @@ impl Bitrix24 {
                 (ErrorClass::Transient, None)
             }
             Some(_) => (ErrorClass::Fatal, None),
-            None if status == 429 => (ErrorClass::Throttled, None),
-            None if status >= 500 || status == 408 => (ErrorClass::Transient, None),
-            None => (ErrorClass::Fatal, None),
+            None => (rest::class_of_status(status), None),
         };
         ProviderError {
             class,

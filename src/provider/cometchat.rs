@@ -171,9 +171,7 @@ impl CometChat {
     /// Build the client of a `cometchat` instance, resolving its API key now.
     pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
         let settings: &Settings = instance.settings()?;
-        let key = settings.api_key.resolve().map_err(|e| {
-            ProviderError::fatal(format!("provider {}: api_key: {e}", instance.name))
-        })?;
+        let key = rest::resolve(&instance.name, "api_key", &settings.api_key)?;
         Self::with_key(instance, key)
     }
 
@@ -203,20 +201,8 @@ impl CometChat {
 
     /// `{base}/{segments...}` with every segment percent-encoded.
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> String {
-        let mut url = self.base.clone();
-        {
-            // The base was checked to be a hierarchical http(s) URL in `base_url`.
-            let mut path = url.path_segments_mut().expect("base URL can have a path");
-            path.pop_if_empty();
-            path.extend(segments);
-        }
-        if !query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in query {
-                q.append_pair(k, v);
-            }
-        }
-        url.into()
+        let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        rest::url(&self.base, segments, &query).into()
     }
 
     fn headers(&self) -> HeaderMap {
@@ -570,8 +556,7 @@ pub fn classify_error(r: &Response, label: &str) -> ProviderError {
         Some(c) if c.starts_with("AUTH_ERR") => ErrorClass::Fatal,
         // Every other coded answer is a decision of the service, not a passing fault.
         Some(_) => ErrorClass::Fatal,
-        None if r.status >= 500 || r.status == 408 => ErrorClass::Transient,
-        None => ErrorClass::Fatal,
+        None => rest::class_of_status(r.status),
     };
     let retry_after = if class == ErrorClass::Throttled {
         throttle_wait(&r.headers, r.received)

@@ -367,9 +367,7 @@ impl Tencent {
     /// Build the client of a `tencent` instance, resolving its secret key now.
     pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
         let settings: &Settings = instance.settings()?;
-        let key = settings.secret_key.resolve().map_err(|e| {
-            ProviderError::fatal(format!("provider {}: secret_key: {e}", instance.name))
-        })?;
+        let key = rest::resolve(&instance.name, "secret_key", &settings.secret_key)?;
         Self::with_key(instance, key)
     }
 
@@ -407,20 +405,20 @@ impl Tencent {
     }
 
     fn url(&self, command: &str, sig: &str) -> String {
-        let mut url = self.base.clone();
-        {
-            // The base was checked to be a hierarchical http(s) URL in `base_url`.
-            let mut path = url.path_segments_mut().expect("base URL can have a path");
-            path.pop_if_empty();
-            path.extend(["v4", "group_open_http_svc", command]);
-        }
-        url.query_pairs_mut()
-            .append_pair("sdkappid", &self.sdk_app_id.to_string())
-            .append_pair("identifier", &self.identifier)
-            .append_pair("usersig", sig)
-            .append_pair("random", &rand::random::<u32>().to_string())
-            .append_pair("contenttype", "json");
-        url.into()
+        let app = self.sdk_app_id.to_string();
+        let random = rand::random::<u32>().to_string();
+        rest::url(
+            &self.base,
+            &["v4", "group_open_http_svc", command],
+            &[
+                ("sdkappid", &app),
+                ("identifier", &self.identifier),
+                ("usersig", sig),
+                ("random", &random),
+                ("contenttype", "json"),
+            ],
+        )
+        .into()
     }
 
     /// One command: the envelope's fields on `ErrorCode` 0, else the classified error. An
@@ -937,10 +935,11 @@ fn classify(
 ) -> Result<Value, ProviderError> {
     if r.status != 200 {
         let msg = format!("{label}: HTTP {}", r.status);
-        return Err(match r.status {
-            429 => ProviderError::throttled(msg, crate::provider::http::retry_after(&r.headers)),
-            408 | 500.. => ProviderError::transient(msg),
-            _ => ProviderError::fatal(msg),
+        return Err(ProviderError {
+            class: rest::class_of_status(r.status),
+            code: None,
+            message: msg,
+            retry_after: crate::provider::http::retry_after(&r.headers),
         });
     }
     let v: Value = r.json()?;
