@@ -71,7 +71,7 @@ fn instance(rate: f64, burst: Option<u32>, oauth: Option<OAuth>) -> Instance {
             timeout: Some(Duration::from_secs(5)),
             ..CommonSettings::default()
         },
-        settings: KindSettings::Bitrix24(Settings {
+        settings: KindSettings::new(Settings {
             webhook_url: oauth
                 .is_none()
                 .then(|| SecretRef::Env("ROSTERD_IT_UNSET_B24_WEBHOOK".into())),

@@ -76,11 +76,10 @@ pub async fn sandbox(cometchat: State) -> Sandbox {
     .await
 }
 
-/// An instance named `name` with `settings`, pointed at the sandbox's emulator of its kind
-/// (where it has one), with a generous rate so tests are paced by the emulator, not by the
-/// provider's default, and a 5 s timeout.
-pub fn instance_of(sb: &Sandbox, name: &str, settings: KindSettings) -> Instance {
-    let kind = settings.kind();
+/// An instance named `name` of `kind` with `settings`, pointed at the sandbox's emulator of
+/// its kind (where it has one), with a generous rate so tests are paced by the emulator, not by
+/// the provider's default, and a 5 s timeout.
+pub fn instance_of(sb: &Sandbox, name: &str, kind: Kind, settings: KindSettings) -> Instance {
     Instance {
         name: name.into(),
         kind,
@@ -144,7 +143,8 @@ pub fn cc_instance(sb: &Sandbox, rate: Option<f64>) -> Instance {
     let mut i = instance_of(
         sb,
         "cc",
-        KindSettings::Cometchat(Settings {
+        Kind::Cometchat,
+        KindSettings::new(Settings {
             app_id: "itapp".into(),
             region: "eu".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_COMETCHAT_KEY".into()),

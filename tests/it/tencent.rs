@@ -88,7 +88,8 @@ fn instance(sb: &Sandbox, max_batch: Option<MaxBatch>) -> Instance {
     instance_of(
         sb,
         "tim",
-        KindSettings::Tencent(Settings {
+        Kind::Tencent,
+        KindSettings::new(Settings {
             sdk_app_id: APP,
             identifier: "administrator".into(),
             secret_key: SecretRef::Env("ROSTERD_IT_UNSET_TENCENT_KEY".into()),
@@ -648,9 +649,9 @@ async fn tencent_wrong_key_is_an_auth_error_without_any_secret() {
 
         // The right key for a non-admin identifier is refused too.
         let mut inst2 = inst.clone();
-        if let KindSettings::Tencent(s) = &mut inst2.settings {
-            s.identifier = "alice".into();
-        }
+        let mut s = inst.settings.get::<Settings>().unwrap().clone();
+        s.identifier = "alice".into();
+        inst2.settings = KindSettings::new(s);
         let e = client(&inst2, KEY)
             .fetch(&ctx(), &gid("@TGS#auth"))
             .await

@@ -76,7 +76,8 @@ fn instance(sb: &Sandbox, tweak: impl FnOnce(&mut CommonSettings)) -> Instance {
     let mut inst = support::instance_of(
         sb,
         "wa",
-        KindSettings::Waha(Settings {
+        Kind::Waha,
+        KindSettings::new(Settings {
             session: "default".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_WAHA_KEY".into()),
         }),
@@ -1234,7 +1235,7 @@ async fn waha_unknown_session_and_wrong_key_are_fatal() {
     bounded(30, async {
         let sb = start(drifted(Engine::Gows, true)).await;
         let mut inst = instance(&sb, |_| {});
-        inst.settings = KindSettings::Waha(Settings {
+        inst.settings = KindSettings::new(Settings {
             session: "other".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_WAHA_KEY".into()),
         });
