@@ -14,6 +14,7 @@ pub mod bitrix24;
 pub mod cometchat;
 pub mod http;
 pub mod memory;
+pub mod pace;
 pub mod rest;
 pub mod spec;
 pub mod tencent;
@@ -113,11 +114,13 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// HTTP requests made by one provider instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// HTTP requests made by one provider instance, and the pace it learned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct RequestCounts {
     pub reads: u64,
     pub writes: u64,
     pub throttled: u64,
     pub retries: u64,
+    /// Requests per second the instance paces itself at now, where it has a rate cap.
+    pub pace: Option<f64>,
 }

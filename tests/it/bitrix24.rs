@@ -1041,3 +1041,42 @@ async fn bitrix24_demo_applies_the_manifests_and_ends_in_sync() {
     })
     .await;
 }
+
+/// Fifteen chats with a small drift each against a portal whose leaky bucket stays nearly
+/// full (size 2, draining 2/s), with the client at its default pace (2/s, burst 50): after
+/// the first throttle the pacer drops the burst to one and paces at the rate it saw accepted,
+/// so requests no longer leave in clumps after each pause. Prints the figures.
+#[tokio::test(start_paused = true)]
+async fn bitrix24_nearly_full_bucket_is_paced_without_clumps() {
+    bounded(600, async {
+        let ids: Vec<u64> = (101..116).collect();
+        let chats: Vec<(u64, Chat)> = ids.iter().map(|&id| (id, chat(ME, &[], &[17]))).collect();
+        let mut state = portal(chats, [18]);
+        state.bucket = Some(Bucket {
+            size: 2,
+            drain: 2.0,
+        });
+        let sb = sandbox(state).await;
+        let want: Vec<DesiredGroup> = ids
+            .iter()
+            .map(|&id| desired(id, None, &[(17, Role::Participant), (18, Role::Participant)]))
+            .collect();
+        let targets = targets_of(client_at(&sb, 2.0, None), 2.0, None);
+        let started = Instant::now();
+        let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let log = sb.bitrix24.requests();
+        let throttled = log.iter().filter(|r| r.status == 503).count();
+        let accepted = log.len() - throttled;
+        let bound = accepted as f64 / 2.0;
+        println!(
+            "bitrix24 15 chats vs a bucket of 2 draining 2/s: {elapsed:.2}s for {accepted} accepted \
+             requests (sustained bound {bound:.2}s, ratio {:.3}), {throttled} throttled",
+            elapsed / bound
+        );
+        assert!(elapsed <= 1.20 * bound, "{elapsed:.2}s vs bound {bound:.2}s");
+        sb.shutdown().await;
+    })
+    .await;
+}
