@@ -2,13 +2,14 @@
 //! shared HTTP layer acts on. What a kind is (capabilities, ids, settings, schema, client,
 //! emulator) is its spec ([`spec`]), one value exported by each provider module.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::ctx::Ctx;
-use crate::model::{Batch, GroupId, LiveGroup, MemberOutcome};
+use crate::model::{Batch, GroupId, LiveGroup, MemberOutcome, OpKind};
 
 pub mod bitrix24;
 pub mod cometchat;
@@ -103,6 +104,19 @@ pub trait Provider: Send + Sync {
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError>;
+
+    /// The group again after writes of the kinds in `touched`, to verify them: a provider that
+    /// reads its state in parts re-reads only the parts those writes could have changed and
+    /// keeps the rest of `before`. Defaults to a whole [`Provider::fetch`].
+    async fn refetch(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        _before: &LiveGroup,
+        _touched: &BTreeSet<OpKind>,
+    ) -> Result<LiveGroup, ProviderError> {
+        self.fetch(ctx, group).await
+    }
 
     /// The capabilities in force for one group, where they depend on the live group (Tencent's
     /// group types). Defaults to the kind's static capabilities.

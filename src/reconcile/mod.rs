@@ -362,6 +362,8 @@ async fn apply_one(
         return report;
     }
     let mut floor = AdminFloor::new(&live, g);
+    // The kinds of write sent, so the verifying read covers what they could have changed.
+    let mut touched = BTreeSet::new();
 
     for batch in &plan.batches {
         // Keep only the members the admin floor allows to go.
@@ -380,6 +382,7 @@ async fn apply_one(
         if send.ops.is_empty() {
             continue;
         }
+        touched.insert(send.kind);
         let scope = ctx.scoped();
         let result = target.provider.apply(&scope, &g.id, &send).await;
         let requests = scope.sent().writes as usize;
@@ -432,8 +435,9 @@ async fn apply_one(
         }
     }
 
-    // Verify: read again, and whatever a new plan would still do is drift.
-    match target.provider.fetch(ctx, &g.id).await {
+    // Verify: read again what the writes could have changed, and whatever a new plan would
+    // still do is drift.
+    match target.provider.refetch(ctx, &g.id, &live, &touched).await {
         Ok(after) => {
             let drift = make_plan(ctx, g, &after, target, true);
             let failed = report.failed_ops().next().is_some();
