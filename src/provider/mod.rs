@@ -105,6 +105,28 @@ pub trait Provider: Send + Sync {
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError>;
 
+    /// Whether [`Provider::apply_all`] carries several batches in one request, so the engine
+    /// hands it every batch the admin floor lets go together.
+    fn packs_batches(&self) -> bool {
+        false
+    }
+
+    /// Several planned batches of one group, in plan order, in as few requests as the
+    /// provider can carry them (kinds mixed); one result per batch. The engine only calls it
+    /// where [`Provider::packs_batches`]; defaults to one [`Provider::apply`] per batch.
+    async fn apply_all(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        batches: &[Batch],
+    ) -> Vec<Result<Vec<MemberOutcome>, ProviderError>> {
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            out.push(self.apply(ctx, group, b).await);
+        }
+        out
+    }
+
     /// The group again after writes of the kinds in `touched`, to verify them: a provider that
     /// reads its state in parts re-reads only the parts those writes could have changed and
     /// keeps the rest of `before`. Defaults to a whole [`Provider::fetch`].

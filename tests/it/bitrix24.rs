@@ -305,15 +305,19 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
             ],
             [3, 2, 1, 2, 1]
         );
-        // One batch request per planned call: add, promote, demote, remove, transfer.
+        // Five planned calls in two requests: the adds and promotions (which make admins),
+        // then — once their results show the admin floor holds — the demotion, the removals
+        // and the transfer, with the re-reads that verify them.
         assert_eq!(plan.calls(), 5);
         let writes = sb.bitrix24.writes();
-        assert_eq!(writes.len(), 5, "{writes:#?}");
+        assert_eq!(writes.len(), 2, "{writes:#?}");
+        assert_eq!(report.calls(), 2);
         assert!(writes.iter().all(|w| w.method == "batch"));
+        let last = &writes.last().unwrap().commands;
         assert_eq!(
-            writes.last().unwrap().commands,
-            ["im.chat.setowner", "im.dialog.get"],
-            "ownership goes last"
+            last[last.len() - 3..],
+            ["im.chat.setowner", "im.chat.user.list", "im.dialog.get"],
+            "ownership goes last, then the re-reads"
         );
         let (owner, roles) = roster(&sb, 42);
         assert_eq!(owner, 17);
@@ -382,7 +386,7 @@ async fn bitrix24_silent_add_skips_are_reported_per_member_from_the_re_list() {
         );
         assert_eq!(
             writes[0].commands,
-            ["im.chat.user.add", "im.chat.user.list"]
+            ["im.chat.user.add", "im.chat.user.list", "im.dialog.get"]
         );
         assert!(roster(&sb, 42).1.contains_key(&23));
         sb.shutdown().await;
@@ -412,9 +416,16 @@ async fn bitrix24_removal_refusals_fail_alone_and_absent_users_count_as_done() {
         assert_eq!(code_of(&out[3]), Some("SELF"));
         let writes = sb.bitrix24.writes();
         assert_eq!(writes.len(), 1);
+        // Three deletes (rosterd's own id is never sent), then the re-reads that verify them.
         assert_eq!(
-            writes[0].commands.len(),
-            3,
+            writes[0].commands,
+            [
+                "im.chat.user.delete",
+                "im.chat.user.delete",
+                "im.chat.user.delete",
+                "im.chat.user.list",
+                "im.dialog.get"
+            ],
             "rosterd's own id is never sent"
         );
         let roles = roster(&sb, 42).1;
@@ -503,17 +514,20 @@ fn big_drift() -> (State, Vec<DesiredGroup>) {
     (portal(chats, users), want)
 }
 
-/// The fewest batch requests rosterd's model allows: per chat and kind of operation,
-/// ⌈operations ÷ members per request⌉.
-fn model_minimum(plan: &rosterd::plan::Plan) -> usize {
-    let caps = Kind::Bitrix24.capabilities();
+/// The fewest batch requests a chat's plan takes when its commands are packed 50 to a request:
+/// one add command per 50 ids, one command per removal, manager change and transfer, and the
+/// two re-reads that verify them.
+fn packed_minimum(plan: &rosterd::plan::Plan) -> usize {
     plan.groups
         .iter()
         .map(|g| {
-            [OpKind::Add, OpKind::Remove]
-                .iter()
-                .map(|k| g.count(*k).div_ceil(caps.max_batch.get(*k)))
-                .sum::<usize>()
+            let commands = g.count(OpKind::Add).div_ceil(50)
+                + g.count(OpKind::Remove)
+                + g.count(OpKind::Promote)
+                + g.count(OpKind::Demote)
+                + g.count(OpKind::TransferOwner)
+                + 2;
+            commands.div_ceil(50)
         })
         .sum()
 }
@@ -534,26 +548,22 @@ async fn bitrix24_large_drift_takes_the_computed_minimum_of_requests() {
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let plan = report.plan();
         assert_eq!((plan.total(OpKind::Add), plan.total(OpKind::Remove)), (120, 120));
-        let minimum = model_minimum(&plan);
-        // 40 adds fit one request (49 commands x 50 ids), 40 removals fit one (50 commands).
-        assert_eq!(minimum, 6);
+        let minimum = packed_minimum(&plan);
+        // Per chat: one add command (40 ids), 40 removals and 2 re-reads: 43 commands, one
+        // request.
+        assert_eq!(minimum, 3);
         let log = sb.bitrix24.requests();
         let writes = sb.bitrix24.writes();
         assert_eq!(writes.len(), minimum, "{writes:#?}");
         assert_eq!(report.calls(), minimum);
-        // Packing every command into shared requests would need ⌈(120 + 3 + 3) / 50⌉ = 3
-        // (removals, one add command per chat and its re-list): the engine sends one request
-        // per chat and kind of operation instead.
-        let packed = (120 + 3 + 3usize).div_ceil(50);
-        assert_eq!(packed, 3);
-        // profile, a read per chat, the writes, a re-read per chat.
-        assert_eq!(log.len(), 1 + 3 + minimum + 3, "{log:#?}");
+        // profile, a read per chat, the writes (whose re-reads verify the chats).
+        assert_eq!(log.len(), 1 + 3 + minimum, "{log:#?}");
         for id in CHATS {
             let (_, roles) = roster(&sb, id);
             assert_eq!(roles.len(), 1 + 10 + 40);
         }
         eprintln!(
-            "bitrix24 120 adds + 120 removals across 3 chats: {} write requests (model minimum {minimum}, packed minimum {packed}), {} requests in all",
+            "bitrix24 120 adds + 120 removals across 3 chats: {} write requests (packed minimum {minimum}), {} requests in all",
             writes.len(),
             log.len()
         );
@@ -587,10 +597,11 @@ async fn bitrix24_large_drift_at_two_requests_per_second() {
                 sb.bitrix24.writes().len()
             );
             assert_eq!(throttled, 0, "the client's pace matches the bucket");
-            assert_eq!(sb.bitrix24.writes().len(), 6);
-            // 13 requests: with a burst of 50 none waits; with a burst of 1, 12 gaps of 0.5 s.
+            assert_eq!(sb.bitrix24.writes().len(), 3);
+            assert_eq!(log.len(), 7);
+            // 7 requests: with a burst of 50 none waits; with a burst of 1, 6 gaps of 0.5 s.
             let expected = if burst == 1 {
-                Duration::from_secs(6)
+                Duration::from_secs(3)
             } else {
                 Duration::ZERO
             };
