@@ -36,6 +36,7 @@ use crate::provider::{
 };
 
 mod pack;
+mod read;
 
 /// Bitrix24 chats as a kind: everything rosterd knows about it.
 pub static SPEC: KindSpec = KindSpec {
@@ -173,6 +174,8 @@ pub struct Bitrix24 {
     me: tokio::sync::OnceCell<MemberId>,
     /// Whether `im.chat.setManager` exists on this portal: 0 unknown, 1 yes, 2 no.
     managers: AtomicU8,
+    /// Chat reads waiting to ride in the next read request.
+    reads: Mutex<Vec<read::Waiting>>,
     /// Per chat: its state as the re-reads inside its last write request showed it, taken by
     /// the verifying [`Provider::refetch`] instead of reading the chat again.
     verified: Mutex<HashMap<u64, LiveGroup>>,
@@ -304,6 +307,7 @@ impl Bitrix24 {
             managers: AtomicU8::new(0),
             operating_reset: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
+            reads: Mutex::new(Vec::new()),
         })
     }
 
@@ -1003,46 +1007,7 @@ fn http_options(instance: &Instance, burst: Option<u32>) -> HttpOptions {
 impl Provider for Bitrix24 {
     async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError> {
         let chat = chat_id(group)?;
-        let me = self.me(ctx).await?;
-        // The dialog goes first: for a chat we cannot see, the member list answers `[]`.
-        let cmds = [
-            Cmd::new(
-                "dialog".into(),
-                "im.dialog.get",
-                format!("im.dialog.get?DIALOG_ID=chat{chat}"),
-            ),
-            Cmd::new(
-                "users".into(),
-                "im.chat.user.list",
-                format!("im.chat.user.list?CHAT_ID={chat}"),
-            ),
-        ];
-        let res = self.batch(ctx, &cmds, false, "read chat").await?;
-        let unreadable = |key: &str, what: &str| -> ProviderError {
-            match res.errors.get(key) {
-                Some((c, d)) => ProviderError::fatal(format!(
-                    "provider {}: chat {chat} cannot be read ({what}: {c}: {d}); the acting user \
-                     {me} must be a member of it, and the chat must exist",
-                    self.instance
-                ))
-                .with_code(c.clone()),
-                None => ProviderError::transient(format!(
-                    "provider {}: chat {chat}: the batch returned no {what} answer",
-                    self.instance
-                )),
-            }
-        };
-        let dialog = Dialog::parse(
-            res.ok
-                .get("dialog")
-                .ok_or_else(|| unreadable("dialog", "im.dialog.get"))?,
-        )?;
-        let ids = parse_ids(
-            res.ok
-                .get("users")
-                .ok_or_else(|| unreadable("users", "im.chat.user.list"))?,
-        )?;
-        self.live_group(chat, &dialog, &ids, me)
+        self.read_chat(ctx, chat).await
     }
 
     /// The group as verified by the re-reads inside the last request of its writes, where
