@@ -37,6 +37,7 @@ use crate::provider::{
 
 mod pack;
 mod read;
+mod ride;
 
 /// Bitrix24 chats as a kind: everything rosterd knows about it.
 pub static SPEC: KindSpec = KindSpec {
@@ -176,6 +177,8 @@ pub struct Bitrix24 {
     managers: AtomicU8,
     /// Chat reads waiting to ride in the next read request.
     reads: Mutex<Vec<read::Waiting>>,
+    /// Chats' writes waiting to ride in the next write request.
+    riders: Mutex<Vec<ride::Rider>>,
     /// Per chat: its state as the re-reads inside its last write request showed it, taken by
     /// the verifying [`Provider::refetch`] instead of reading the chat again.
     verified: Mutex<HashMap<u64, LiveGroup>>,
@@ -308,6 +311,7 @@ impl Bitrix24 {
             operating_reset: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
             reads: Mutex::new(Vec::new()),
+            riders: Mutex::new(Vec::new()),
         })
     }
 
@@ -617,6 +621,7 @@ impl Bitrix24 {
 
 /// One command of a `batch`: its key (never numeric, so PHP keeps the map an object), the
 /// method it calls, and `method?query`.
+#[derive(Clone)]
 struct Cmd {
     key: String,
     method: &'static str,
