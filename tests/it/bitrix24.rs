@@ -14,13 +14,13 @@ use rosterd::provider::bitrix24::{Bitrix24, OAuth, Settings};
 use rosterd::provider::{
     CommonSettings, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError,
 };
-use rosterd::reconcile::{self, GroupStatus, Target};
+use rosterd::reconcile::{GroupStatus, Target};
 use rosterd::sandbox::bitrix24::{Bucket, Chat, OAuthApp, Operating, State};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    self, Captured, applied_and_shown, batch, bounded, capture_logs, ctx, run_opts,
+    self, Captured, applied_and_shown, apply, batch, bounded, capture_logs, ctx, plan_only,
 };
 
 /// The webhook code of the test portal. It must never show up in any output.
@@ -197,14 +197,7 @@ async fn bitrix24_inaccessible_chat_is_reported_and_nothing_is_added_to_it() {
         }
         let want = desired(50, None, &[(17, Role::Admin), (44, Role::Participant)]);
         let missing = desired(99, None, &[(60, Role::Participant)]);
-        let report = reconcile::run(
-            &ctx(),
-            &[want, missing],
-            &targets_of(client(&sb), 1000.0, None),
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(&[want, missing], &targets_of(client(&sb), 1000.0, None)).await;
         assert_eq!(report.exit_code(true, false), 3);
         for g in &report.groups {
             assert_eq!(g.status, GroupStatus::Failed);
@@ -233,12 +226,9 @@ async fn bitrix24_failed_read_is_an_error_and_nothing_is_written() {
         let sb = sandbox(portal(vec![(42, chat(ME, &[], &[17, 23]))], [44])).await;
         sb.bitrix24.inject(Fault::next(10, FaultKind::Status(500)));
         let want = desired(42, None, &[(44, Role::Participant)]);
-        let report = reconcile::run(
-            &ctx(),
+        let report = apply(
             std::slice::from_ref(&want),
             &targets_of(quick(client(&sb)), 1000.0, None),
-            &run_opts(true),
-            None,
         )
         .await;
         assert_eq!(report.groups[0].status, GroupStatus::Failed);
@@ -289,14 +279,7 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
             // 70 and 80 are unlisted: remove. 1 is rosterd itself: kept.
         );
         let targets = targets_of(client(&sb), 1000.0, None);
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         assert_eq!(report.groups[0].status, GroupStatus::Applied);
         let plan = report.groups[0].plan.as_ref().unwrap();
@@ -336,23 +319,9 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
         assert_eq!(roles, expected);
 
         sb.bitrix24.clear_log();
-        let again = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(false),
-            None,
-        )
-        .await;
+        let again = plan_only(std::slice::from_ref(&want), &targets).await;
         assert!(again.plan().is_empty(), "{:#?}", again.plan());
-        let again = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let again = apply(std::slice::from_ref(&want), &targets).await;
         assert_eq!(again.groups[0].status, GroupStatus::InSync);
         assert!(
             sb.bitrix24.writes().is_empty(),
@@ -542,14 +511,7 @@ async fn bitrix24_large_drift_takes_the_computed_minimum_of_requests() {
     bounded(60, async {
         let (state, want) = big_drift();
         let sb = sandbox(state).await;
-        let report = reconcile::run(
-            &ctx(),
-            &want,
-            &targets_of(client(&sb), 1000.0, None),
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(&want, &targets_of(client(&sb), 1000.0, None)).await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let plan = report.plan();
         assert_eq!((plan.total(OpKind::Add), plan.total(OpKind::Remove)), (120, 120));
@@ -591,7 +553,7 @@ async fn bitrix24_large_drift_at_two_requests_per_second() {
             let sb = sandbox(state).await;
             let targets = targets_of(client_at(&sb, 2.0, Some(burst)), 2.0, Some(burst));
             let started = Instant::now();
-            let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+            let report = apply(&want, &targets).await;
             let elapsed = started.elapsed();
             assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
             let log = sb.bitrix24.requests();
@@ -1082,7 +1044,7 @@ async fn bitrix24_nearly_full_bucket_is_paced_without_clumps() {
             .collect();
         let targets = targets_of(client_at(&sb, 2.0, None), 2.0, None);
         let started = Instant::now();
-        let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+        let report = apply(&want, &targets).await;
         let elapsed = started.elapsed().as_secs_f64();
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let log = sb.bitrix24.requests();
@@ -1134,7 +1096,7 @@ async fn bitrix24_three_chat_drift_takes_at_most_six_writes_and_eight_requests()
         state.bucket = Some(Bucket::standard());
         let sb = sandbox(state).await;
         let targets = targets_of(client_at(&sb, 2.0, None), 2.0, None);
-        let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+        let report = apply(&want, &targets).await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let plan = report.plan();
         assert_eq!(
@@ -1185,14 +1147,7 @@ async fn bitrix24_fifteen_small_drifts_take_at_most_fifteen_writes() {
             .iter()
             .map(|&id| desired(id, None, &[(17, Role::Admin), (31, Role::Participant)]))
             .collect();
-        let report = reconcile::run(
-            &ctx(),
-            &want,
-            &targets_of(client(&sb), 1000.0, None),
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(&want, &targets_of(client(&sb), 1000.0, None)).await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let writes = sb.bitrix24.writes().len();
         println!(
@@ -1222,12 +1177,9 @@ async fn bitrix24_one_chat_drift_takes_commands_over_fifty_requests() {
             .chain(adds.iter().map(|m| (*m, Role::Participant)))
             .collect();
         let want = desired(42, None, &wanted);
-        let report = reconcile::run(
-            &ctx(),
+        let report = apply(
             std::slice::from_ref(&want),
             &targets_of(client(&sb), 1000.0, None),
-            &run_opts(true),
-            None,
         )
         .await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
@@ -1257,12 +1209,9 @@ async fn bitrix24_a_failed_promotion_keeps_the_demotion_from_being_sent() {
                 (23, Role::Participant),
             ],
         );
-        let report = reconcile::run(
-            &ctx(),
+        let report = apply(
             std::slice::from_ref(&want),
             &targets_of(client(&sb), 1000.0, None),
-            &run_opts(true),
-            None,
         )
         .await;
         let g = &report.groups[0];
