@@ -13,6 +13,7 @@ use crate::provider::{CommonSettings, Instance, Kind, KindSettings, MuteSupport}
 
 pub mod diag;
 pub mod raw;
+pub mod restrict;
 pub mod secret;
 pub mod yaml;
 
@@ -58,6 +59,8 @@ pub struct Context {
     /// checked against the kind (roles, ids, people), so one typo in rosterd.yaml does not hide
     /// the manifests' own problems.
     pub broken_kinds: BTreeMap<String, Kind>,
+    /// `restrictions:` of rosterd.yaml; `None` = unrestricted.
+    pub restrictions: Option<restrict::Restrictions>,
 }
 
 /// people.yaml, checked: ids per person and team members, team cycles already refused.
@@ -283,7 +286,13 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
         },
     };
 
+    let restrictions = root_raw
+        .restrictions
+        .as_ref()
+        .map(|r| restrict::Restrictions::build(f, r, &instances, &broken_instances, &mut diags));
+
     let ctx = Context {
+        restrictions,
         broken_instances,
         broken_kinds,
         root_file: config_path.to_path_buf(),
@@ -859,6 +868,15 @@ fn group(
             return None;
         }
     };
+    if let Some(r) = &ctx.restrictions
+        && let Err(why) = r.check(&ctx.root, file, inst_name, &id)
+    {
+        diags.push(Diagnostic::new(
+            file,
+            pos(&doc.id),
+            format!("group {name}: {why}"),
+        ));
+    }
     let resolver = Resolver {
         file,
         ctx,
