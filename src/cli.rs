@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config};
 use crate::model::Outcome;
 use crate::plan::render;
+use crate::plan::saved::SavedPlan;
 use crate::reconcile::{self, Report, RunOptions, Target};
 
 /// Exit codes (SPEC §5).
@@ -88,6 +89,9 @@ pub enum Command {
         /// Exit 2 when changes are pending.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Also write the JSON plan, with each group's checksum, to FILE (for `apply --plan`).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Make every selected group equal to its manifest.
     Apply {
@@ -99,6 +103,10 @@ pub enum Command {
         /// Plan and show what would be applied; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Apply exactly this reviewed plan (from `plan --out`): a group whose files or live
+        /// roster changed since is refused; the others are applied.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
     },
     /// The daemon: watch the files, reconcile on change and every `resync`, serve /healthz
     /// /readyz /metrics /status.
@@ -131,23 +139,29 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Plan {
             sel,
             detailed_exitcode,
+            out,
         } => {
-            reconcile_cmd(
-                &sel,
-                Mode::Plan {
-                    detailed: detailed_exitcode,
-                },
-                false,
-            )
-            .await
+            let mode = Mode::Plan {
+                detailed: detailed_exitcode,
+            };
+            let files = PlanFiles {
+                out: out.as_deref(),
+                saved: None,
+            };
+            reconcile_cmd(&sel, mode, false, files).await
         }
         Command::Apply {
             sel,
             allow_mass_removal,
             dry_run,
+            plan,
         } => {
             let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-            reconcile_cmd(&sel, mode, allow_mass_removal).await
+            let files = PlanFiles {
+                out: None,
+                saved: plan.as_deref(),
+            };
+            reconcile_cmd(&sel, mode, allow_mass_removal, files).await
         }
         Command::Run(c) => {
             let opts = crate::daemon::DaemonOptions::new(&c.config);
@@ -221,8 +235,20 @@ enum Mode {
     Apply,
 }
 
+/// `plan --out` and `apply --plan`.
+#[derive(Debug, Clone, Copy)]
+struct PlanFiles<'a> {
+    out: Option<&'a Path>,
+    saved: Option<&'a Path>,
+}
+
 /// Load, select, build the clients, run the engine, print, and compute the exit code.
-async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) -> u8 {
+async fn reconcile_cmd(
+    sel: &Selection,
+    mode: Mode,
+    allow_mass_removal: bool,
+    files: PlanFiles<'_>,
+) -> u8 {
     let cfg = match config::load(&sel.config.config) {
         Ok(c) => c,
         Err(diags) => {
@@ -231,11 +257,49 @@ async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) ->
             return exit::ERROR;
         }
     };
-    let groups = match select(&cfg, &sel.groups) {
+    let mut groups = match select(&cfg, &sel.groups) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::ERROR;
+        }
+    };
+    let tree = crate::plan::checksum::tree(&cfg.instances);
+    // A reviewed plan: only its groups run, each checked against it right after its read.
+    let mut gone = Vec::new();
+    let check = match files.saved {
+        None => None,
+        Some(path) => {
+            let saved = match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| SavedPlan::parse(&t, &tree))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: plan {}: {e}", path.display());
+                    eprintln!("nothing was written");
+                    return exit::ERROR;
+                }
+            };
+            let known: BTreeSet<&str> = cfg.groups.iter().map(|g| g.name.as_str()).collect();
+            gone = saved
+                .groups
+                .keys()
+                .filter(|n| !known.contains(n.as_str()))
+                .filter(|n| sel.groups.is_empty() || sel.groups.contains(n))
+                .cloned()
+                .collect();
+            let skipped = groups
+                .iter()
+                .filter(|g| !saved.groups.contains_key(&g.name))
+                .count();
+            if skipped > 0 {
+                eprintln!("{skipped} group(s) of the tree are not in the plan: not applied");
+            }
+            groups.retain(|g| saved.groups.contains_key(&g.name));
+            let saved = Arc::new(saved);
+            let check: reconcile::PlanCheck = Arc::new(move |g, p| saved.check(g, p));
+            Some(check)
         }
     };
     let targets = match build_targets(&cfg, &groups) {
@@ -274,14 +338,48 @@ async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) ->
         now: SystemTime::now(),
         per_instance_concurrency: 4,
         progress,
+        check,
     };
     let report = reconcile::run(&groups, &targets, &opts, audit.as_ref()).await;
     print_report(&report, sel.format, apply);
-    match mode {
+    for name in &gone {
+        println!(
+            "group {name}: refused: it is in the reviewed plan but no longer in the manifests; nothing applied"
+        );
+    }
+    if let Some(out) = files.out {
+        let mut doc = render::json(&report.plan());
+        doc["tree"] = serde_json::Value::String(tree);
+        let text = serde_json::to_string_pretty(&doc).expect("plan is JSON") + "\n";
+        if let Err(e) = write_atomically(out, &text) {
+            eprintln!("error: cannot write the plan to {}: {e}", out.display());
+            return exit::ERROR;
+        }
+    }
+    let code = match mode {
         Mode::Plan { detailed } => report.exit_code(false, detailed),
         Mode::DryRun => report.exit_code(false, false),
         Mode::Apply => report.exit_code(true, false),
+    };
+    if !gone.is_empty() && code < exit::FAILED {
+        exit::FAILED
+    } else {
+        code
     }
+}
+
+/// Write a file through a temporary one beside it, so a reader never sees half of it.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// The groups named by `--group`, or all of them. An unknown name is an error, not an empty run.
@@ -401,11 +499,11 @@ fn outcomes_text(report: &Report) -> String {
                 Outcome::Skipped { reason } => format!("skipped: {reason}"),
                 _ => String::new(),
             };
-            let _ = writeln!(
-                s,
-                "  failed {} {} in {}: {}",
-                o.kind, o.member, g.group, why
-            );
+            let who = g
+                .plan
+                .as_ref()
+                .map_or_else(|| o.member.to_string(), |p| p.who(&o.member));
+            let _ = writeln!(s, "  failed {} {who} in {}: {why}", o.kind, g.group);
         }
         if let Some(e) = &g.error {
             let _ = writeln!(s, "  error: {e}");
@@ -433,7 +531,9 @@ fn report_json(report: &Report) -> serde_json::Value {
                     "status": g.status,
                     "error": g.error,
                     "outcomes": g.outcomes.iter().map(|o| serde_json::json!({
-                        "op": o.kind, "member": o.member, "result": o.outcome,
+                        "op": o.kind, "member": o.member,
+                        "name": g.plan.as_ref().and_then(|p| p.name_of(&o.member)),
+                        "result": o.outcome,
                     })).collect::<Vec<_>>(),
                     "drift": g.drift.as_ref().map(|d| d.ops.len()).unwrap_or(0),
                 })

@@ -883,6 +883,7 @@ fn group(
         instance: inst_name,
         kind,
         group: &name,
+        names: Default::default(),
     };
 
     // Roles: highest wins, silently.
@@ -992,6 +993,7 @@ fn group(
     }
     let inst = inst?;
     let (line, col) = pos(&doc.group);
+    let names = resolver.names.into_inner();
     Some(DesiredGroup {
         name,
         provider: inst.name.clone(),
@@ -1005,6 +1007,7 @@ fn group(
         max_removals,
         protected: inst.common.protected.iter().cloned().collect(),
         source: format!("{}:{line}:{col}", file.display()),
+        names,
     })
 }
 
@@ -1019,7 +1022,8 @@ fn parse_time(s: &str) -> Option<SystemTime> {
     })
 }
 
-/// Turns a manifest entry into provider ids for one instance.
+/// Turns a manifest entry into provider ids for one instance, and remembers the person each
+/// id came from (directly or through a team), so plans can name members as the manifest does.
 struct Resolver<'a> {
     file: &'a Path,
     ctx: &'a Context,
@@ -1027,51 +1031,69 @@ struct Resolver<'a> {
     instance: &'a str,
     kind: Kind,
     group: &'a str,
+    names: std::cell::RefCell<BTreeMap<MemberId, String>>,
 }
 
-impl Resolver<'_> {
+/// What one member of an entry came through: the person (if any) and the teams, outermost first.
+pub type Visit<'a, 'v> = &'v mut dyn FnMut(MemberId, Option<&'a str>, &[&'a str]);
+
+impl<'a> Resolver<'a> {
     fn resolve(&self, entry: &Spanned<IdValue>, diags: &mut Diagnostics) -> Vec<MemberId> {
         let mut out = Vec::new();
-        self.resolve_text(&entry.value.text(), entry, diags, &mut out, 0);
+        let mut names = self.names.borrow_mut();
+        self.walk(
+            &entry.value.text(),
+            pos(entry),
+            diags,
+            &mut Vec::new(),
+            &mut |m, person, _| {
+                if let Some(p) = person {
+                    names.entry(m.clone()).or_insert_with(|| p.to_string());
+                }
+                out.push(m);
+            },
+        );
         out
     }
 
-    fn resolve_text(
+    fn walk(
         &self,
         text: &str,
-        at: &Spanned<IdValue>,
+        at: (u64, u64),
         diags: &mut Diagnostics,
-        out: &mut Vec<MemberId>,
-        depth: usize,
+        chain: &mut Vec<&'a str>,
+        visit: Visit<'a, '_>,
     ) {
         let kind = self.kind;
         if let Some(team) = text.strip_prefix('@') {
-            let Some(members) = self.ctx.people.teams.get(team) else {
+            let Some((team, members)) = self.ctx.people.teams.get_key_value(team) else {
                 diags.push(Diagnostic::new(
                     self.file,
-                    pos(at),
+                    at,
                     format!("group {}: unknown team @{team}", self.group),
                 ));
                 return;
             };
-            if depth > 64 {
+            if chain.len() > 64 {
                 return; // cycles are reported by people.yaml validation
             }
+            chain.push(team);
             for m in members {
-                self.resolve_text(m, at, diags, out, depth + 1);
+                self.walk(m, at, diags, chain, visit);
             }
+            chain.pop();
             return;
         }
-        if let Some(ids) = self.ctx.people.people.get(text) {
+        if let Some((person, ids)) = self.ctx.people.people.get_key_value(text) {
             let id = ids.get(self.instance).or_else(|| ids.get(kind.as_str()));
             match id {
                 Some(id) => match kind.normalize_member(id) {
-                    Ok(m) => out.push(m),
-                    Err(e) => diags.push(Diagnostic::new(self.file, pos(at), format!(
+                    Ok(m) => visit(m, Some(person), chain),
+                    Err(e) => diags.push(Diagnostic::new(self.file, at, format!(
                         "group {}: person {text} has an invalid {kind} id in people.yaml: expected {e}", self.group
                     ))),
                 },
-                None => diags.push(Diagnostic::new(self.file, pos(at), format!(
+                None => diags.push(Diagnostic::new(self.file, at, format!(
                     "group {}: person {text} has no id for provider instance {} or kind {kind} in people.yaml",
                     self.group, self.instance
                 ))),
@@ -1079,13 +1101,40 @@ impl Resolver<'_> {
             return;
         }
         match kind.normalize_member(text) {
-            Ok(m) => out.push(m),
-            Err(e) => diags.push(Diagnostic::new(self.file, pos(at), format!(
+            Ok(m) => visit(m, None, chain),
+            Err(e) => diags.push(Diagnostic::new(self.file, at, format!(
                 "group {}: {text:?} is not a person in people.yaml, a @team, or a raw id: expected {e}",
                 self.group
             ))),
         }
     }
+}
+
+/// Walk one manifest entry (a person, `@team` or raw id) of a group of `instance` as validation
+/// resolves it, calling `visit` for every member it brings in with the person and the chain of
+/// teams it came through. For a tree that validated; problems are ignored here.
+pub fn trace_entry<'a>(
+    ctx: &'a Context,
+    instance: &'a str,
+    kind: Kind,
+    text: &str,
+    visit: Visit<'a, '_>,
+) {
+    let r = Resolver {
+        file: &ctx.root_file,
+        ctx,
+        instance,
+        kind,
+        group: "",
+        names: Default::default(),
+    };
+    r.walk(
+        text,
+        (1, 1),
+        &mut Diagnostics::default(),
+        &mut Vec::new(),
+        visit,
+    );
 }
 
 #[cfg(test)]

@@ -43,7 +43,13 @@ pub struct RunOptions {
     pub per_instance_concurrency: usize,
     /// Where apply progress is shown; `None` shows nothing.
     pub progress: Option<Arc<dyn Progress>>,
+    /// `apply --plan`: run on each group right after it is read and planned; `Err` refuses the
+    /// group (nothing is applied to it; the reason is its error).
+    pub check: Option<PlanCheck>,
 }
+
+/// See [`RunOptions::check`].
+pub type PlanCheck = Arc<dyn Fn(&DesiredGroup, &GroupPlan) -> Result<(), String> + Send + Sync>;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -53,6 +59,7 @@ impl Default for RunOptions {
             now: SystemTime::now(),
             per_instance_concurrency: 4,
             progress: None,
+            check: None,
         }
     }
 }
@@ -269,7 +276,13 @@ async fn plan_one(
         report.error = Some(why);
         return (report, None);
     }
-    let plan = make_plan(g, &live, target, opts);
+    let mut plan = make_plan(g, &live, target, opts);
+    plan.checksum = Some(plan::checksum::Checksum::of(g, &live));
+    if let Some(Err(why)) = opts.check.as_ref().map(|c| c(g, &plan)) {
+        tracing::warn!(reason = %why, "refused: not the group the reviewed plan was made for");
+        report.error = Some(why);
+        return (report, None);
+    }
     report.status = if plan.blocked.is_some() {
         GroupStatus::Blocked
     } else if plan.is_empty() {

@@ -132,6 +132,7 @@ fn desired(chat: u64, owner: Option<u64>, members: &[(u64, Role)]) -> DesiredGro
         max_removals: RemovalLimit::Count(100_000),
         protected: BTreeSet::new(),
         source: "tests/it".into(),
+        names: Default::default(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary: real HTTP against the sandbox emulators on 127.0.0.1.
 
 mod bitrix24;
+mod bound;
 mod cli;
 mod cometchat;
 mod daemon;

@@ -126,6 +126,7 @@ pub fn desired(
         max_removals: RemovalLimit::Count(100_000),
         protected: BTreeSet::new(),
         source: "tests/it".into(),
+        names: Default::default(),
     }
 }
 

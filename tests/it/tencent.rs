@@ -145,6 +145,7 @@ fn desired(id: &str, owner: Option<&str>, members: &[(&str, Role)]) -> DesiredGr
         max_removals: RemovalLimit::Count(100_000),
         protected: BTreeSet::new(),
         source: "tests/it/tencent.rs".into(),
+        names: Default::default(),
     }
 }
 

@@ -135,6 +135,7 @@ fn desired(id: &str, members: &[(&str, Role)], unlisted: Unlisted) -> DesiredGro
         max_removals: RemovalLimit::Count(100_000),
         protected: BTreeSet::new(),
         source: "tests/it/waha.rs".into(),
+        names: Default::default(),
     }
 }
 
