@@ -108,6 +108,27 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         plan: Option<PathBuf>,
     },
+    /// Write manifests for live groups, naming members by their people.yaml person where one
+    /// matches; `plan` then shows no change for them.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The provider instance (from rosterd.yaml) the groups belong to.
+        #[arg(long, value_name = "INSTANCE")]
+        provider: String,
+        /// Provider group ids; repeatable.
+        #[arg(long = "id", value_name = "GROUP_ID", required = true, num_args = 1..)]
+        ids: Vec<String>,
+        /// Folder for the manifests; default: the first folder of `manifests:`.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// Also write a people.yaml stub for the ids no person matched.
+        #[arg(long, value_name = "FILE")]
+        people_stub: Option<PathBuf>,
+    },
     /// The daemon: watch the files, reconcile on change and every `resync`, serve /healthz
     /// /readyz /metrics /status.
     Run(ConfigArg),
@@ -162,6 +183,25 @@ pub async fn run(cli: Cli) -> u8 {
                 saved: plan.as_deref(),
             };
             reconcile_cmd(&sel, mode, allow_mass_removal, files).await
+        }
+        Command::Import {
+            config,
+            provider,
+            ids,
+            out,
+            force,
+            people_stub,
+        } => {
+            let opts = crate::import::ImportOptions {
+                config: config.config,
+                provider,
+                ids,
+                out,
+                force,
+                people_stub,
+                now: SystemTime::now(),
+            };
+            crate::import::run(&opts, &mut std::io::stdout(), &mut std::io::stderr()).await
         }
         Command::Run(c) => {
             let opts = crate::daemon::DaemonOptions::new(&c.config);

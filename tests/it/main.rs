@@ -5,6 +5,7 @@ mod bound;
 mod cli;
 mod cometchat;
 mod daemon;
+mod import;
 mod support;
 mod tencent;
 mod waha;
