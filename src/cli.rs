@@ -129,6 +129,20 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         people_stub: Option<PathBuf>,
     },
+    /// Where a person, @team or raw id is listed, with role, list, team chain and ids; with
+    /// --without, what removing them would plan. Files only unless --live.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A person of people.yaml, a @team, or a raw provider id.
+        name: String,
+        /// Show the blast radius of removing them from people.yaml or the team.
+        #[arg(long)]
+        without: bool,
+        /// Also read the groups that list them (needs the providers' secrets).
+        #[arg(long)]
+        live: bool,
+    },
     /// The daemon: watch the files, reconcile on change and every `resync`, serve /healthz
     /// /readyz /metrics /status.
     Run(ConfigArg),
@@ -203,6 +217,12 @@ pub async fn run(cli: Cli) -> u8 {
             };
             crate::import::run(&opts, &mut std::io::stdout(), &mut std::io::stderr()).await
         }
+        Command::Explain {
+            config,
+            name,
+            without,
+            live,
+        } => explain_cmd(&config.config, &name, without, live).await,
         Command::Run(c) => {
             let opts = crate::daemon::DaemonOptions::new(&c.config);
             // The daemon installs its own SIGTERM/SIGINT/SIGHUP handling.
@@ -245,6 +265,52 @@ pub async fn run(cli: Cli) -> u8 {
             }
         }
     }
+}
+
+async fn explain_cmd(path: &Path, name: &str, without: bool, live: bool) -> u8 {
+    use crate::explain;
+    let loaded = config::load(path).and_then(|c| Ok((c, config::load_context(path)?)));
+    let (cfg, ctx) = match loaded {
+        Ok(c) => c,
+        Err(diags) => {
+            eprint!("{diags}");
+            eprintln!("{} error(s)", diags.0.len());
+            return exit::ERROR;
+        }
+    };
+    let target = match explain::Target::parse(&ctx, name) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
+    };
+    let state = if live {
+        match explain::read_live(&cfg, &ctx, &target).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::ERROR;
+            }
+        }
+    } else {
+        None
+    };
+    let now = SystemTime::now();
+    let mut out = explain::explain(&cfg, &ctx, &target, state.as_ref());
+    if without {
+        out.push('\n');
+        out.push_str(&explain::blast_radius(
+            &cfg,
+            &ctx,
+            &target,
+            state.as_ref(),
+            now,
+        ));
+    }
+    print!("{out}");
+    let unreadable = state.iter().flat_map(|s| s.values()).any(Result::is_err);
+    if unreadable { exit::FAILED } else { exit::OK }
 }
 
 fn validate(path: &Path) -> u8 {

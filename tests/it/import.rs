@@ -242,3 +242,32 @@ async fn import_never_overwrites_without_force_and_writes_nothing_on_refusal() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_live_adds_actual_membership_and_plans_the_blast_radius_from_it() {
+    bounded(60, async {
+        let (sb, state) = demo_sandbox().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = empty_tree(dir.path(), &sb);
+        for e in std::fs::read_dir("manifests/groups").unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.path().join("groups").join(p.file_name().unwrap())).unwrap();
+        }
+        let (code, offline) = rosterd(&sb, &state, &cfg, &["explain", "alice"]);
+        assert_eq!(code, 0, "{offline}");
+        assert!(!offline.contains("live:"), "{offline}");
+        assert!(sb.cometchat.requests().is_empty(), "offline by default");
+
+        let (code, out) = rosterd(&sb, &state, &cfg, &["explain", "alice", "--live", "--without"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("group family-chat (wa waha, id 120363000000000042@g.us)\n  alice (491701000001@c.us): admin\n    admins: alice\n    live: member, participant"),
+            "{out}"
+        );
+        assert!(out.contains("  alice: admin, owner\n    owner: alice\n    admins: @sre-leads → alice\n    participants: @sre → @sre-leads → alice\n    live: member, admin, owner"), "{out}");
+        // support-desk's live alice is a moderator: without her, the plan removes her from there.
+        assert!(out.contains("group support-desk (cc cometchat, id support-desk), from the live:\n  remove alice, now moderator"), "{out}");
+        assert_eq!(sb.cometchat.writes().len(), 0, "explain writes nothing");
+    })
+    .await
+}
