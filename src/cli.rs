@@ -605,10 +605,7 @@ fn outcomes_text(report: &Report) -> String {
                 Outcome::Skipped { reason } => format!("skipped: {reason}"),
                 _ => String::new(),
             };
-            let who = g
-                .plan
-                .as_ref()
-                .map_or_else(|| o.member.to_string(), |p| p.who(&o.member));
+            let who = g.who(&o.member);
             let _ = writeln!(s, "  failed {} {who} in {}: {why}", o.kind, g.group);
         }
         if let Some(e) = &g.error {

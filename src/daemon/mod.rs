@@ -476,13 +476,7 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
     if error.is_none() {
         let failed: Vec<String> = g
             .failed_ops()
-            .map(|o| {
-                let who = g
-                    .plan
-                    .as_ref()
-                    .map_or_else(|| o.member.to_string(), |p| p.who(&o.member));
-                format!("{} {who}", o.kind)
-            })
+            .map(|o| format!("{} {}", o.kind, g.who(&o.member)))
             .collect();
         if !failed.is_empty() {
             error = Some(format!(

@@ -126,6 +126,13 @@ impl GroupReport {
         }
     }
 
+    /// A member as the manifest names them (see [`GroupPlan::who`]).
+    pub fn who(&self, m: &MemberId) -> String {
+        self.plan
+            .as_ref()
+            .map_or_else(|| m.to_string(), |p| p.who(m))
+    }
+
     /// Operations that failed or were skipped.
     pub fn failed_ops(&self) -> impl Iterator<Item = &OpOutcome> {
         self.outcomes.iter().filter(|o| !o.outcome.is_ok())

@@ -1,6 +1,8 @@
 //! `plan --out` / `apply --plan`: a reviewed plan is applied only to the groups that have not
 //! moved since, against the CometChat emulator over HTTP.
 
+use std::path::PathBuf;
+
 use rosterd::sandbox::cometchat::Scope;
 
 use crate::cli::{MANIFEST, code, rosterd, text, tree, world};
@@ -23,6 +25,23 @@ fn two_groups() -> rosterd::sandbox::cometchat::State {
 const OTHER: &str =
     "group: other\nprovider: cc\nid: other\nowner: alice\nadmins: [alice]\nparticipants: [bob]\n";
 
+/// Both groups managed, and `plan --out plan.json` written: the reviewed plan.
+async fn reviewed() -> (
+    rosterd::sandbox::Sandbox,
+    tempfile::TempDir,
+    PathBuf,
+    PathBuf,
+) {
+    let sb = sandbox(two_groups()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tree(dir.path(), &sb, MANIFEST, "");
+    std::fs::write(dir.path().join("groups/other.yaml"), OTHER).unwrap();
+    let file = dir.path().join("plan.json");
+    let plan = rosterd(&cfg, &["plan", "--out", file.to_str().unwrap()]);
+    assert_eq!(code(&plan), 0, "{}", text(&plan));
+    (sb, dir, cfg, file)
+}
+
 fn writes_to(sb: &rosterd::sandbox::Sandbox, guid: &str) -> usize {
     sb.cometchat
         .writes()
@@ -34,13 +53,7 @@ fn writes_to(sb: &rosterd::sandbox::Sandbox, guid: &str) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_plan_refuses_only_the_group_whose_live_roster_moved() {
     bounded(60, async {
-        let sb = sandbox(two_groups()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = tree(dir.path(), &sb, MANIFEST, "");
-        std::fs::write(dir.path().join("groups/other.yaml"), OTHER).unwrap();
-        let file = dir.path().join("plan.json");
-        let plan = rosterd(&cfg, &["plan", "--out", file.to_str().unwrap()]);
-        assert_eq!(code(&plan), 0, "{}", text(&plan));
+        let (sb, _dir, cfg, file) = reviewed().await;
         let doc: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert_eq!(doc["version"], 2);
@@ -101,13 +114,8 @@ async fn apply_plan_refuses_only_the_group_whose_live_roster_moved() {
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_plan_refuses_a_group_whose_files_changed_and_rejects_foreign_or_broken_plans() {
     bounded(60, async {
-        let sb = sandbox(two_groups()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = tree(dir.path(), &sb, MANIFEST, "");
-        std::fs::write(dir.path().join("groups/other.yaml"), OTHER).unwrap();
-        let file = dir.path().join("plan.json");
+        let (sb, dir, cfg, file) = reviewed().await;
         let f = file.to_str().unwrap();
-        assert_eq!(code(&rosterd(&cfg, &["plan", "--out", f])), 0);
 
         // A manifest edited after the review: that group is refused, the other applied.
         std::fs::write(
