@@ -29,15 +29,20 @@ impl AuditLog {
     }
 
     /// Record one write call and the outcome of each of its members.
+    /// `requests`: the HTTP write requests the planned call took (more than one where the
+    /// provider's limits or answers split it).
+    #[allow(clippy::too_many_arguments)]
     pub fn call(
         &self,
+        at: SystemTime,
         group: &str,
         provider: &str,
         op: OpKind,
         members: usize,
+        requests: usize,
         outcomes: &[MemberOutcome],
     ) {
-        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let ts = humantime::format_rfc3339_millis(at).to_string();
         let failed = outcomes.iter().filter(|o| !o.outcome.is_ok()).count();
         let result = if failed == 0 {
             "ok"
@@ -48,7 +53,8 @@ impl AuditLog {
         };
         let mut lines = vec![json!({
             "ts": ts, "type": "call", "group": group, "provider": provider,
-            "op": op, "members": members, "result": result, "failed": failed,
+            "op": op, "members": members, "requests": requests, "result": result,
+            "failed": failed,
         })];
         for o in outcomes {
             let (outcome, code, message) = match &o.outcome {
@@ -89,14 +95,22 @@ mod tests {
             MemberOutcome::done(MemberId::new("a")),
             MemberOutcome::failed(MemberId::new("b"), "NOT_FOUND", "no such user"),
         ];
-        AuditLog::open(&path)
-            .unwrap()
-            .call("team", "cc", OpKind::Add, 2, &outcomes);
+        AuditLog::open(&path).unwrap().call(
+            SystemTime::UNIX_EPOCH,
+            "team",
+            "cc",
+            OpKind::Add,
+            2,
+            1,
+            &outcomes,
+        );
         // A second open appends rather than truncating.
         AuditLog::open(&path).unwrap().call(
+            SystemTime::UNIX_EPOCH,
             "team",
             "cc",
             OpKind::Remove,
+            1,
             1,
             &[MemberOutcome::already(MemberId::new("c"))],
         );

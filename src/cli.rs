@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
+use crate::ctx::{Clock, Ctx};
 use crate::model::Outcome;
 use crate::plan::render;
 use crate::plan::saved::SavedPlan;
@@ -213,9 +214,9 @@ pub async fn run(cli: Cli) -> u8 {
                 out,
                 force,
                 people_stub,
-                now: SystemTime::now(),
             };
-            crate::import::run(&opts, &mut std::io::stdout(), &mut std::io::stderr()).await
+            let ctx = Ctx::new(Clock::starting_at(SystemTime::now()), interrupt_token());
+            crate::import::run(&ctx, &opts, &mut std::io::stdout(), &mut std::io::stderr()).await
         }
         Command::Explain {
             config,
@@ -285,8 +286,9 @@ async fn explain_cmd(path: &Path, name: &str, without: bool, live: bool) -> u8 {
             return exit::ERROR;
         }
     };
+    let run = Ctx::new(Clock::starting_at(SystemTime::now()), interrupt_token());
     let state = if live {
-        match explain::read_live(&cfg, &ctx, &target).await {
+        match explain::read_live(&run, &cfg, &ctx, &target).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -441,12 +443,11 @@ async fn reconcile_cmd(
     let opts = RunOptions {
         apply,
         allow_mass_removal,
-        now: SystemTime::now(),
-        per_instance_concurrency: 4,
         progress,
         check,
     };
-    let report = reconcile::run(&groups, &targets, &opts, audit.as_ref()).await;
+    let ctx = Ctx::new(Clock::starting_at(SystemTime::now()), interrupt_token());
+    let report = reconcile::run(&ctx, &groups, &targets, &opts, audit.as_ref()).await;
     print_report(&report, sel.format, apply);
     for name in &gone {
         println!(
@@ -488,6 +489,23 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     })
 }
 
+/// Cancelled at the first Ctrl-C: no further request is sent (the ones in flight finish), and
+/// the run reports what was done. A second Ctrl-C ends the process at once.
+fn interrupt_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: no further request is sent; Ctrl-C again to quit at once");
+            t.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
 /// The groups named by `--group`, or all of them. An unknown name is an error, not an empty run.
 fn select(cfg: &Config, names: &[String]) -> Result<Vec<crate::model::DesiredGroup>, String> {
     if names.is_empty() {
@@ -527,13 +545,7 @@ pub fn build_targets(
         };
         match crate::provider::build(instance) {
             Ok(provider) => {
-                targets.insert(
-                    name.to_string(),
-                    Target {
-                        instance: instance.clone(),
-                        provider,
-                    },
-                );
+                targets.insert(name.to_string(), Target::new(instance.clone(), provider));
             }
             Err(e) => errors.push(format!("provider {name}: {e}")),
         }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::config::secret::Secret;
+use crate::ctx::Ctx;
 use crate::model::{DesiredGroup, Outcome};
 use crate::plan::render;
 use crate::provider::cometchat::CometChat;
@@ -98,20 +99,20 @@ async fn run(
 
     let opts = |apply: bool| RunOptions {
         apply,
-        now: SystemTime::now(),
         ..RunOptions::default()
     };
+    let ctx = Ctx::at(SystemTime::now());
 
     writeln!(out, "\n== plan ==")?;
-    let first = reconcile::run(&groups, &targets, &opts(false), None).await;
+    let first = reconcile::run(&ctx, &groups, &targets, &opts(false), None).await;
     write!(out, "{}", render::text(&first.plan(), color))?;
 
     writeln!(out, "\n== apply ==")?;
-    let applied = reconcile::run(&groups, &targets, &opts(true), None).await;
+    let applied = reconcile::run(&ctx, &groups, &targets, &opts(true), None).await;
     summarize(&applied, out)?;
 
     writeln!(out, "\n== plan after apply ==")?;
-    let second = reconcile::run(&groups, &targets, &opts(false), None).await;
+    let second = reconcile::run(&ctx, &groups, &targets, &opts(false), None).await;
     write!(out, "{}", render::text(&second.plan(), color))?;
 
     let code = applied.exit_code(true, false);
@@ -187,12 +188,13 @@ fn sandbox_target(
             instance.common.interval = Some(std::time::Duration::ZERO);
             let client = Waha::with_key(&instance, Secret::new(state.waha.api_key.clone()))
                 .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?
-                .with_throttle_cooldown(std::time::Duration::from_millis(100));
+                .with_throttle_cooldown(std::time::Duration::from_millis(100))
+                .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
             Arc::new(client)
         }
         _ => return Ok(None),
     };
-    Ok(Some(Target { instance, provider }))
+    Ok(Some(Target::new(instance, provider)))
 }
 
 /// One line per group, and one per member whose operation failed.

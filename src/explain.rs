@@ -408,6 +408,7 @@ pub fn blast_radius(
 
 /// The live state of every group that lists the target, for `--live`.
 pub async fn read_live(
+    ctx_run: &crate::ctx::Ctx,
     cfg: &Config,
     ctx: &Context,
     target: &Target,
@@ -426,7 +427,11 @@ pub async fn read_live(
     let mut out = BTreeMap::new();
     for g in &groups {
         let t = &targets[&g.provider];
-        let live = t.provider.fetch(&g.id).await.map_err(|e| e.to_string());
+        let live = t
+            .provider
+            .fetch(ctx_run, &g.id)
+            .await
+            .map_err(|e| e.to_string());
         out.insert(g.name.clone(), live);
     }
     Ok(out)

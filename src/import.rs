@@ -27,8 +27,6 @@ pub struct ImportOptions {
     pub force: bool,
     /// Also write a people.yaml stub naming the ids no person matched.
     pub people_stub: Option<PathBuf>,
-    /// Mutes that ended before this are not imported.
-    pub now: SystemTime,
 }
 
 /// One group as a manifest, and what could not go into it.
@@ -232,7 +230,12 @@ pub fn people_stub(instance: &str, unnamed: &BTreeSet<MemberId>, taken: &BTreeSe
 }
 
 /// Run `rosterd import`: what was imported goes to `out`, errors to `err`. Returns the exit code.
-pub async fn run(opts: &ImportOptions, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub async fn run(
+    run: &crate::ctx::Ctx,
+    opts: &ImportOptions,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     use crate::cli::exit;
     let cfg = match config::load(&opts.config) {
         Ok(c) => c,
@@ -355,7 +358,7 @@ pub async fn run(opts: &ImportOptions, out: &mut dyn Write, err: &mut dyn Write)
         return fail(err, format!("cannot create {}: {e}", dir.display()));
     }
     for (name, id, path) in &plans {
-        let live = match provider.fetch(id).await {
+        let live = match provider.fetch(run, id).await {
             Ok(l) => l,
             Err(e) => {
                 let _ = writeln!(
@@ -367,7 +370,8 @@ pub async fn run(opts: &ImportOptions, out: &mut dyn Write, err: &mut dyn Write)
                 continue;
             }
         };
-        let m = manifest(name, instance, id, &live, &by_id, &people, opts.now);
+        // Mutes that have ended by now are not imported.
+        let m = manifest(name, instance, id, &live, &by_id, &people, run.now());
         if let Err(e) = crate::cli::write_atomically(path, &m.text) {
             let _ = writeln!(err, "error: cannot write {}: {e}", path.display());
             code = exit::FAILED;

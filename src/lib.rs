@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod ctx;
 pub mod daemon;
 pub mod demo;
 pub mod explain;

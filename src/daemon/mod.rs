@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
-use crate::model::{Batch, DesiredGroup, GroupId, LiveGroup, MemberOutcome};
-use crate::provider::{Capabilities, Provider, ProviderError, RequestCounts};
+use crate::ctx::{Clock, Ctx};
+use crate::model::DesiredGroup;
+use crate::provider::RequestCounts;
 use crate::reconcile::{self, GroupStatus, RunOptions, Target};
 
 pub mod metrics;
@@ -82,7 +82,6 @@ pub struct Shared {
     /// Provider instances that answered a read at least once.
     pub reached: Mutex<BTreeSet<String>>,
     targets: RwLock<BTreeMap<String, Target>>,
-    limits: RwLock<BTreeMap<String, Arc<Semaphore>>>,
     audit: RwLock<Option<Arc<AuditLog>>>,
     /// Request counts already added to the metrics, per instance.
     counted: Mutex<BTreeMap<String, RequestCounts>>,
@@ -147,7 +146,6 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
         metrics: Metrics::default(),
         reached: Mutex::new(BTreeSet::new()),
         targets: RwLock::new(BTreeMap::new()),
-        limits: RwLock::new(BTreeMap::new()),
         audit: RwLock::new(None),
         counted: Mutex::new(BTreeMap::new()),
     });
@@ -321,30 +319,17 @@ fn rebuild_targets(shared: &Shared) {
     let tree = shared.tree.lock().expect("lock");
     let Some(ctx) = tree.context() else { return };
     let mut targets = BTreeMap::new();
-    let mut limits = BTreeMap::new();
     for (name, instance) in &ctx.instances {
         match crate::provider::build(instance) {
-            Ok(p) => {
-                let provider: Arc<dyn Provider> = Arc::new(Stoppable {
-                    inner: p,
-                    stop: shared.stop.clone(),
-                });
-                targets.insert(
-                    name.clone(),
-                    Target {
-                        instance: instance.clone(),
-                        provider,
-                    },
-                );
+            Ok(provider) => {
+                targets.insert(name.clone(), Target::new(instance.clone(), provider));
             }
             Err(e) => {
                 tracing::error!(provider = %name, error = %e, "cannot build the provider client")
             }
         }
-        limits.insert(name.clone(), Arc::new(Semaphore::new(4)));
     }
     *shared.targets.write().expect("lock") = targets;
-    *shared.limits.write().expect("lock") = limits;
     let audit = ctx
         .audit_log
         .as_ref()
@@ -358,56 +343,10 @@ fn rebuild_targets(shared: &Shared) {
     *shared.audit.write().expect("lock") = audit;
 }
 
-/// Graceful stop at the provider seam: once the daemon stops, the call in flight completes and
-/// every later call is refused without being sent, so the engine winds the group down with
-/// nothing half-sent.
-struct Stoppable {
-    inner: Arc<dyn Provider>,
-    stop: CancellationToken,
-}
-
-impl Stoppable {
-    fn check(&self) -> Result<(), ProviderError> {
-        if self.stop.is_cancelled() {
-            Err(ProviderError::fatal("rosterd is stopping: call not sent").with_code("STOPPING"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl Provider for Stoppable {
-    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
-        self.check()?;
-        self.inner.fetch(group).await
-    }
-    async fn apply(
-        &self,
-        group: &GroupId,
-        batch: &Batch,
-    ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        self.check()?;
-        self.inner.apply(group, batch).await
-    }
-    fn capabilities_for(&self, live: &LiveGroup) -> Capabilities {
-        self.inner.capabilities_for(live)
-    }
-    fn requests(&self) -> RequestCounts {
-        self.inner.requests()
-    }
-}
-
 /// One run of one group: the same road as `rosterd apply`, bounded per provider instance.
 async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
     let target = shared
         .targets
-        .read()
-        .expect("lock")
-        .get(&desired.provider)
-        .cloned();
-    let limit = shared
-        .limits
         .read()
         .expect("lock")
         .get(&desired.provider)
@@ -426,27 +365,18 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
         );
         return;
     };
-    let _permit = match &limit {
-        Some(s) => s.clone().acquire_owned().await.ok(),
-        None => None,
-    };
-    let targets = BTreeMap::from([(desired.provider.clone(), target.clone())]);
     let opts = RunOptions {
         apply: true,
-        now: SystemTime::now(),
-        per_instance_concurrency: 1,
         ..RunOptions::default()
     };
-    let report = reconcile::run(
-        std::slice::from_ref(&desired),
-        &targets,
-        &opts,
-        audit.as_deref(),
-    )
-    .await;
-    let Some(g) = report.groups.into_iter().next() else {
-        return;
-    };
+    // Once the daemon stops, the request in flight completes and no later one is sent, so
+    // the engine winds the group down with nothing half-sent.
+    let ctx = Ctx::new(
+        Clock::starting_at(SystemTime::now()),
+        shared.stop.child_token(),
+    );
+    let g =
+        reconcile::reconcile_group(&ctx, &desired, Some(&target), &opts, audit.as_deref()).await;
 
     if g.plan.is_some() {
         shared

@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -27,8 +27,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::secret::{Secret, SecretRef};
+use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Role};
-use crate::provider::http::{Call, HttpClient, HttpOptions, Response};
+use crate::provider::http::{Call, HttpClient, HttpOptions, Renew, Response, Verdict};
 use crate::provider::{
     Capabilities, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError, RequestCounts,
 };
@@ -112,17 +113,20 @@ pub struct Bitrix24 {
 enum Auth {
     /// The whole webhook URL, ending in `/`.
     Webhook(Secret),
-    OAuth(Box<OAuthAuth>),
+    OAuth(Arc<OAuthAuth>),
 }
 
 struct OAuthAuth {
+    instance: String,
     /// The REST endpoint, ending in `/`.
     rest: String,
     token_url: String,
     client_id: String,
     client_secret: Secret,
     token_file: PathBuf,
-    tokens: tokio::sync::Mutex<Tokens>,
+    tokens: Mutex<Tokens>,
+    /// Held by the refresh in flight, so concurrent callers refresh once between them.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -210,23 +214,29 @@ impl Bitrix24 {
         let tokens = read_tokens(name, &o.token_file)?;
         Self::build(
             instance,
-            Auth::OAuth(Box::new(OAuthAuth {
+            Auth::OAuth(Arc::new(OAuthAuth {
+                instance: name.clone(),
                 rest,
                 token_url,
                 client_id: o.client_id.clone(),
                 client_secret,
                 token_file: o.token_file.clone(),
-                tokens: tokio::sync::Mutex::new(tokens),
+                tokens: Mutex::new(tokens),
+                refreshing: tokio::sync::Mutex::new(()),
             })),
         )
     }
 
     fn build(instance: &Instance, auth: Auth) -> Result<Self, ProviderError> {
         let burst = settings_of(instance)?.burst;
+        let mut http = HttpClient::new(http_options(instance, burst))?;
+        if let Auth::OAuth(o) = &auth {
+            http = http.with_renewal(o.clone());
+        }
         Ok(Bitrix24 {
             instance: instance.name.clone(),
             auth,
-            http: HttpClient::new(http_options(instance, burst))?,
+            http,
             me: tokio::sync::OnceCell::new(),
             managers: AtomicU8::new(0),
             operating_reset: Mutex::new(HashMap::new()),
@@ -242,60 +252,61 @@ impl Bitrix24 {
             ..self.http.options().clone()
         };
         self.http = HttpClient::new(opts)?;
+        if let Auth::OAuth(o) = &self.auth {
+            self.http = self.http.with_renewal(o.clone());
+        }
         Ok(self)
     }
 
     /// One REST call: `method` with `params`, classified; an expired OAuth token is refreshed
-    /// once and the call repeated.
+    /// once by the HTTP layer and the call repeated with the new one.
     async fn rest<T>(
         &self,
+        ctx: &Ctx,
         method: &'static str,
         params: Value,
         write: bool,
         label: &'static str,
         parse: impl Fn(&Value) -> Result<T, ProviderError> + Send + Sync,
     ) -> Result<T, ProviderError> {
-        let mut refreshed = false;
-        loop {
-            let (url, body, generation) = match &self.auth {
-                Auth::Webhook(base) => (format!("{}{method}", base.expose()), params.clone(), 0),
-                Auth::OAuth(o) => {
-                    let t = o.tokens.lock().await.clone();
-                    let mut body = params.clone();
-                    if let Value::Object(m) = &mut body {
-                        m.insert("auth".into(), Value::String(t.access.expose().to_string()));
+        self.http
+            .call(
+                ctx,
+                || self.request(method, &params, write, label),
+                |r| match self.envelope(r, method, label).and_then(|v| parse(&v)) {
+                    Err(e) if is_token_error(&e) && matches!(self.auth, Auth::OAuth(_)) => {
+                        Verdict::Reauth(e)
                     }
-                    (format!("{}{method}", o.rest), body, t.generation)
+                    other => other.into(),
+                },
+            )
+            .await
+    }
+
+    /// The request of one REST call, with the credentials in force.
+    fn request(&self, method: &str, params: &Value, write: bool, label: &'static str) -> Call {
+        let (url, body, credentials) = match &self.auth {
+            Auth::Webhook(base) => (format!("{}{method}", base.expose()), params.clone(), 0),
+            Auth::OAuth(o) => {
+                let t = o.tokens.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut body = params.clone();
+                if let Value::Object(m) = &mut body {
+                    m.insert("auth".into(), Value::String(t.access.expose().to_string()));
                 }
-            };
-            let call = Call {
-                method: Method::POST,
-                url,
-                headers: headers(),
-                body: Some(body),
-                write,
-                // Every command rosterd sends is idempotent at Bitrix24: repeat adds are
-                // no-ops, a repeated delete answers USER_NOT_FOUND, setManager/setOwner repeat.
-                idempotent: true,
-                label,
-            };
-            let res = self
-                .http
-                .call(call, |r| {
-                    let v = self.envelope(r, method, label)?;
-                    parse(&v)
-                })
-                .await;
-            match res {
-                Err(e) if !refreshed && is_token_error(&e) => {
-                    let Auth::OAuth(o) = &self.auth else {
-                        return Err(e);
-                    };
-                    self.refresh(o, generation).await?;
-                    refreshed = true;
-                }
-                other => return other,
+                (format!("{}{method}", o.rest), body, t.generation)
             }
+        };
+        Call {
+            method: Method::POST,
+            url,
+            headers: headers(),
+            body: Some(body),
+            write,
+            // Every command rosterd sends is idempotent at Bitrix24: repeat adds are
+            // no-ops, a repeated delete answers USER_NOT_FOUND, setManager/setOwner repeat.
+            idempotent: true,
+            label,
+            credentials,
         }
     }
 
@@ -312,7 +323,7 @@ impl Bitrix24 {
                 .as_ref()
                 .and_then(|b| b.get("error_description"))
                 .and_then(Value::as_str);
-            return Err(self.classify(r.status, err, desc, method, label));
+            return Err(self.classify(r.status, err, desc, method, label, r.received));
         }
         let Some(mut body) = body else {
             return Err(ProviderError::transient(format!(
@@ -340,6 +351,7 @@ impl Bitrix24 {
         desc: Option<&str>,
         method: &str,
         label: &str,
+        received: SystemTime,
     ) -> ProviderError {
         let message = match (code, desc) {
             (Some(c), Some(d)) if !d.is_empty() => format!("{label}: HTTP {status} {c}: {d}"),
@@ -349,9 +361,10 @@ impl Bitrix24 {
         let upper = code.map(str::to_ascii_uppercase);
         let (class, retry_after) = match upper.as_deref() {
             Some("QUERY_LIMIT_EXCEEDED") => (ErrorClass::Throttled, None),
-            Some("OPERATION_TIME_LIMIT") => {
-                (ErrorClass::Throttled, Some(self.operating_wait(method)))
-            }
+            Some("OPERATION_TIME_LIMIT") => (
+                ErrorClass::Throttled,
+                Some(self.operating_wait(method, received)),
+            ),
             Some("INTERNAL_SERVER_ERROR" | "ERROR_UNEXPECTED_ANSWER") => {
                 (ErrorClass::Transient, None)
             }
@@ -379,13 +392,13 @@ impl Bitrix24 {
 
     /// How long a method over its operating budget must rest: until its last seen reset time
     /// plus a second (the reset is in whole seconds), or a basket's length when none was seen.
-    fn operating_wait(&self, method: &str) -> Duration {
+    fn operating_wait(&self, method: &str, now: SystemTime) -> Duration {
         let at = self
             .operating_reset
             .lock()
             .ok()
             .and_then(|m| m.get(&method.to_ascii_lowercase()).copied());
-        let now = SystemTime::now()
+        let now = now
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         match at {
@@ -395,98 +408,11 @@ impl Bitrix24 {
         }
     }
 
-    /// Refresh the OAuth tokens once (unless another task already did since `seen`), and
-    /// persist them before they are used.
-    async fn refresh(&self, o: &OAuthAuth, seen: u64) -> Result<(), ProviderError> {
-        let mut tokens = o.tokens.lock().await;
-        if tokens.generation != seen {
-            return Ok(());
-        }
-        let mut url = reqwest::Url::parse(&o.token_url).map_err(|_| {
-            ProviderError::fatal(format!(
-                "provider {}: the OAuth server address is not a URL",
-                self.instance
-            ))
-        })?;
-        url.query_pairs_mut()
-            .append_pair("grant_type", "refresh_token")
-            .append_pair("client_id", &o.client_id)
-            .append_pair("client_secret", o.client_secret.expose())
-            .append_pair("refresh_token", tokens.refresh.expose());
-        let call = Call {
-            method: Method::GET,
-            url: url.into(),
-            headers: headers(),
-            body: None,
-            // A refresh spends the old refresh token: repeating one whose answer was lost
-            // would fail `invalid_grant`, so it is never repeated blindly.
-            write: true,
-            idempotent: false,
-            label: "refresh OAuth token",
-        };
-        let instance = self.instance.clone();
-        let fresh: Value = self
-            .http
-            .call(call, |r| {
-                let v: Option<Value> = serde_json::from_slice(&r.body).ok();
-                let ok = (200..300).contains(&r.status)
-                    && v.as_ref().is_some_and(|v| v.get("error").is_none());
-                if ok {
-                    return Ok(v.expect("checked"));
-                }
-                let code = v
-                    .as_ref()
-                    .and_then(|v| v.get("error"))
-                    .and_then(Value::as_str)
-                    .map(String::from);
-                let class = if code.is_none() && r.status >= 500 {
-                    ErrorClass::Transient
-                } else {
-                    ErrorClass::Fatal
-                };
-                Err(ProviderError {
-                    class,
-                    message: format!(
-                        "provider {instance}: refreshing the OAuth token failed: HTTP {} {}",
-                        r.status,
-                        code.as_deref().unwrap_or("")
-                    ),
-                    code,
-                    retry_after: None,
-                })
-            })
-            .await?;
-        let access = fresh.get("access_token").and_then(Value::as_str);
-        let refresh = fresh.get("refresh_token").and_then(Value::as_str);
-        let (Some(access), Some(refresh)) = (access, refresh) else {
-            return Err(ProviderError::fatal(format!(
-                "provider {}: the OAuth server answered without access_token and refresh_token",
-                self.instance
-            )));
-        };
-        // The old refresh token is spent now: persist first, so a crash right after this
-        // never leaves the file holding a dead token while the new one lived only in memory.
-        write_tokens(&o.token_file, &fresh).map_err(|e| {
-            ProviderError::fatal(format!(
-                "provider {}: cannot write the refreshed tokens to {}: {e}",
-                self.instance,
-                o.token_file.display()
-            ))
-        })?;
-        *tokens = Tokens {
-            access: Secret::new(access),
-            refresh: Secret::new(refresh),
-            generation: tokens.generation + 1,
-        };
-        tracing::info!(instance = %self.instance, "OAuth tokens refreshed and saved");
-        Ok(())
-    }
-
     /// The acting user (`profile`), asked once per client.
-    async fn me(&self) -> Result<MemberId, ProviderError> {
+    async fn me(&self, ctx: &Ctx) -> Result<MemberId, ProviderError> {
         self.me
             .get_or_try_init(|| async {
-                self.rest("profile", json!({}), false, "profile", |v| {
+                self.rest(ctx, "profile", json!({}), false, "profile", |v| {
                     let id = v.get("ID").and_then(id_of).ok_or_else(|| {
                         ProviderError::fatal("profile: the answer has no user ID")
                     })?;
@@ -501,6 +427,7 @@ impl Bitrix24 {
     /// One `batch` request; commands run in order with `halt` off.
     async fn batch(
         &self,
+        ctx: &Ctx,
         cmds: &[Cmd],
         write: bool,
         label: &'static str,
@@ -521,7 +448,7 @@ impl Bitrix24 {
         let methods: HashMap<String, &'static str> =
             cmds.iter().map(|c| (c.key.clone(), c.method)).collect();
         let params = json!({ "halt": 0, "cmd": cmd });
-        self.rest("batch", params, write, label, |v| {
+        self.rest(ctx, "batch", params, write, label, |v| {
             let res = BatchResult::parse(v, label)?;
             for (key, t) in &res.time {
                 if let Some(m) = methods.get(key) {
@@ -534,7 +461,14 @@ impl Bitrix24 {
                     // An inner call over its budget was not carried out: the whole batch is
                     // repeated after the pause, which every command here tolerates.
                     "OPERATION_TIME_LIMIT" | "QUERY_LIMIT_EXCEEDED" => {
-                        return Err(self.classify(429, Some(code), Some(desc), m, label));
+                        return Err(self.classify(
+                            429,
+                            Some(code),
+                            Some(desc),
+                            m,
+                            label,
+                            ctx.now(),
+                        ));
                     }
                     "ERROR_BATCH_LENGTH_EXCEEDED" | "ERROR_BATCH_METHOD_NOT_ALLOWED" => {
                         return Err(ProviderError::fatal(format!(
@@ -552,8 +486,9 @@ impl Bitrix24 {
     }
 
     /// `im.chat.user.list` alone, for verifying when the batch's own re-list is missing.
-    async fn list_members(&self, chat: u64) -> Result<BTreeSet<u64>, ProviderError> {
+    async fn list_members(&self, ctx: &Ctx, chat: u64) -> Result<BTreeSet<u64>, ProviderError> {
         self.rest(
+            ctx,
             "im.chat.user.list",
             json!({ "CHAT_ID": chat }),
             false,
@@ -563,7 +498,12 @@ impl Bitrix24 {
         .await
     }
 
-    async fn add(&self, chat: u64, ops: &[Op]) -> Result<Vec<MemberOutcome>, ProviderError> {
+    async fn add(
+        &self,
+        ctx: &Ctx,
+        chat: u64,
+        ops: &[Op],
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
         let mut out = Vec::with_capacity(ops.len());
         for request in ops.chunks(MAX_ADDS_PER_REQUEST) {
             let mut cmds = Vec::new();
@@ -584,10 +524,10 @@ impl Bitrix24 {
                 "im.chat.user.list",
                 format!("im.chat.user.list?CHAT_ID={chat}"),
             ));
-            let res = self.batch(&cmds, true, "add").await?;
+            let res = self.batch(ctx, &cmds, true, "add").await?;
             let listed = match res.ok.get("verify").map(parse_ids) {
                 Some(Ok(ids)) => Some(ids),
-                _ => self.list_members(chat).await.ok(),
+                _ => self.list_members(ctx, chat).await.ok(),
             };
             for op in request {
                 let key = &cmd_of[&op.member];
@@ -615,8 +555,13 @@ impl Bitrix24 {
         Ok(out)
     }
 
-    async fn remove(&self, chat: u64, ops: &[Op]) -> Result<Vec<MemberOutcome>, ProviderError> {
-        let me = self.me().await?;
+    async fn remove(
+        &self,
+        ctx: &Ctx,
+        chat: u64,
+        ops: &[Op],
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        let me = self.me(ctx).await?;
         let mut out = Vec::with_capacity(ops.len());
         for request in ops.chunks(MAX_COMMANDS) {
             let mut cmds = Vec::new();
@@ -635,7 +580,7 @@ impl Bitrix24 {
             let res = if cmds.is_empty() {
                 BatchResult::default()
             } else {
-                self.batch(&cmds, true, "remove").await?
+                self.batch(ctx, &cmds, true, "remove").await?
             };
             // Legacy portals answer every delete failure with WRONG_REQUEST, "not a member"
             // included; only a re-read can tell which it was.
@@ -644,7 +589,7 @@ impl Bitrix24 {
                 .values()
                 .any(|(c, _)| c.eq_ignore_ascii_case("WRONG_REQUEST"));
             let listed = if legacy {
-                Some(self.list_members(chat).await?)
+                Some(self.list_members(ctx, chat).await?)
             } else {
                 None
             };
@@ -661,11 +606,8 @@ impl Bitrix24 {
                 let key = format!("del_{id}");
                 out.push(match res.errors.get(&key) {
                     None if res.ok.contains_key(&key) => MemberOutcome::done(op.member.clone()),
-                    None => MemberOutcome::failed(
-                        op.member.clone(),
-                        "NO_RESULT",
-                        "the batch returned no result for this removal",
-                    ),
+                    // No word on this member: the engine reports it as failed.
+                    None => continue,
                     Some((c, _)) if c.eq_ignore_ascii_case("USER_NOT_FOUND") => {
                         MemberOutcome::already(op.member.clone())
                     }
@@ -682,6 +624,7 @@ impl Bitrix24 {
 
     async fn set_managers(
         &self,
+        ctx: &Ctx,
         chat: u64,
         kind: OpKind,
         ops: &[Op],
@@ -702,7 +645,7 @@ impl Bitrix24 {
                 ));
             }
             cmds.push(dialog_cmd(chat));
-            let res = self.batch(&cmds, true, kind.as_str()).await?;
+            let res = self.batch(ctx, &cmds, true, kind.as_str()).await?;
             let missing = res
                 .errors
                 .values()
@@ -749,7 +692,12 @@ impl Bitrix24 {
         .with_code("ERROR_METHOD_NOT_FOUND")
     }
 
-    async fn transfer(&self, chat: u64, op: &Op) -> Result<MemberOutcome, ProviderError> {
+    async fn transfer(
+        &self,
+        ctx: &Ctx,
+        chat: u64,
+        op: &Op,
+    ) -> Result<MemberOutcome, ProviderError> {
         let id = user_id(&op.member)?;
         let cmds = [
             Cmd::new(
@@ -759,7 +707,7 @@ impl Bitrix24 {
             ),
             dialog_cmd(chat),
         ];
-        let res = self.batch(&cmds, true, "transfer owner").await?;
+        let res = self.batch(ctx, &cmds, true, "transfer owner").await?;
         // The re-read decides: a repeat after a retried batch answers WRONG_REQUEST (we are no
         // longer the owner) although the transfer holds.
         Ok(match res.ok.get("verify").map(Dialog::parse) {
@@ -958,6 +906,98 @@ fn manager_flag(kind: OpKind, op: &Op) -> Result<&'static str, ProviderError> {
     }
 }
 
+#[async_trait]
+impl Renew for OAuthAuth {
+    /// Refresh the OAuth tokens once (unless another task already did since `seen`), and
+    /// persist them before they are used.
+    async fn renew(&self, ctx: &Ctx, http: &HttpClient, seen: u64) -> Result<(), ProviderError> {
+        let o = self;
+        let _one = o.refreshing.lock().await;
+        let old = o.tokens.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if old.generation != seen {
+            return Ok(());
+        }
+        let mut url = reqwest::Url::parse(&o.token_url).map_err(|_| {
+            ProviderError::fatal(format!(
+                "provider {}: the OAuth server address is not a URL",
+                self.instance
+            ))
+        })?;
+        url.query_pairs_mut()
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("client_id", &o.client_id)
+            .append_pair("client_secret", o.client_secret.expose())
+            .append_pair("refresh_token", old.refresh.expose());
+        let call = Call {
+            method: Method::GET,
+            url: url.into(),
+            headers: headers(),
+            body: None,
+            // A refresh spends the old refresh token: repeating one whose answer was lost
+            // would fail `invalid_grant`, so it is never repeated blindly.
+            write: true,
+            idempotent: false,
+            label: "refresh OAuth token",
+            credentials: seen,
+        };
+        let instance = self.instance.clone();
+        let fresh: Value = http
+            .call(ctx, call, |r| {
+                let v: Option<Value> = serde_json::from_slice(&r.body).ok();
+                let ok = (200..300).contains(&r.status)
+                    && v.as_ref().is_some_and(|v| v.get("error").is_none());
+                if ok {
+                    return Ok(v.expect("checked"));
+                }
+                let code = v
+                    .as_ref()
+                    .and_then(|v| v.get("error"))
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                let class = if code.is_none() && r.status >= 500 {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Fatal
+                };
+                Err(ProviderError {
+                    class,
+                    message: format!(
+                        "provider {instance}: refreshing the OAuth token failed: HTTP {} {}",
+                        r.status,
+                        code.as_deref().unwrap_or("")
+                    ),
+                    code,
+                    retry_after: None,
+                })
+            })
+            .await?;
+        let access = fresh.get("access_token").and_then(Value::as_str);
+        let refresh = fresh.get("refresh_token").and_then(Value::as_str);
+        let (Some(access), Some(refresh)) = (access, refresh) else {
+            return Err(ProviderError::fatal(format!(
+                "provider {}: the OAuth server answered without access_token and refresh_token",
+                self.instance
+            )));
+        };
+        // The old refresh token is spent now: persist first, so a crash right after this
+        // never leaves the file holding a dead token while the new one lived only in memory.
+        write_tokens(&o.token_file, &fresh).map_err(|e| {
+            ProviderError::fatal(format!(
+                "provider {}: cannot write the refreshed tokens to {}: {e}",
+                self.instance,
+                o.token_file.display()
+            ))
+        })?;
+        *o.tokens.lock().unwrap_or_else(|e| e.into_inner()) = Tokens {
+            access: Secret::new(access),
+            refresh: Secret::new(refresh),
+            generation: old.generation + 1,
+        };
+        tracing::info!(instance = %self.instance, "OAuth tokens refreshed and saved");
+        Ok(())
+    }
+}
+
 fn is_token_error(e: &ProviderError) -> bool {
     e.code.as_deref().is_some_and(|c| {
         c.eq_ignore_ascii_case("expired_token") || c.eq_ignore_ascii_case("invalid_token")
@@ -1103,9 +1143,9 @@ fn http_options(instance: &Instance, burst: Option<u32>) -> HttpOptions {
 
 #[async_trait]
 impl Provider for Bitrix24 {
-    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+    async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError> {
         let chat = chat_id(group)?;
-        let me = self.me().await?;
+        let me = self.me(ctx).await?;
         // The dialog goes first: for a chat we cannot see, the member list answers `[]`.
         let cmds = [
             Cmd::new(
@@ -1119,7 +1159,7 @@ impl Provider for Bitrix24 {
                 format!("im.chat.user.list?CHAT_ID={chat}"),
             ),
         ];
-        let res = self.batch(&cmds, false, "read chat").await?;
+        let res = self.batch(ctx, &cmds, false, "read chat").await?;
         let unreadable = |key: &str, what: &str| -> ProviderError {
             match res.errors.get(key) {
                 Some((c, d)) => ProviderError::fatal(format!(
@@ -1180,20 +1220,21 @@ impl Provider for Bitrix24 {
 
     async fn apply(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
         let chat = chat_id(group)?;
         match batch.kind {
-            OpKind::Add => self.add(chat, &batch.ops).await,
-            OpKind::Remove => self.remove(chat, &batch.ops).await,
+            OpKind::Add => self.add(ctx, chat, &batch.ops).await,
+            OpKind::Remove => self.remove(ctx, chat, &batch.ops).await,
             OpKind::Promote | OpKind::Demote => {
-                self.set_managers(chat, batch.kind, &batch.ops).await
+                self.set_managers(ctx, chat, batch.kind, &batch.ops).await
             }
             OpKind::TransferOwner => {
                 let mut out = Vec::with_capacity(batch.ops.len());
                 for op in &batch.ops {
-                    out.push(self.transfer(chat, op).await?);
+                    out.push(self.transfer(ctx, chat, op).await?);
                 }
                 Ok(out)
             }
@@ -1312,9 +1353,17 @@ mod tests {
             Some("Too many"),
             "batch",
             "x",
+            UNIX_EPOCH,
         );
         assert_eq!(e.class, ErrorClass::Throttled);
-        let e = c.classify(429, Some("OPERATION_TIME_LIMIT"), None, "batch", "x");
+        let e = c.classify(
+            429,
+            Some("OPERATION_TIME_LIMIT"),
+            None,
+            "batch",
+            "x",
+            UNIX_EPOCH,
+        );
         assert_eq!(
             (e.class, e.retry_after),
             (ErrorClass::Throttled, Some(OPERATING_FALLBACK))
@@ -1326,15 +1375,23 @@ mod tests {
             None,
             "IM.CHAT.USER.LIST",
             "x",
+            UNIX_EPOCH,
         );
         assert!(e.retry_after.unwrap() > Duration::from_secs(3600));
-        let e = c.classify(401, Some("expired_token"), None, "batch", "x");
+        let e = c.classify(401, Some("expired_token"), None, "batch", "x", UNIX_EPOCH);
         assert!(is_token_error(&e) && e.class == ErrorClass::Fatal);
-        let e = c.classify(500, Some("INTERNAL_SERVER_ERROR"), None, "batch", "x");
+        let e = c.classify(
+            500,
+            Some("INTERNAL_SERVER_ERROR"),
+            None,
+            "batch",
+            "x",
+            UNIX_EPOCH,
+        );
         assert_eq!(e.class, ErrorClass::Transient);
-        let e = c.classify(502, None, None, "batch", "x");
+        let e = c.classify(502, None, None, "batch", "x", UNIX_EPOCH);
         assert_eq!(e.class, ErrorClass::Transient);
-        let e = c.classify(403, Some("ACCESS_ERROR"), None, "batch", "x");
+        let e = c.classify(403, Some("ACCESS_ERROR"), None, "batch", "x", UNIX_EPOCH);
         assert_eq!(e.class, ErrorClass::Fatal);
     }
 

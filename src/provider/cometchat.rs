@@ -16,8 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::secret::{Secret, SecretRef};
+use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Role};
-use crate::provider::http::{Call, HttpClient, HttpOptions, Response};
+use crate::provider::http::{Call, HttpClient, HttpOptions, Response, Verdict};
 use crate::provider::{
     Capabilities, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError, RequestCounts,
 };
@@ -154,6 +155,7 @@ impl CometChat {
             write,
             idempotent: true,
             label,
+            ..Call::default()
         }
     }
 
@@ -172,6 +174,7 @@ impl CometChat {
     /// is not trusted: the provider's own examples show 0 next to data (cometchat.md §6.8).
     async fn list_all(
         &self,
+        ctx: &Ctx,
         guid: &str,
         what: &'static str,
         label: &'static str,
@@ -188,10 +191,11 @@ impl CometChat {
             );
             let (items, per_page) = self
                 .http
-                .call(self.call(Method::GET, url, None, false, label), |r| {
-                    let body: PagedEnvelope = ok_json(r)?;
-                    let per_page = body.per_page();
-                    Ok((body.data, per_page))
+                .call(ctx, self.call(Method::GET, url, None, false, label), |r| {
+                    ok_json::<PagedEnvelope>(r).map(|body| {
+                        let per_page = body.per_page();
+                        (body.data, per_page)
+                    })
                 })
                 .await?;
             let n = items.len();
@@ -216,6 +220,7 @@ impl CometChat {
 
     async fn add_or_ban(
         &self,
+        ctx: &Ctx,
         guid: &str,
         kind: OpKind,
         ops: &[Op],
@@ -234,24 +239,26 @@ impl CometChat {
         }
         let url = self.url(&["groups", guid, "members"], &[]);
         let label = if kind == OpKind::Ban { "ban" } else { "add" };
-        let results = self
-            .http
-            .call(
-                self.call(Method::POST, url, Some(json!(arrays)), true, label),
-                |r| {
-                    let body: DataEnvelope<HashMap<String, HashMap<String, MemberResult>>> =
-                        ok_json(r)?;
-                    // One flat map: a UID in several arrays gets one outcome only (§3.5).
-                    let mut flat = HashMap::new();
-                    for (_, per) in body.data {
-                        for (uid, res) in per {
-                            flat.insert(uid.to_ascii_lowercase(), res);
-                        }
-                    }
-                    Ok(flat)
-                },
-            )
-            .await?;
+        let results =
+            self.http
+                .call(
+                    ctx,
+                    self.call(Method::POST, url, Some(json!(arrays)), true, label),
+                    |r| {
+                        ok_json::<DataEnvelope<HashMap<String, HashMap<String, MemberResult>>>>(r)
+                            .map(|body| {
+                                // One flat map: a UID in several arrays gets one outcome only (§3.5).
+                                let mut flat = HashMap::new();
+                                for (_, per) in body.data {
+                                    for (uid, res) in per {
+                                        flat.insert(uid.to_ascii_lowercase(), res);
+                                    }
+                                }
+                                flat
+                            })
+                    },
+                )
+                .await?;
         let already = if kind == OpKind::Ban {
             "ERR_ALREADY_BANNED"
         } else {
@@ -259,9 +266,12 @@ impl CometChat {
         };
         Ok(ops
             .iter()
-            .map(|op| match results.get(op.member.as_str()) {
-                Some(r) if r.success => MemberOutcome::done(op.member.clone()),
-                Some(r) => {
+            // A member the answer does not mention gets no outcome: the engine reports it.
+            .filter_map(|op| {
+                let r = results.get(op.member.as_str())?;
+                Some(if r.success {
+                    MemberOutcome::done(op.member.clone())
+                } else {
                     let (code, message) = r.error_parts();
                     if code == already {
                         // For adds the engine's re-read verifies the scope (§6.5).
@@ -269,20 +279,17 @@ impl CometChat {
                     } else {
                         MemberOutcome::failed(op.member.clone(), code, message)
                     }
-                }
-                None => MemberOutcome::failed(
-                    op.member.clone(),
-                    "NO_RESULT",
-                    "the provider returned no result for this member",
-                ),
+                })
             })
             .collect())
     }
 
     /// One call about one member. A per-member refusal is an outcome; `already` is the code
     /// that means the effect already holds.
+    #[allow(clippy::too_many_arguments)]
     async fn single(
         &self,
+        ctx: &Ctx,
         method: Method,
         url: String,
         body: Option<Value>,
@@ -292,21 +299,21 @@ impl CometChat {
     ) -> Result<MemberOutcome, ProviderError> {
         let member = member.clone();
         self.http
-            .call(self.call(method, url, body, true, label), move |r| {
+            .call(ctx, self.call(method, url, body, true, label), move |r| {
                 if is_success(r.status) {
-                    return Ok(MemberOutcome::done(member.clone()));
+                    return Verdict::Done(MemberOutcome::done(member.clone()));
                 }
                 let err = classify_error(r, label);
                 match err.class {
                     ErrorClass::Fatal if is_member_code(err.code.as_deref()) => {
                         let code = err.code.clone().unwrap_or_default();
-                        if code == already {
-                            Ok(MemberOutcome::already(member.clone()))
+                        Verdict::Done(if code == already {
+                            MemberOutcome::already(member.clone())
                         } else {
-                            Ok(MemberOutcome::failed(member.clone(), code, err.message))
-                        }
+                            MemberOutcome::failed(member.clone(), code, err.message)
+                        })
                     }
-                    _ => Err(err),
+                    _ => Verdict::from(Err(err)),
                 }
             })
             .await
@@ -505,7 +512,7 @@ pub fn classify_error(r: &Response, label: &str) -> ProviderError {
         None => ErrorClass::Fatal,
     };
     let retry_after = if class == ErrorClass::Throttled {
-        throttle_wait(&r.headers, SystemTime::now())
+        throttle_wait(&r.headers, r.received)
     } else {
         None
     };
@@ -543,29 +550,30 @@ fn parse_role(scope: Option<&str>, uid: &str) -> Result<Role, ProviderError> {
 
 #[async_trait]
 impl Provider for CometChat {
-    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+    async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError> {
         self.check_key()?;
         let guid = group.as_str();
         let url = self.url(&["groups", guid], &[]);
         let owner = self
             .http
-            .call(self.call(Method::GET, url, None, false, "get group"), |r| {
-                let g: DataEnvelope<GroupData> = ok_json(r)?;
-                Ok(g.data.owner)
-            })
+            .call(
+                ctx,
+                self.call(Method::GET, url, None, false, "get group"),
+                |r| ok_json::<DataEnvelope<GroupData>>(r).map(|g| g.data.owner),
+            )
             .await?
             .map(|o| o.to_ascii_lowercase())
             .filter(|o| !o.is_empty() && o != SYSTEM_OWNER)
             .map(MemberId);
 
         let mut members = BTreeMap::new();
-        for item in self.list_all(guid, "members", "list members").await? {
+        for item in self.list_all(ctx, guid, "members", "list members").await? {
             let uid = item.uid.to_ascii_lowercase();
             let role = parse_role(item.scope.as_deref(), &uid)?;
             members.insert(MemberId(uid), role);
         }
         let bans: BTreeSet<MemberId> = self
-            .list_all(guid, "bannedusers", "list banned users")
+            .list_all(ctx, guid, "bannedusers", "list banned users")
             .await?
             .into_iter()
             .map(|i| MemberId(i.uid.to_ascii_lowercase()))
@@ -580,6 +588,7 @@ impl Provider for CometChat {
 
     async fn apply(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
@@ -590,7 +599,7 @@ impl Provider for CometChat {
                 // The planner sizes batches; a larger one is still sent within the provider's cap.
                 let mut out = Vec::with_capacity(batch.ops.len());
                 for chunk in batch.ops.chunks(MAX_IDS_PER_CALL) {
-                    out.extend(self.add_or_ban(guid, batch.kind, chunk).await?);
+                    out.extend(self.add_or_ban(ctx, guid, batch.kind, chunk).await?);
                 }
                 Ok(out)
             }
@@ -612,6 +621,7 @@ impl Provider for CometChat {
                             let url = self.url(&["groups", guid, "members", uid], &[]);
                             let body = json!({ "scope": role.as_str() });
                             self.single(
+                                ctx,
                                 Method::PUT,
                                 url,
                                 Some(body),
@@ -624,6 +634,7 @@ impl Provider for CometChat {
                         OpKind::Remove => {
                             let url = self.url(&["groups", guid, "members", uid], &[]);
                             self.single(
+                                ctx,
                                 Method::DELETE,
                                 url,
                                 None,
@@ -636,6 +647,7 @@ impl Provider for CometChat {
                         OpKind::Unban => {
                             let url = self.url(&["groups", guid, "bannedusers", uid], &[]);
                             self.single(
+                                ctx,
                                 Method::DELETE,
                                 url,
                                 None,
@@ -650,6 +662,7 @@ impl Provider for CometChat {
                             let body = json!({ "owner": uid });
                             // No "already" code exists for ownership; the engine's re-read checks it.
                             self.single(
+                                ctx,
                                 Method::PUT,
                                 url,
                                 Some(body),
@@ -709,6 +722,7 @@ mod tests {
             status,
             headers: h,
             body: bytes::Bytes::from(body.to_string()),
+            received: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 

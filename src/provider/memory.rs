@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, OpKind, Role};
 
 use super::{Capabilities, Kind, MuteSupport, Provider, ProviderError, RequestCounts};
@@ -111,11 +112,15 @@ impl MemoryProvider {
         self.max_in_flight.load(Ordering::SeqCst)
     }
 
-    async fn enter(&self) -> InFlight<'_> {
+    async fn enter(&self, ctx: &Ctx, write: bool) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        ctx.count(write);
         if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+            // A fake's latency is not a wait to cut short: the call is "in flight".
+            let _ = Ctx::new(*ctx.clock(), Default::default())
+                .sleep(self.latency)
+                .await;
         }
         InFlight(&self.in_flight)
     }
@@ -131,8 +136,8 @@ impl Drop for InFlight<'_> {
 
 #[async_trait]
 impl Provider for MemoryProvider {
-    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
-        let _g = self.enter().await;
+    async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+        let _g = self.enter(ctx, false).await;
         let mut st = self.state.lock().expect("lock");
         st.reads += 1;
         if st.fail_fetches > 0 {
@@ -153,10 +158,11 @@ impl Provider for MemoryProvider {
 
     async fn apply(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        let _g = self.enter().await;
+        let _g = self.enter(ctx, true).await;
         let caps = self.kind.capabilities();
         let max = caps.max_batch.get(batch.kind);
         if batch.ops.len() > max {
@@ -321,6 +327,10 @@ mod tests {
         p
     }
 
+    fn ctx() -> Ctx {
+        Ctx::at(std::time::SystemTime::UNIX_EPOCH)
+    }
+
     fn batch(kind: OpKind, ops: Vec<Op>) -> Batch {
         Batch { kind, ops }
     }
@@ -337,7 +347,7 @@ mod tests {
                 Op::new(OpKind::Add, m("alice")).with_role(Role::Participant),
             ],
         );
-        let out = p.apply(&gid(), &b).await.unwrap();
+        let out = p.apply(&ctx(), &gid(), &b).await.unwrap();
         assert_eq!(out[0].outcome, Outcome::Done);
         assert!(matches!(&out[1].outcome, Outcome::Failed { code, .. } if code == "NOT_FOUND"));
         assert_eq!(out[2].outcome, Outcome::AlreadyDone);
@@ -359,7 +369,10 @@ mod tests {
             ),
             (OpKind::Ban, Op::new(OpKind::Ban, m("owner"))),
         ] {
-            let out = p.apply(&gid(), &batch(kind, vec![op])).await.unwrap();
+            let out = p
+                .apply(&ctx(), &gid(), &batch(kind, vec![op]))
+                .await
+                .unwrap();
             assert!(
                 matches!(&out[0].outcome, Outcome::Failed { code, .. } if code == "OWNER"),
                 "{kind}: {:?}",
@@ -377,12 +390,16 @@ mod tests {
         let ops: Vec<Op> = (0..26)
             .map(|i| Op::new(OpKind::Add, m(&format!("u{i}"))).with_role(Role::Participant))
             .collect();
-        let e = p.apply(&gid(), &batch(OpKind::Add, ops)).await.unwrap_err();
+        let e = p
+            .apply(&ctx(), &gid(), &batch(OpKind::Add, ops))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("maximum is 25"), "{e}");
 
         // CometChat has no mutes; WAHA has neither bans nor moderators.
         let e = p
             .apply(
+                &ctx(),
                 &gid(),
                 &batch(OpKind::Mute, vec![Op::new(OpKind::Mute, m("alice"))]),
             )
@@ -392,6 +409,7 @@ mod tests {
         let w = provider(Kind::Waha);
         let e = w
             .apply(
+                &ctx(),
                 &gid(),
                 &batch(OpKind::Ban, vec![Op::new(OpKind::Ban, m("alice"))]),
             )
@@ -400,6 +418,7 @@ mod tests {
         assert!(e.to_string().contains("cannot ban"), "{e}");
         let e = w
             .apply(
+                &ctx(),
                 &gid(),
                 &batch(
                     OpKind::Promote,
@@ -418,13 +437,13 @@ mod tests {
     async fn fetches_fail_on_demand_and_then_recover() {
         let p = provider(Kind::Tencent);
         p.fail_next_fetches(2);
-        assert!(p.fetch(&gid()).await.is_err());
-        assert!(p.fetch(&gid()).await.is_err());
-        let live = p.fetch(&gid()).await.unwrap();
+        assert!(p.fetch(&ctx(), &gid()).await.is_err());
+        assert!(p.fetch(&ctx(), &gid()).await.is_err());
+        let live = p.fetch(&ctx(), &gid()).await.unwrap();
         assert_eq!(live.members.len(), 2);
         p.fail_fetches_of("g");
-        assert!(p.fetch(&gid()).await.is_err());
-        assert!(p.fetch(&GroupId("other".into())).await.is_err());
+        assert!(p.fetch(&ctx(), &gid()).await.is_err());
+        assert!(p.fetch(&ctx(), &GroupId("other".into())).await.is_err());
         assert_eq!(p.requests().reads, 5);
     }
 
@@ -433,6 +452,7 @@ mod tests {
         let p = provider(Kind::Tencent);
         let out = p
             .apply(
+                &ctx(),
                 &gid(),
                 &batch(OpKind::Ban, vec![Op::new(OpKind::Ban, m("alice"))]),
             )
@@ -444,19 +464,19 @@ mod tests {
         assert!(live.bans.as_ref().unwrap().contains(&m("alice")));
         // A banned user cannot be added back until unbanned.
         let add = batch(OpKind::Add, vec![Op::new(OpKind::Add, m("alice"))]);
-        let out = p.apply(&gid(), &add).await.unwrap();
+        let out = p.apply(&ctx(), &gid(), &add).await.unwrap();
         assert!(matches!(&out[0].outcome, Outcome::Failed { code, .. } if code == "BANNED"));
         let unban = batch(OpKind::Unban, vec![Op::new(OpKind::Unban, m("alice"))]);
         assert_eq!(
-            p.apply(&gid(), &unban).await.unwrap()[0].outcome,
+            p.apply(&ctx(), &gid(), &unban).await.unwrap()[0].outcome,
             Outcome::Done
         );
         assert_eq!(
-            p.apply(&gid(), &unban).await.unwrap()[0].outcome,
+            p.apply(&ctx(), &gid(), &unban).await.unwrap()[0].outcome,
             Outcome::AlreadyDone
         );
         assert_eq!(
-            p.apply(&gid(), &add).await.unwrap()[0].outcome,
+            p.apply(&ctx(), &gid(), &add).await.unwrap()[0].outcome,
             Outcome::Done
         );
     }

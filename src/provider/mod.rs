@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, OpKind, Role};
 
 pub mod bitrix24;
@@ -455,17 +456,22 @@ impl ProviderError {
     }
 }
 
-/// A provider client. Implementations translate and classify; retries, pacing and rate caps
-/// live once, in [`http`].
+/// A provider client. Implementations translate and classify; retries, pacing, waits and
+/// credential renewal live once, in [`http`]. Every request goes through the [`Ctx`] handed
+/// in: its clock, its cancellation, and its tally, which is where the engine learns how many
+/// HTTP requests a call really took.
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// Every page of the live roster, the owner, and our own id where the provider reveals it.
     /// A partial read is an `Err`, never a short roster.
-    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError>;
+    async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError>;
 
-    /// Exactly one write call for one batch; one outcome per member, in batch order.
+    /// One planned batch, in as few HTTP requests as the provider takes (one where it can;
+    /// more where its limits or its answers split the batch); one outcome per member, in batch
+    /// order. The write requests it sent are counted on `ctx`.
     async fn apply(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError>;
@@ -474,7 +480,7 @@ pub trait Provider: Send + Sync {
     /// group types). Defaults to the kind's static capabilities.
     fn capabilities_for(&self, _live: &LiveGroup) -> Capabilities;
 
-    /// Counts of HTTP requests made so far (reads, writes), for summaries and tests.
+    /// Counts of HTTP requests made so far by this instance (reads, writes), for metrics.
     fn requests(&self) -> RequestCounts {
         RequestCounts::default()
     }

@@ -8,7 +8,8 @@
 //! [`Tencent::fetch`] reads and [`Provider::capabilities_for`] turns into the group's
 //! capabilities, so the planner refuses what a type cannot do before anything is written.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,8 +21,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::secret::{Secret, SecretRef};
+use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Mute, Op, OpKind, Role};
-use crate::provider::http::{Call, HttpClient, HttpOptions, Response};
+use crate::provider::http::{Call, HttpClient, HttpOptions, Renew, Response, Verdict};
 use crate::provider::{
     BatchLimits, Capabilities, ErrorClass, Instance, Kind, KindSettings, MuteSupport, Provider,
     ProviderError, RequestCounts, TENCENT_CAPS,
@@ -104,9 +106,6 @@ const USERSIG_RENEW: u64 = 300;
 /// ignoring paging.
 const MAX_LISTED: usize = 200_000;
 
-/// Where time comes from; tests pass a fixed clock so mutes are exact without sleeping.
-pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
-
 /// A Tencent Cloud Chat group type, by its REST name (§1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupType {
@@ -175,19 +174,76 @@ struct CachedSig {
     renew_at: u64,
 }
 
+/// The UserSigs of one instance: minted from the key, cached until near their end, and
+/// dropped when the service rejects one (70001), so the HTTP layer's one renewal mints anew.
+struct Sigs {
+    sdk_app_id: u64,
+    identifier: String,
+    secret: Secret,
+    cache: Mutex<Option<CachedSig>>,
+    /// Bumped at every mint, so a renewal after a rejection happens once across tasks.
+    issue: AtomicU64,
+}
+
+impl Sigs {
+    /// The cached UserSig (and its issue), or a fresh one when it is near its end at `now`.
+    fn current(&self, now: SystemTime) -> (String, u64) {
+        let now = unix(now);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref()
+            && now < c.renew_at
+        {
+            return (c.value.clone(), self.issue.load(Ordering::SeqCst));
+        }
+        let value = usersig::generate(
+            self.secret.expose(),
+            &self.identifier,
+            self.sdk_app_id,
+            now,
+            USERSIG_TTL,
+        );
+        *cache = Some(CachedSig {
+            value: value.clone(),
+            renew_at: now + USERSIG_TTL - USERSIG_RENEW,
+        });
+        (value, self.issue.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// What error text must never quote: the key and the UserSig in use.
+    fn scrub(&self) -> Vec<String> {
+        let mut out = vec![self.secret.expose().to_string()];
+        if let Some(c) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            out.push(c.value.clone());
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Renew for Sigs {
+    async fn renew(&self, _: &Ctx, _: &HttpClient, seen: u64) -> Result<(), ProviderError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if self.issue.load(Ordering::SeqCst) == seen {
+            *cache = None;
+        }
+        Ok(())
+    }
+}
+
 /// A Tencent Cloud Chat REST client for one provider instance.
 pub struct Tencent {
     instance: String,
     base: reqwest::Url,
     sdk_app_id: u64,
     identifier: String,
-    secret: Secret,
     http: HttpClient,
-    clock: Clock,
     max_batch: BatchLimits,
-    sig: Mutex<Option<CachedSig>>,
-    /// Per kind of write: a smaller maximum the service taught us by answering 10005.
-    learned: Mutex<HashMap<OpKind, usize>>,
+    sigs: Arc<Sigs>,
     /// Members per page when listing. A field so tests can page through small pages.
     pub page_size: usize,
 }
@@ -198,7 +254,7 @@ impl std::fmt::Debug for Tencent {
             .field("instance", &self.instance)
             .field("sdk_app_id", &self.sdk_app_id)
             .field("identifier", &self.identifier)
-            .field("secret_key", &self.secret)
+            .field("secret_key", &self.sigs.secret)
             .field("page_size", &self.page_size)
             .finish_non_exhaustive()
     }
@@ -225,62 +281,29 @@ impl Tencent {
             )));
         }
         let max_batch = maxima(s.max_batch);
+        let sigs = Arc::new(Sigs {
+            sdk_app_id: s.sdk_app_id,
+            identifier: s.identifier.clone(),
+            secret,
+            cache: Mutex::new(None),
+            issue: AtomicU64::new(0),
+        });
         Ok(Tencent {
             instance: instance.name.clone(),
             base,
             sdk_app_id: s.sdk_app_id,
             identifier: s.identifier.clone(),
-            secret,
-            http: HttpClient::new(http_options(instance))?,
-            clock: Arc::new(SystemTime::now),
+            http: HttpClient::new(http_options(instance))?.with_renewal(sigs.clone()),
             max_batch,
-            sig: Mutex::new(None),
-            learned: Mutex::new(HashMap::new()),
+            sigs,
             page_size: DEFAULT_PAGE_SIZE,
         })
-    }
-
-    /// Read time from `clock` (UserSig issue times, `MuteTime = until − now`).
-    pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self
     }
 
     /// Use pages of `n` members (1..=200) when listing.
     pub fn with_page_size(mut self, n: usize) -> Self {
         self.page_size = n.clamp(1, 200);
         self
-    }
-
-    fn now_secs(&self) -> u64 {
-        unix((self.clock)())
-    }
-
-    /// The cached UserSig, or a fresh one when it is near its end.
-    fn usersig(&self) -> String {
-        let now = self.now_secs();
-        let mut cache = self.sig.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cache.as_ref()
-            && now < c.renew_at
-        {
-            return c.value.clone();
-        }
-        let value = usersig::generate(
-            self.secret.expose(),
-            &self.identifier,
-            self.sdk_app_id,
-            now,
-            USERSIG_TTL,
-        );
-        *cache = Some(CachedSig {
-            value: value.clone(),
-            renew_at: now + USERSIG_TTL - USERSIG_RENEW,
-        });
-        value
-    }
-
-    fn forget_usersig(&self) {
-        *self.sig.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn url(&self, command: &str, sig: &str) -> String {
@@ -301,47 +324,58 @@ impl Tencent {
     }
 
     /// One command: the envelope's fields on `ErrorCode` 0, else the classified error. An
-    /// expired UserSig (70001) is reissued once.
+    /// expired UserSig (70001) is renewed once by the HTTP layer.
     async fn command(
         &self,
+        ctx: &Ctx,
         command: &'static str,
         body: Value,
         write: bool,
         label: &'static str,
     ) -> Result<Value, ProviderError> {
-        let mut reissued = false;
-        loop {
-            let sig = self.usersig();
-            let call = Call {
-                method: Method::POST,
-                url: self.url(command, &sig),
-                headers: json_headers(),
-                body: Some(body.clone()),
-                write,
-                idempotent: true,
-                label,
-            };
-            let scrub = [sig.clone(), self.secret.expose().to_string()];
-            let result = self
-                .http
-                .call(call, |r| classify(r, label, &scrub, &self.instance))
-                .await;
-            match result {
-                Err(e) if e.code.as_deref() == Some("70001") && !reissued => {
-                    reissued = true;
-                    self.forget_usersig();
-                }
-                other => return other,
-            }
+        self.http
+            .call(
+                ctx,
+                || self.request(ctx, command, body.clone(), write, label),
+                |r| verdict(self.classify(r, label)),
+            )
+            .await
+    }
+
+    /// The request of one command, signed with the UserSig in force.
+    fn request(
+        &self,
+        ctx: &Ctx,
+        command: &str,
+        body: Value,
+        write: bool,
+        label: &'static str,
+    ) -> Call {
+        let (sig, issue) = self.sigs.current(ctx.now());
+        Call {
+            method: Method::POST,
+            url: self.url(command, &sig),
+            headers: json_headers(),
+            body: Some(body),
+            write,
+            idempotent: true,
+            label,
+            credentials: issue,
         }
+    }
+
+    fn classify(&self, r: &Response, label: &str) -> Result<Value, ProviderError> {
+        classify(r, label, &self.sigs.scrub(), &self.instance)
     }
 
     async fn group_info(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
     ) -> Result<(GroupType, Option<MemberId>), ProviderError> {
         let v = self
             .command(
+                ctx,
                 "get_group_info",
                 json!({
                     "GroupIdList": [group.as_str()],
@@ -383,6 +417,7 @@ impl Tencent {
     /// while being paged is read again, since offsets shift (§3.2).
     async fn members(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         ty: GroupType,
     ) -> Result<Vec<(String, String, u64)>, ProviderError> {
@@ -403,7 +438,7 @@ impl Tencent {
                     body["Offset"] = json!(offset);
                 }
                 let v = self
-                    .command("get_group_member_info", body, false, "list members")
+                    .command(ctx, "get_group_member_info", body, false, "list members")
                     .await?;
                 let num = v["MemberNum"].as_u64();
                 if total.is_some() && num.is_some() && total != num {
@@ -462,12 +497,17 @@ impl Tencent {
     }
 
     /// The ban list, or `None` where the app's edition or console switch has no bans.
-    async fn bans(&self, group: &GroupId) -> Result<Option<BTreeSet<MemberId>>, ProviderError> {
+    async fn bans(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+    ) -> Result<Option<BTreeSet<MemberId>>, ProviderError> {
         let mut out = BTreeSet::new();
         let mut offset = 0u64;
         loop {
             let v = match self
                 .command(
+                    ctx,
                     "get_group_ban_member",
                     json!({"GroupId": group.as_str(), "Limit": BAN_PAGE, "Offset": offset}),
                     false,
@@ -492,215 +532,106 @@ impl Tencent {
         }
     }
 
-    fn learned(&self, kind: OpKind) -> Option<usize> {
-        self.learned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&kind)
-            .copied()
-    }
-
-    fn learn(&self, kind: OpKind, max: usize) {
-        let mut l = self.learned.lock().unwrap_or_else(|e| e.into_inner());
-        let e = l.entry(kind).or_insert(max);
-        *e = (*e).min(max);
-    }
-
-    /// Send a bulk write in as few calls as the service takes: a batch answered with 10005
-    /// (too many accounts) is halved, and the smaller size is kept for later batches; an add
-    /// answered with 10019 (an unknown account fails the whole call) is halved until the
-    /// unknown accounts stand alone, each then a per-member failure.
+    /// Send a bulk write in as few calls as the service takes (the HTTP layer splits): a
+    /// call answered with 10005 (too many accounts) is halved, and the smaller size is kept
+    /// for later batches; an add answered with 10019 (an unknown account fails the whole call)
+    /// is halved until the unknown accounts stand alone, each then a per-member failure.
     async fn bulk(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
         let kind = batch.kind;
-        let cap = self.learned(kind).unwrap_or(usize::MAX).max(1);
-        let mut queue: VecDeque<Vec<&Op>> =
-            batch.ops.chunks(cap).map(|c| c.iter().collect()).collect();
-        let mut outcomes: HashMap<MemberId, MemberOutcome> = HashMap::new();
-        while let Some(ops) = queue.pop_front() {
-            match self.bulk_once(group, kind, &ops).await {
-                Ok(outs) => outcomes.extend(outs.into_iter().map(|o| (o.member.clone(), o))),
-                Err(e) if e.code.as_deref() == Some("10005") && ops.len() > 1 => {
-                    let half = ops.len().div_ceil(2);
-                    self.learn(kind, half);
-                    tracing::debug!(instance = %self.instance, op = %kind, size = half, "over the per-call maximum; splitting");
-                    let (a, b) = ops.split_at(half);
-                    queue.push_front(b.to_vec());
-                    queue.push_front(a.to_vec());
-                }
-                Err(e) if e.code.as_deref() == Some("10019") && kind == OpKind::Add => {
-                    if ops.len() == 1 {
-                        let m = ops[0].member.clone();
-                        outcomes.insert(
-                            m.clone(),
-                            MemberOutcome::failed(
-                                m,
-                                "10019",
-                                "the account does not exist in the app",
-                            ),
-                        );
-                    } else {
-                        let (a, b) = ops.split_at(ops.len().div_ceil(2));
-                        queue.push_front(b.to_vec());
-                        queue.push_front(a.to_vec());
-                    }
-                }
-                Err(e) => return Err(e),
+        let mute_time = match (kind, batch.ops.first().and_then(|o| o.mute)) {
+            (OpKind::Mute, Some(mu)) => mute_seconds(mu, ctx.now()),
+            (OpKind::Mute, None) => {
+                return Err(ProviderError::fatal(format!(
+                    "mute of {} carries no end",
+                    batch.ops.first().map_or("nobody", |o| o.member.as_str())
+                )));
             }
-        }
-        Ok(batch
-            .ops
-            .iter()
-            .map(|op| {
-                outcomes.remove(&op.member).unwrap_or_else(|| {
-                    MemberOutcome::failed(
-                        op.member.clone(),
-                        "NO_RESULT",
-                        "the provider returned no result for this member",
-                    )
-                })
-            })
-            .collect())
-    }
-
-    /// One bulk call for `ops` (all of `kind`).
-    async fn bulk_once(
-        &self,
-        group: &GroupId,
-        kind: OpKind,
-        ops: &[&Op],
-    ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        let accounts: Vec<&str> = ops.iter().map(|o| o.member.as_str()).collect();
-        let g = group.as_str();
-        let done = || {
-            ops.iter()
-                .map(|o| MemberOutcome::done(o.member.clone()))
-                .collect()
+            _ => 0,
         };
-        match kind {
-            OpKind::Add => {
-                let list: Vec<Value> = accounts
-                    .iter()
-                    .map(|a| json!({"Member_Account": a}))
-                    .collect();
-                let v = self
-                    .command(
-                        "add_group_member",
-                        json!({"GroupId": g, "Silence": 1, "MemberList": list}),
-                        true,
-                        "add",
-                    )
-                    .await?;
-                let results: HashMap<&str, u64> = v["MemberList"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|m| Some((m["Member_Account"].as_str()?, m["Result"].as_u64()?)))
-                    .collect();
-                Ok(ops
-                    .iter()
-                    .map(|o| {
-                        let m = o.member.clone();
-                        match results.get(o.member.as_str()) {
-                            Some(1) => MemberOutcome::done(m),
-                            Some(2) => MemberOutcome::already(m),
-                            Some(3) => MemberOutcome::failed(
-                                m,
-                                "PENDING",
-                                "waiting for the invitee to confirm (Result 3)",
-                            ),
-                            Some(r) => MemberOutcome::failed(
-                                m,
-                                format!("RESULT_{r}"),
-                                "the service did not add this account (banned, or refused)",
-                            ),
-                            None => MemberOutcome::failed(
-                                m,
-                                "NO_RESULT",
-                                "the provider returned no result for this member",
-                            ),
-                        }
-                    })
-                    .collect())
-            }
-            OpKind::Remove => {
-                self.command(
-                    "delete_group_member",
-                    json!({"GroupId": g, "Silence": 1, "Reason": "rosterd sync", "MemberToDel_Account": accounts}),
-                    true,
-                    "remove",
-                )
-                .await?;
-                Ok(done())
-            }
-            OpKind::Mute | OpKind::Unmute => {
-                let mute_time = match (kind, ops[0].mute) {
-                    (OpKind::Unmute, _) => 0,
-                    (_, Some(mu)) => mute_seconds(mu, (self.clock)()),
-                    (_, None) => {
-                        return Err(ProviderError::fatal(format!(
-                            "mute of {} carries no end",
-                            ops[0].member
-                        )));
-                    }
-                };
-                if kind == OpKind::Mute && mute_time == 0 {
-                    // Already past its end: nothing to send, and 0 would mean "unmute".
-                    return Ok(done());
-                }
-                let label = if kind == OpKind::Mute {
-                    "mute"
-                } else {
-                    "unmute"
-                };
-                self.command(
-                    "forbid_send_msg",
-                    json!({"GroupId": g, "Members_Account": accounts, "MuteTime": mute_time}),
-                    true,
-                    label,
-                )
-                .await?;
-                Ok(done())
-            }
-            OpKind::Ban => {
-                self.command(
-                    "ban_group_member",
-                    json!({"GroupId": g, "Members_Account": accounts, "Duration": FOREVER, "Description": "rosterd: banned by manifest"}),
-                    true,
-                    "ban",
-                )
-                .await?;
-                Ok(done())
-            }
-            OpKind::Unban => {
-                self.command(
-                    "unban_group_member",
-                    json!({"GroupId": g, "Members_Account": accounts}),
-                    true,
-                    "unban",
-                )
-                .await?;
-                Ok(done())
-            }
-            OpKind::Promote | OpKind::Demote | OpKind::TransferOwner => {
-                unreachable!("single-member kinds are not sent in bulk")
-            }
+        if kind == OpKind::Mute && mute_time == 0 {
+            // Already past its end: nothing to send, and 0 would mean "unmute".
+            return Ok(batch
+                .ops
+                .iter()
+                .map(|o| MemberOutcome::done(o.member.clone()))
+                .collect());
         }
+        let (command, label) = bulk_command(kind);
+        let g = group.as_str();
+        self.http
+            .call_split(
+                ctx,
+                label,
+                &batch.ops,
+                |ops| {
+                    let accounts: Vec<&str> = ops.iter().map(|o| o.member.as_str()).collect();
+                    let body = match kind {
+                        OpKind::Add => {
+                            let list: Vec<Value> = accounts
+                                .iter()
+                                .map(|a| json!({"Member_Account": a}))
+                                .collect();
+                            json!({"GroupId": g, "Silence": 1, "MemberList": list})
+                        }
+                        OpKind::Remove => {
+                            json!({"GroupId": g, "Silence": 1, "Reason": "rosterd sync", "MemberToDel_Account": accounts})
+                        }
+                        OpKind::Mute | OpKind::Unmute => {
+                            json!({"GroupId": g, "Members_Account": accounts, "MuteTime": mute_time})
+                        }
+                        OpKind::Ban => {
+                            json!({"GroupId": g, "Members_Account": accounts, "Duration": FOREVER, "Description": "rosterd: banned by manifest"})
+                        }
+                        _ => json!({"GroupId": g, "Members_Account": accounts}),
+                    };
+                    self.request(ctx, command, body, true, label)
+                },
+                |ops, r| match self.classify(r, label) {
+                    Ok(v) => Verdict::Done(bulk_outcomes(kind, ops, &v)),
+                    Err(e) if e.code.as_deref() == Some("10005") => {
+                        tracing::debug!(instance = %self.instance, op = %kind, "over the per-call maximum");
+                        Verdict::Split {
+                            error: e,
+                            learn: true,
+                        }
+                    }
+                    Err(e) if e.code.as_deref() == Some("10019") && kind == OpKind::Add => {
+                        Verdict::Split {
+                            error: e,
+                            learn: false,
+                        }
+                    }
+                    Err(e) => verdict(Err(e)),
+                },
+                |op, e| {
+                    let code = e.code.clone().unwrap_or_default();
+                    let message = if code == "10019" {
+                        "the account does not exist in the app".to_string()
+                    } else {
+                        e.message
+                    };
+                    MemberOutcome::failed(op.member.clone(), code, message)
+                },
+            )
+            .await
     }
 
     /// One single-member call. A refusal about this member (bad parameter, no permission,
     /// unknown account) is its outcome; anything else fails the call.
     async fn single(
         &self,
+        ctx: &Ctx,
         command: &'static str,
         body: Value,
         label: &'static str,
         member: &MemberId,
     ) -> Result<MemberOutcome, ProviderError> {
-        match self.command(command, body, true, label).await {
+        match self.command(ctx, command, body, true, label).await {
             Ok(_) => Ok(MemberOutcome::done(member.clone())),
             Err(e) if matches!(e.code.as_deref(), Some("10004" | "10007" | "10019")) => {
                 Ok(MemberOutcome::failed(
@@ -721,13 +652,15 @@ impl Tencent {
     /// change the manifest wants for them is planned from there.
     async fn transfer(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         new: &MemberId,
     ) -> Result<MemberOutcome, ProviderError> {
-        let (ty, previous) = self.group_info(group).await?;
+        let (ty, previous) = self.group_info(ctx, group).await?;
         let g = group.as_str();
         let out = self
             .single(
+                ctx,
                 "change_group_owner",
                 json!({"GroupId": g, "NewOwner_Account": new.as_str()}),
                 "transfer owner",
@@ -739,6 +672,7 @@ impl Tencent {
         {
             let restored = self
                 .single(
+                    ctx,
                     "modify_group_member_info",
                     json!({"GroupId": g, "Member_Account": prev.as_str(), "Role": "Admin"}),
                     "keep previous owner admin",
@@ -750,6 +684,63 @@ impl Tencent {
             }
         }
         Ok(out)
+    }
+}
+
+/// The command and label of a bulk kind of write.
+fn bulk_command(kind: OpKind) -> (&'static str, &'static str) {
+    match kind {
+        OpKind::Add => ("add_group_member", "add"),
+        OpKind::Remove => ("delete_group_member", "remove"),
+        OpKind::Mute => ("forbid_send_msg", "mute"),
+        OpKind::Unmute => ("forbid_send_msg", "unmute"),
+        OpKind::Ban => ("ban_group_member", "ban"),
+        _ => ("unban_group_member", "unban"),
+    }
+}
+
+/// Per-member outcomes of an accepted bulk call: adds answer per account (§3.3), the others
+/// act on every account or fail whole.
+fn bulk_outcomes(kind: OpKind, ops: &[Op], v: &Value) -> Vec<MemberOutcome> {
+    if kind != OpKind::Add {
+        return ops
+            .iter()
+            .map(|o| MemberOutcome::done(o.member.clone()))
+            .collect();
+    }
+    let results: HashMap<&str, u64> = v["MemberList"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m["Member_Account"].as_str()?, m["Result"].as_u64()?)))
+        .collect();
+    ops.iter()
+        .filter_map(|o| {
+            let m = o.member.clone();
+            // A member the answer does not mention gets no outcome: the engine reports it.
+            Some(match *results.get(o.member.as_str())? {
+                1 => MemberOutcome::done(m),
+                2 => MemberOutcome::already(m),
+                3 => MemberOutcome::failed(
+                    m,
+                    "PENDING",
+                    "waiting for the invitee to confirm (Result 3)",
+                ),
+                r => MemberOutcome::failed(
+                    m,
+                    format!("RESULT_{r}"),
+                    "the service did not add this account (banned, or refused)",
+                ),
+            })
+        })
+        .collect()
+}
+
+/// A classified answer as the HTTP layer's verdict: an expired UserSig (70001) is renewed.
+fn verdict<T>(r: Result<T, ProviderError>) -> Verdict<T> {
+    match r {
+        Err(e) if e.code.as_deref() == Some("70001") => Verdict::Reauth(e),
+        other => other.into(),
     }
 }
 
@@ -835,6 +826,8 @@ fn http_options(instance: &Instance) -> HttpOptions {
     HttpOptions {
         min_backoff: Duration::from_millis(250),
         max_backoff: Duration::from_secs(5),
+        throttle_wait: Duration::from_millis(250),
+        max_throttle_wait: Duration::from_secs(5),
         ..HttpOptions::for_instance(instance, Some(DEFAULT_RATE), Duration::ZERO)
     }
 }
@@ -907,15 +900,15 @@ fn classify(
 
 #[async_trait]
 impl Provider for Tencent {
-    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
-        let (ty, owner_account) = self.group_info(group).await?;
+    async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+        let (ty, owner_account) = self.group_info(ctx, group).await?;
         if ty == GroupType::AvChatRoom {
             return Err(ProviderError::fatal(format!(
                 "group {group} is of type AVChatRoom (Live): it has no member list and takes no \
                  adds or removals, so rosterd cannot manage it"
             )));
         }
-        let listed = self.members(group, ty).await?;
+        let listed = self.members(ctx, group, ty).await?;
         let mut members = BTreeMap::new();
         let mut mutes = BTreeMap::new();
         let mut role_owner = None;
@@ -950,7 +943,7 @@ impl Provider for Tencent {
             }
             members.insert(id, role);
         }
-        let bans = self.bans(group).await?;
+        let bans = self.bans(ctx, group).await?;
         Ok(LiveGroup {
             members,
             owner: owner_account.or(role_owner),
@@ -964,6 +957,7 @@ impl Provider for Tencent {
 
     async fn apply(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
@@ -973,7 +967,7 @@ impl Provider for Tencent {
             | OpKind::Mute
             | OpKind::Unmute
             | OpKind::Ban
-            | OpKind::Unban => self.bulk(group, batch).await,
+            | OpKind::Unban => self.bulk(ctx, group, batch).await,
             kind => {
                 let mut out = Vec::with_capacity(batch.ops.len());
                 for op in &batch.ops {
@@ -991,6 +985,7 @@ impl Provider for Tencent {
                                 }
                             };
                             self.single(
+                                ctx,
                                 "modify_group_member_info",
                                 json!({"GroupId": g, "Member_Account": a, "Role": role}),
                                 kind.as_str(),
@@ -998,7 +993,7 @@ impl Provider for Tencent {
                             )
                             .await?
                         }
-                        _ => self.transfer(group, &op.member).await?,
+                        _ => self.transfer(ctx, group, &op.member).await?,
                     };
                     out.push(outcome);
                 }
@@ -1064,6 +1059,7 @@ mod tests {
             status,
             headers: HeaderMap::new(),
             body: bytes::Bytes::from(body.to_string()),
+            received: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -1098,23 +1094,23 @@ mod tests {
             Secret::new("topsecretkey"),
         )
         .unwrap();
-        let sig = c.usersig();
+        let (sig, _) = c
+            .sigs
+            .current(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let d = format!("{c:?}");
         assert!(!d.contains("topsecretkey") && !d.contains(&sig), "{d}");
     }
 
     #[test]
     fn tencent_usersig_is_cached_until_shortly_before_its_end() {
-        let now = Arc::new(Mutex::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
-        let n = now.clone();
-        let c = Tencent::with_key(&instance(None, Some("tokyo"), None), Secret::new("k"))
-            .unwrap()
-            .with_clock(Arc::new(move || *n.lock().unwrap()));
-        let first = c.usersig();
-        *now.lock().unwrap() += Duration::from_secs(USERSIG_TTL - USERSIG_RENEW - 1);
-        assert_eq!(c.usersig(), first);
-        *now.lock().unwrap() += Duration::from_secs(1);
-        let second = c.usersig();
+        let mut now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let c = Tencent::with_key(&instance(None, Some("tokyo"), None), Secret::new("k")).unwrap();
+        let (first, issue) = c.sigs.current(now);
+        now += Duration::from_secs(USERSIG_TTL - USERSIG_RENEW - 1);
+        assert_eq!(c.sigs.current(now), (first.clone(), issue));
+        now += Duration::from_secs(1);
+        let (second, next) = c.sigs.current(now);
+        assert_eq!(next, issue + 1);
         assert_ne!(second, first);
         let claims = usersig::decode(&second).unwrap();
         assert_eq!(claims.time, 1_700_000_000 + USERSIG_TTL - USERSIG_RENEW);

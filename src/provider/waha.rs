@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,8 +29,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::secret::{Secret, SecretRef};
+use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Role};
-use crate::provider::http::{Call, HttpClient, HttpOptions, Response};
+use crate::provider::http::{Call, HttpClient, HttpOptions, Response, Verdict};
 use crate::provider::{
     Capabilities, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError, RequestCounts,
 };
@@ -136,9 +137,6 @@ pub struct Waha {
     api_key: Secret,
     http: HttpClient,
     add_batch: usize,
-    throttle_cooldown: Duration,
-    /// `rate-overlimit` answers in a row, for the doubling cooldown.
-    throttle_streak: AtomicU32,
     /// The session's account and when it was read. Re-read after [`ACCOUNT_TTL`]: a long-lived
     /// client (the daemon) must notice the session being linked to another phone, or it would
     /// take its own new account for an unlisted member.
@@ -191,8 +189,6 @@ impl Waha {
             api_key,
             http,
             add_batch: add_batch(instance),
-            throttle_cooldown: DEFAULT_THROTTLE_COOLDOWN,
-            throttle_streak: AtomicU32::new(0),
             account: tokio::sync::Mutex::new(None),
             account_ttl: ACCOUNT_TTL,
             groups: Mutex::new(HashMap::new()),
@@ -203,9 +199,14 @@ impl Waha {
 
     /// Start the pause after a `rate-overlimit` at `d` instead of a minute (the demo and tests
     /// run against an emulator whose limit resets in milliseconds).
-    pub fn with_throttle_cooldown(mut self, d: Duration) -> Self {
-        self.throttle_cooldown = d;
-        self
+    pub fn with_throttle_cooldown(mut self, d: Duration) -> Result<Self, ProviderError> {
+        let opts = HttpOptions {
+            throttle_wait: d,
+            max_throttle_wait: MAX_THROTTLE_COOLDOWN.max(d),
+            ..self.http.options().clone()
+        };
+        self.http = HttpClient::new(opts)?;
+        Ok(self)
     }
 
     /// The pacing in force: the HTTP layer's options (interval, rate, timeout) and the members
@@ -223,7 +224,7 @@ impl Waha {
     /// The account and engine of the session, checked before the first group and again when
     /// the last check is older than the TTL. A failed check is not kept: the next call checks
     /// again.
-    pub async fn account(&self) -> Result<Account, ProviderError> {
+    pub async fn account(&self, ctx: &Ctx) -> Result<Account, ProviderError> {
         // Held across the check so that concurrent groups share one request.
         let mut cached = self.account.lock().await;
         if let Some((at, account)) = cached.as_ref()
@@ -231,7 +232,7 @@ impl Waha {
         {
             return Ok(account.clone());
         }
-        let account = self.check_session().await?;
+        let account = self.check_session(ctx).await?;
         *cached = Some((tokio::time::Instant::now(), account.clone()));
         Ok(account)
     }
@@ -296,42 +297,24 @@ impl Waha {
                 OpKind::Demote => "demote",
                 _ => "write",
             }),
+            ..Call::default()
         }
     }
 
-    /// Classify a non-2xx answer, turning `rate-overlimit` into a throttle whose cooldown
-    /// doubles while WhatsApp keeps refusing.
+    /// Classify a non-2xx answer; `rate-overlimit` is a throttle naming no wait, so the HTTP
+    /// layer's doubling cooldown (from a minute, waha.md §5) applies.
     fn error(&self, r: &Response, label: &str) -> ProviderError {
-        self.throttle(classify_error(r, label))
+        classify_error(r, label)
     }
 
-    /// Give a throttle its cooldown: the instance's first pause, doubled per refusal in a row.
-    fn throttle(&self, mut e: ProviderError) -> ProviderError {
-        if e.class == ErrorClass::Throttled {
-            let streak = self.throttle_streak.fetch_add(1, Ordering::Relaxed).min(16);
-            let wait = self
-                .throttle_cooldown
-                .saturating_mul(1u32 << streak)
-                .min(MAX_THROTTLE_COOLDOWN.max(self.throttle_cooldown));
-            // Up to a fifth more, so instances throttled together do not return together.
-            let jitter = wait.mul_f64(rand::random::<f64>() * 0.2);
-            e.retry_after = Some(wait + jitter);
-        }
-        e
-    }
-
-    fn ok(&self) {
-        self.throttle_streak.store(0, Ordering::Relaxed);
-    }
-
-    async fn check_session(&self) -> Result<Account, ProviderError> {
+    async fn check_session(&self, ctx: &Ctx) -> Result<Account, ProviderError> {
         self.check_key()?;
         let url = self.url(&["api", "sessions", &self.session], &[]);
         let session = self.session.clone();
         let name = self.instance.clone();
         let info: SessionInfo = self
             .http
-            .call(self.call(Method::GET, url, None, None), |r| {
+            .call(ctx, self.call(Method::GET, url, None, None), |r| {
                 if r.status == 404 || r.status == 422 {
                     return Err(ProviderError::fatal(format!(
                         "provider {name}: WAHA has no session {session:?} (WAHA Core serves only \"default\"): {}",
@@ -398,12 +381,12 @@ impl Waha {
 
     /// The participant rows of a group: the v2 listing when the server has it, else the
     /// engine's legacy listing.
-    async fn list(&self, group: &GroupId) -> Result<Vec<Row>, ProviderError> {
+    async fn list(&self, ctx: &Ctx, group: &GroupId) -> Result<Vec<Row>, ProviderError> {
         if self.v2.load(Ordering::Relaxed) != V2_NO {
             let url = self.group_url(group, &["participants", "v2"]);
             let got = self
                 .http
-                .call(self.call(Method::GET, url, None, None), |r| {
+                .call(ctx, self.call(Method::GET, url, None, None), |r| {
                     if r.status == 404 && is_missing_route(r) {
                         return Ok(None);
                     }
@@ -417,7 +400,6 @@ impl Waha {
             match got {
                 Some(rows) => {
                     self.v2.store(V2_YES, Ordering::Relaxed);
-                    self.ok();
                     return Ok(rows);
                 }
                 None => self.v2.store(V2_NO, Ordering::Relaxed),
@@ -426,7 +408,7 @@ impl Waha {
         let url = self.group_url(group, &["participants"]);
         let rows = self
             .http
-            .call(self.call(Method::GET, url, None, None), |r| {
+            .call(ctx, self.call(Method::GET, url, None, None), |r| {
                 if !is_success(r.status) {
                     return Err(self.error(r, "list participants"));
                 }
@@ -434,20 +416,19 @@ impl Waha {
                 parse_rows(&rows)
             })
             .await?;
-        self.ok();
         Ok(rows)
     }
 
     /// The phone of a `@lid` the listing gave none for, from the lids API; `None` when the
     /// server does not know it (or is too old to have the API).
-    async fn lookup_lid(&self, lid: &str) -> Result<Option<Jid>, ProviderError> {
+    async fn lookup_lid(&self, ctx: &Ctx, lid: &str) -> Result<Option<Jid>, ProviderError> {
         if !self.lids_api.load(Ordering::Relaxed) {
             return Ok(None);
         }
         let url = self.url(&["api", &self.session, "lids", lid], &[]);
         let got = self
             .http
-            .call(self.call(Method::GET, url, None, None), |r| {
+            .call(ctx, self.call(Method::GET, url, None, None), |r| {
                 if r.status == 404 {
                     return Ok(Err(()));
                 }
@@ -475,6 +456,7 @@ impl Waha {
     /// One write call; the per-member outcomes in `ops` order.
     async fn write(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         kind: OpKind,
         ops: &[Op],
@@ -518,31 +500,40 @@ impl Waha {
             .label;
         let results = self
             .http
-            .call(self.call(Method::POST, url, Some(body), Some(kind)), |r| {
-                if !is_success(r.status) {
-                    return Err(self.error(r, label));
-                }
-                let results = parse_results(r, label)?;
-                // WEBJS may report WhatsApp's throttle per member instead of failing the call
-                // (waha.md §5): the whole call waits out the cooldown and is made again; members
-                // it already added then answer 409, which counts as done.
-                if results
-                    .iter()
-                    .flatten()
-                    .any(|m| m.code == 429 || m.message.contains("overlimit"))
-                {
-                    return Err(self.throttle(
-                        ProviderError::throttled(
-                            format!("{label}: WhatsApp answered rate-overlimit for some members"),
-                            None,
-                        )
-                        .with_code("rate-overlimit"),
-                    ));
-                }
-                Ok(results)
-            })
+            .call(
+                ctx,
+                self.call(Method::POST, url, Some(body), Some(kind)),
+                |r| {
+                    if !is_success(r.status) {
+                        return Verdict::from(Err(self.error(r, label)));
+                    }
+                    let results = match parse_results(r, label) {
+                        Ok(v) => v,
+                        Err(e) => return Verdict::from(Err(e)),
+                    };
+                    // WEBJS may report WhatsApp's throttle per member instead of failing the call
+                    // (waha.md §5): the whole call waits out the cooldown and is made again; members
+                    // it already added then answer 409, which counts as done.
+                    if results
+                        .iter()
+                        .flatten()
+                        .any(|m| m.code == 429 || m.message.contains("overlimit"))
+                    {
+                        return Verdict::Throttled {
+                            error: ProviderError::throttled(
+                                format!(
+                                    "{label}: WhatsApp answered rate-overlimit for some members"
+                                ),
+                                None,
+                            )
+                            .with_code("rate-overlimit"),
+                            after: None,
+                        };
+                    }
+                    Verdict::Done(results)
+                },
+            )
             .await?;
-        self.ok();
         Ok(outcomes(kind, ops, &sent, results.as_deref()))
     }
 
@@ -594,6 +585,8 @@ fn http_options(instance: &Instance) -> HttpOptions {
     o.timeout = instance.common.timeout.unwrap_or(DEFAULT_TIMEOUT);
     // Every group of a session writes as one WhatsApp account (waha.md §5).
     o.serial_writes = true;
+    o.throttle_wait = DEFAULT_THROTTLE_COOLDOWN;
+    o.max_throttle_wait = MAX_THROTTLE_COOLDOWN;
     o
 }
 
@@ -857,19 +850,13 @@ fn outcomes(
     }
     ops.iter()
         .zip(found)
-        .map(|(op, i)| outcome(kind, op, i.map(|i| &results[i])))
+        // A member no result speaks of gets no outcome: the engine reports it as failed.
+        .filter_map(|(op, i)| Some(outcome(kind, op, &results[i?])))
         .collect()
 }
 
-fn outcome(kind: OpKind, op: &Op, result: Option<&MemberResult>) -> MemberOutcome {
+fn outcome(kind: OpKind, op: &Op, r: &MemberResult) -> MemberOutcome {
     let member = op.member.clone();
-    let Some(r) = result else {
-        return MemberOutcome::failed(
-            member,
-            "NO_RESULT",
-            "the server returned no result for this member",
-        );
-    };
     let text = |default: &str| {
         if r.message.is_empty() {
             default.to_string()
@@ -1022,9 +1009,9 @@ struct SessionEngine {
 
 #[async_trait]
 impl Provider for Waha {
-    async fn fetch(&self, group: &GroupId) -> Result<LiveGroup, ProviderError> {
-        let account = self.account().await?;
-        let rows = self.list(group).await?;
+    async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError> {
+        let account = self.account(ctx).await?;
+        let rows = self.list(ctx, group).await?;
         let me_user = jid(account.me.as_str()).map(|j| j.user);
         let me_lid = account.lid.as_deref().and_then(jid).map(|j| j.user);
 
@@ -1039,7 +1026,7 @@ impl Provider for Waha {
                 Server::Lid if Some(&row.id.user) == me_lid.as_ref() => jid(account.me.as_str()),
                 Server::Lid => match row.pn.clone() {
                     Some(pn) => Some(pn),
-                    None => self.lookup_lid(&row.id.to_string()).await?,
+                    None => self.lookup_lid(ctx, &row.id.to_string()).await?,
                 },
             };
             let key = MemberId(phone.as_ref().unwrap_or(&row.id).to_string());
@@ -1069,10 +1056,11 @@ impl Provider for Waha {
 
     async fn apply(
         &self,
+        ctx: &Ctx,
         group: &GroupId,
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        let account = self.account().await?;
+        let account = self.account(ctx).await?;
         // Remove, promote and demote must send the id the listing shows (WEBJS skips any other
         // form, waha.md §6.4). A member added earlier in this run is not in the last listing and
         // may have joined under a lid, so the group is read again first (§6.9).
@@ -1086,7 +1074,7 @@ impl Provider for Waha {
         let ids = match self.cached(group) {
             Some(ids) if !unknown(&ids) => ids,
             _ => {
-                self.fetch(group).await?;
+                self.fetch(ctx, group).await?;
                 self.cached(group).unwrap_or_default()
             }
         };
@@ -1099,7 +1087,7 @@ impl Provider for Waha {
         }
         // One batch is one call: the planner already cut adds to `add_batch` members through
         // `capabilities_for`, so the reported call count is the number of requests made.
-        self.write(group, batch.kind, &batch.ops, &ids, account.engine)
+        self.write(ctx, group, batch.kind, &batch.ops, &ids, account.engine)
             .await
     }
 

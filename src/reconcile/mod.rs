@@ -1,16 +1,18 @@
 //! The reconcile engine: per group fetch -> plan -> safety -> apply batches in order ->
-//! re-fetch -> drift. Groups run concurrently, bounded per provider instance; one group's
-//! failure never stops another.
+//! re-fetch -> drift. Groups run concurrently, bounded per provider instance by the one
+//! semaphore its [`Target`] carries; one group's failure never stops another. Time,
+//! cancellation and request counts come from the [`Ctx`] handed in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::audit::AuditLog;
+use crate::ctx::{Ctx, Sent};
 use crate::model::{
     Batch, DesiredGroup, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Outcome, Role,
 };
@@ -21,26 +23,44 @@ mod progress;
 
 pub use progress::{LogProgress, Progress, TerminalProgress, default_progress};
 
-/// A provider instance's configuration and its client.
+/// Groups of one provider instance reconciled at the same time, unless configured.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// A provider instance's configuration, its client, and the bound on its groups in flight.
 #[derive(Clone)]
 pub struct Target {
     /// The instance's settings (batch sizes, pacing).
     pub instance: Instance,
     /// The client that reads and writes the instance's groups.
     pub provider: Arc<dyn Provider>,
+    /// Held by every group run of the instance, whoever starts it.
+    permits: Arc<Semaphore>,
+}
+
+impl Target {
+    /// The target of `instance`, at most [`DEFAULT_CONCURRENCY`] groups at a time.
+    pub fn new(instance: Instance, provider: Arc<dyn Provider>) -> Self {
+        Target {
+            instance,
+            provider,
+            permits: Arc::new(Semaphore::new(DEFAULT_CONCURRENCY)),
+        }
+    }
+
+    /// At most `n` (at least 1) groups of this instance at a time.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.permits = Arc::new(Semaphore::new(n.max(1)));
+        self
+    }
 }
 
 /// How one run behaves.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Apply the plan (otherwise stop after planning).
     pub apply: bool,
     /// Lift the mass-removal safety limit (SPEC: `--allow-mass-removal`).
     pub allow_mass_removal: bool,
-    /// The clock, passed in: mutes are compared against it.
-    pub now: SystemTime,
-    /// Groups of one provider instance reconciled at the same time.
-    pub per_instance_concurrency: usize,
     /// Where apply progress is shown; `None` shows nothing.
     pub progress: Option<Arc<dyn Progress>>,
     /// `apply --plan`: run on each group right after it is read and planned; `Err` refuses the
@@ -50,19 +70,6 @@ pub struct RunOptions {
 
 /// See [`RunOptions::check`].
 pub type PlanCheck = Arc<dyn Fn(&DesiredGroup, &GroupPlan) -> Result<(), String> + Send + Sync>;
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            apply: false,
-            allow_mass_removal: false,
-            now: SystemTime::now(),
-            per_instance_concurrency: 4,
-            progress: None,
-            check: None,
-        }
-    }
-}
 
 /// How a group's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,8 +115,10 @@ pub struct GroupReport {
     pub drift: Option<GroupPlan>,
     /// How the group ended.
     pub status: GroupStatus,
-    /// Write calls sent for this group.
+    /// HTTP write requests sent for this group (every request, splits and retries included).
     pub calls: usize,
+    /// HTTP requests of this group's run, reads and writes.
+    pub requests: Sent,
 }
 
 impl GroupReport {
@@ -123,6 +132,7 @@ impl GroupReport {
             drift: None,
             status: GroupStatus::Failed,
             calls: 0,
+            requests: Sent::default(),
         }
     }
 
@@ -194,31 +204,30 @@ impl Report {
 /// Reconcile every group: plan only, or plan and apply. Never panics on a provider failure;
 /// every group gets a report.
 pub async fn run(
+    ctx: &Ctx,
     groups: &[DesiredGroup],
     targets: &BTreeMap<String, Target>,
     opts: &RunOptions,
     audit: Option<&AuditLog>,
 ) -> Report {
-    let limits: BTreeMap<&str, Arc<Semaphore>> = targets
-        .keys()
-        .map(|k| {
-            (
-                k.as_str(),
-                Arc::new(Semaphore::new(opts.per_instance_concurrency.max(1))),
-            )
-        })
-        .collect();
-
+    // One scope per group, so its report counts the requests made for it alone.
+    let scopes: Vec<Ctx> = groups.iter().map(|_| ctx.scoped()).collect();
     // Plans first, for every group, so the progress display knows the total of calls.
-    let planned = futures::future::join_all(
-        groups
-            .iter()
-            .map(|g| bounded(&limits, g, plan_one(g, targets, opts))),
-    )
+    let planned = futures::future::join_all(groups.iter().zip(&scopes).map(|(g, gctx)| {
+        let target = targets.get(&g.provider);
+        bounded(target, g, plan_one(gctx, g, target, opts))
+    }))
     .await;
 
     if !opts.apply {
-        let mut reports: Vec<GroupReport> = planned.into_iter().map(|(r, _)| r).collect();
+        let mut reports: Vec<GroupReport> = planned
+            .into_iter()
+            .zip(&scopes)
+            .map(|((mut r, _), gctx)| {
+                r.requests = gctx.sent();
+                r
+            })
+            .collect();
         reports.sort_by(|a, b| a.group.cmp(&b.group));
         return Report { groups: reports };
     }
@@ -233,11 +242,17 @@ pub async fn run(
     }
 
     // `join_all` keeps order, so plans line up with their groups.
-    let mut reports =
-        futures::future::join_all(groups.iter().zip(planned).map(|(g, (report, live))| {
-            bounded(&limits, g, apply_one(g, report, live, targets, opts, audit))
-        }))
-        .await;
+    let mut reports = futures::future::join_all(groups.iter().zip(planned).zip(&scopes).map(
+        |((g, (report, live)), gctx)| {
+            let target = targets.get(&g.provider);
+            bounded(target, g, async move {
+                let mut r = apply_one(gctx, g, report, live, target, opts, audit).await;
+                r.requests = gctx.sent();
+                r
+            })
+        },
+    ))
+    .await;
     if let Some(p) = &opts.progress {
         p.finish();
     }
@@ -245,14 +260,33 @@ pub async fn run(
     Report { groups: reports }
 }
 
-/// Run one group's work inside its span, holding a permit of its provider instance.
-async fn bounded<T>(
-    limits: &BTreeMap<&str, Arc<Semaphore>>,
+/// One group's whole run — fetch, plan, safety, apply, verify — holding a permit of its
+/// provider instance. The daemon's entry point.
+pub async fn reconcile_group(
+    ctx: &Ctx,
     g: &DesiredGroup,
-    work: impl Future<Output = T>,
-) -> T {
-    let _permit = match limits.get(g.provider.as_str()) {
-        Some(s) => s.clone().acquire_owned().await.ok(),
+    target: Option<&Target>,
+    opts: &RunOptions,
+    audit: Option<&AuditLog>,
+) -> GroupReport {
+    let gctx = ctx.scoped();
+    let mut report = bounded(target, g, async {
+        let (report, live) = plan_one(&gctx, g, target, opts).await;
+        if opts.apply {
+            apply_one(&gctx, g, report, live, target, opts, audit).await
+        } else {
+            report
+        }
+    })
+    .await;
+    report.requests = gctx.sent();
+    report
+}
+
+/// Run one group's work inside its span, holding a permit of its provider instance.
+async fn bounded<T>(target: Option<&Target>, g: &DesiredGroup, work: impl Future<Output = T>) -> T {
+    let _permit = match target {
+        Some(t) => t.permits.clone().acquire_owned().await.ok(),
         None => None,
     };
     let span = tracing::info_span!("group", group = %g.name, provider = %g.provider);
@@ -261,16 +295,17 @@ async fn bounded<T>(
 
 /// Fetch and plan one group.
 async fn plan_one(
+    ctx: &Ctx,
     g: &DesiredGroup,
-    targets: &BTreeMap<String, Target>,
+    target: Option<&Target>,
     opts: &RunOptions,
 ) -> (GroupReport, Option<LiveGroup>) {
     let mut report = GroupReport::new(g);
-    let Some(target) = targets.get(&g.provider) else {
+    let Some(target) = target else {
         report.error = Some(format!("provider instance {} has no client", g.provider));
         return (report, None);
     };
-    let live = match target.provider.fetch(&g.id).await {
+    let live = match target.provider.fetch(ctx, &g.id).await {
         Ok(live) => live,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the group; nothing planned or applied");
@@ -283,7 +318,7 @@ async fn plan_one(
         report.error = Some(why);
         return (report, None);
     }
-    let mut plan = make_plan(g, &live, target, opts);
+    let mut plan = make_plan(ctx, g, &live, target, opts.allow_mass_removal);
     plan.checksum = Some(plan::checksum::Checksum::of(g, &live));
     if let Some(Err(why)) = opts.check.as_ref().map(|c| c(g, &plan)) {
         tracing::warn!(reason = %why, "refused: not the group the reviewed plan was made for");
@@ -301,7 +336,13 @@ async fn plan_one(
     (report, Some(live))
 }
 
-fn make_plan(g: &DesiredGroup, live: &LiveGroup, target: &Target, opts: &RunOptions) -> GroupPlan {
+fn make_plan(
+    ctx: &Ctx,
+    g: &DesiredGroup,
+    live: &LiveGroup,
+    target: &Target,
+    allow_mass_removal: bool,
+) -> GroupPlan {
     let caps = target.provider.capabilities_for(live);
     let batch_size = |k: OpKind| target.instance.batch_size(k, &caps);
     plan::plan_group(
@@ -310,22 +351,23 @@ fn make_plan(g: &DesiredGroup, live: &LiveGroup, target: &Target, opts: &RunOpti
         &PlanOptions {
             caps: &caps,
             batch_size: &batch_size,
-            now: opts.now,
-            allow_mass_removal: opts.allow_mass_removal,
+            now: ctx.now(),
+            allow_mass_removal,
         },
     )
 }
 
 /// Apply one group's plan, batch by batch, then re-read and report drift.
 async fn apply_one(
+    ctx: &Ctx,
     g: &DesiredGroup,
     mut report: GroupReport,
     live: Option<LiveGroup>,
-    targets: &BTreeMap<String, Target>,
+    target: Option<&Target>,
     opts: &RunOptions,
     audit: Option<&AuditLog>,
 ) -> GroupReport {
-    let (Some(plan), Some(live)) = (report.plan.clone(), live) else {
+    let (Some(plan), Some(live), Some(target)) = (report.plan.clone(), live, target) else {
         return report; // the read failed: nothing is applied
     };
     if plan.blocked.is_some() {
@@ -338,7 +380,6 @@ async fn apply_one(
     if plan.is_empty() {
         return report;
     }
-    let target = &targets[&g.provider];
     let mut floor = AdminFloor::new(&live, g);
 
     for batch in &plan.batches {
@@ -358,8 +399,11 @@ async fn apply_one(
         if send.ops.is_empty() {
             continue;
         }
-        report.calls += 1;
-        let outcomes = match target.provider.apply(&g.id, &send).await {
+        let scope = ctx.scoped();
+        let result = target.provider.apply(&scope, &g.id, &send).await;
+        let requests = scope.sent().writes as usize;
+        report.calls += requests;
+        let outcomes = match result {
             Ok(outs) => outs,
             Err(e) => {
                 tracing::warn!(op = %send.kind, members = send.ops.len(), error = %e, "write call failed");
@@ -379,7 +423,15 @@ async fn apply_one(
             }
         };
         if let Some(a) = audit {
-            a.call(&g.name, &g.provider, send.kind, send.ops.len(), &outcomes);
+            a.call(
+                ctx.now(),
+                &g.name,
+                &g.provider,
+                send.kind,
+                send.ops.len(),
+                requests,
+                &outcomes,
+            );
         }
         for (op, out) in pair(&send, outcomes) {
             if out.is_ok() {
@@ -400,17 +452,9 @@ async fn apply_one(
     }
 
     // Verify: read again, and whatever a new plan would still do is drift.
-    match target.provider.fetch(&g.id).await {
+    match target.provider.fetch(ctx, &g.id).await {
         Ok(after) => {
-            let drift = make_plan(
-                g,
-                &after,
-                target,
-                &RunOptions {
-                    allow_mass_removal: true,
-                    ..opts.clone()
-                },
-            );
+            let drift = make_plan(ctx, g, &after, target, true);
             let failed = report.failed_ops().next().is_some();
             report.status = if drift.is_empty() && !failed {
                 GroupStatus::Applied

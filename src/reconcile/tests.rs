@@ -56,21 +56,18 @@ fn targets(p: Arc<MemoryProvider>) -> BTreeMap<String, Target> {
             api_key: SecretRef::Env("UNUSED".to_string()),
         }),
     };
-    BTreeMap::from([(
-        "cc".to_string(),
-        Target {
-            instance,
-            provider: p,
-        },
-    )])
+    BTreeMap::from([("cc".to_string(), Target::new(instance, p))])
 }
 
 fn apply_opts() -> RunOptions {
     RunOptions {
         apply: true,
-        now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         ..RunOptions::default()
     }
+}
+
+fn ctx() -> Ctx {
+    Ctx::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
 }
 
 #[tokio::test]
@@ -98,7 +95,7 @@ async fn apply_converges_and_a_second_run_writes_nothing() {
     g.bans = Some(BTreeSet::from([m("mallory")]));
     let t = targets(p.clone());
 
-    let report = run(std::slice::from_ref(&g), &t, &apply_opts(), None).await;
+    let report = run(&ctx(), std::slice::from_ref(&g), &t, &apply_opts(), None).await;
     assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
     assert_eq!(report.groups[0].status, GroupStatus::Applied);
     let after = p.group("g").unwrap();
@@ -108,7 +105,7 @@ async fn apply_converges_and_a_second_run_writes_nothing() {
     // add carol, demote bob, remove zed, ban mallory
     assert_eq!(calls, 4);
 
-    let second = run(std::slice::from_ref(&g), &t, &apply_opts(), None).await;
+    let second = run(&ctx(), std::slice::from_ref(&g), &t, &apply_opts(), None).await;
     assert_eq!(second.groups[0].status, GroupStatus::InSync);
     assert_eq!(p.log().len(), calls, "a second apply makes no write call");
 }
@@ -126,7 +123,7 @@ async fn a_member_that_fails_is_reported_and_the_rest_is_applied() {
             ("bob", Role::Participant),
         ],
     );
-    let report = run(&[g], &targets(p.clone()), &apply_opts(), None).await;
+    let report = run(&ctx(), &[g], &targets(p.clone()), &apply_opts(), None).await;
     assert_eq!(report.exit_code(true, false), 3);
     let failed: Vec<_> = report.groups[0]
         .failed_ops()
@@ -156,7 +153,7 @@ async fn a_failed_read_aborts_only_that_group() {
             &[("alice", Role::Admin), ("carol", Role::Participant)],
         ),
     ];
-    let report = run(&groups, &targets(p.clone()), &apply_opts(), None).await;
+    let report = run(&ctx(), &groups, &targets(p.clone()), &apply_opts(), None).await;
     assert_eq!(report.exit_code(true, false), 3);
     let broken = report.groups.iter().find(|g| g.group == "broken").unwrap();
     assert!(broken.error.is_some() && broken.plan.is_none());
@@ -188,6 +185,7 @@ async fn a_blocked_group_writes_nothing_while_others_apply() {
         &[("alice", Role::Admin), ("bob", Role::Participant)],
     );
     let report = run(
+        &ctx(),
         &[big.clone(), small],
         &targets(p.clone()),
         &apply_opts(),
@@ -206,7 +204,7 @@ async fn a_blocked_group_writes_nothing_while_others_apply() {
         allow_mass_removal: true,
         ..apply_opts()
     };
-    let report = run(&[big], &targets(p.clone()), &forced, None).await;
+    let report = run(&ctx(), &[big], &targets(p.clone()), &forced, None).await;
     assert_eq!(report.exit_code(true, false), 0);
     assert_eq!(p.group("big").unwrap().members.len(), 1);
 }
@@ -235,7 +233,7 @@ async fn a_failed_admin_add_keeps_the_admin_floor() {
             ("new2", Role::Admin),
         ],
     );
-    let report = run(&[g], &targets(p.clone()), &apply_opts(), None).await;
+    let report = run(&ctx(), &[g], &targets(p.clone()), &apply_opts(), None).await;
     assert_eq!(report.exit_code(true, false), 3);
     let after = p.group("g").unwrap();
     let admins = after
@@ -271,7 +269,7 @@ async fn admins_are_replaced_when_every_admin_add_succeeds() {
     );
     // One new admin for two old ones: the floor only guards against failed adds.
     let g = desired("g", &[("owner", Role::Participant), ("new1", Role::Admin)]);
-    let report = run(&[g], &targets(p.clone()), &apply_opts(), None).await;
+    let report = run(&ctx(), &[g], &targets(p.clone()), &apply_opts(), None).await;
     assert_eq!(report.exit_code(true, false), 0, "{report:?}");
     let after = p.group("g").unwrap();
     let admins: Vec<&MemberId> = after
@@ -283,7 +281,7 @@ async fn admins_are_replaced_when_every_admin_add_succeeds() {
     assert_eq!(admins, vec![&m("new1")]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn groups_of_one_instance_respect_the_concurrency_bound() {
     let p = Arc::new(MemoryProvider::new(Kind::Cometchat).with_latency(Duration::from_millis(20)));
     let groups: Vec<DesiredGroup> = (0..8)
@@ -293,11 +291,11 @@ async fn groups_of_one_instance_respect_the_concurrency_bound() {
             desired(&name, &[("alice", Role::Admin), ("bob", Role::Participant)])
         })
         .collect();
-    let opts = RunOptions {
-        per_instance_concurrency: 2,
-        ..apply_opts()
-    };
-    let report = run(&groups, &targets(p.clone()), &opts, None).await;
+    let t: BTreeMap<String, Target> = targets(p.clone())
+        .into_iter()
+        .map(|(k, t)| (k, t.with_concurrency(2)))
+        .collect();
+    let report = run(&ctx(), &groups, &t, &apply_opts(), None).await;
     assert_eq!(report.exit_code(true, false), 0);
     assert!(
         p.max_in_flight() <= 2,
@@ -328,7 +326,7 @@ async fn the_audit_log_has_a_line_per_call_and_per_member() {
             ("carol", Role::Participant),
         ],
     );
-    run(&[g], &targets(p), &apply_opts(), Some(&audit)).await;
+    run(&ctx(), &[g], &targets(p), &apply_opts(), Some(&audit)).await;
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
@@ -353,7 +351,7 @@ async fn plan_mode_writes_nothing_and_reports_pending_changes() {
         apply: false,
         ..apply_opts()
     };
-    let report = run(&[g], &targets(p.clone()), &opts, None).await;
+    let report = run(&ctx(), &[g], &targets(p.clone()), &opts, None).await;
     assert_eq!(report.exit_code(false, true), 2);
     assert_eq!(report.exit_code(false, false), 0);
     assert!(p.log().is_empty());

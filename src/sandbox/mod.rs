@@ -37,6 +37,19 @@ pub use cometchat::CometChatEmulator;
 pub use tencent::TencentEmulator;
 pub use waha::WahaEmulator;
 
+/// The emulators' wall clock: anchored once per process and advanced by tokio's clock, so a
+/// test on paused time moves the emulators' rate windows, buckets and mute ends with it, as a
+/// client's [`crate::ctx::Clock`] moves.
+pub fn now() -> std::time::SystemTime {
+    static ANCHOR: std::sync::OnceLock<(std::time::SystemTime, std::time::Instant)> =
+        std::sync::OnceLock::new();
+    let (wall, at) =
+        *ANCHOR.get_or_init(|| (std::time::SystemTime::now(), std::time::Instant::now()));
+    wall + tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(at)
+}
+
 /// The seed (and dump) of every emulator, as one YAML or JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -405,7 +418,7 @@ impl Window {
 
     /// Count one request against `limit`, unless the window is already full.
     pub fn admit(&self, limit: RateLimit) -> Admission {
-        let now_ms = std::time::SystemTime::now()
+        let now_ms = now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let window_ms = (limit.per.as_millis() as u64).max(1);

@@ -291,7 +291,7 @@ impl TencentEmulator {
 
     /// The emulator's idea of now.
     pub fn now(&self) -> SystemTime {
-        lock(&self.inner.now).unwrap_or_else(SystemTime::now)
+        lock(&self.inner.now).unwrap_or_else(super::now)
     }
 
     pub fn requests(&self) -> Vec<LoggedRequest> {
@@ -886,12 +886,6 @@ fn member_info(g: &Group, body: &Value, limits: Limits) -> Value {
         });
     }
     ok(out)
-}
-
-/// A clock that follows the emulator's, for clients under test.
-pub fn clock_of(emu: &TencentEmulator) -> crate::provider::tencent::Clock {
-    let e = emu.clone();
-    Arc::new(move || e.now())
 }
 
 /// `Duration` helper for seeds: unix seconds of `t`.

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State as AxState};
@@ -373,7 +373,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
+    super::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
@@ -414,7 +414,7 @@ fn envelope(exception: Value, method: &Method, path: &str, body: Option<&Value>)
         500,
         json!({
             "statusCode": 500,
-            "timestamp": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            "timestamp": humantime::format_rfc3339_seconds(super::now()).to_string(),
             "exception": exception,
             "request": {"path": path, "method": method.as_str(), "body": body, "query": {}},
             "version": {"version": "2026.2.1", "tier": "CORE"},

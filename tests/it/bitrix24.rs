@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::FutureExt as _;
 use rosterd::config::secret::{Secret, SecretRef};
@@ -21,7 +23,7 @@ use rosterd::sandbox::bitrix24::{Bucket, Chat, OAuthApp, Operating, State};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Captured, bounded, capture_logs, everything_shown, run_opts};
+use crate::support::{Captured, bounded, capture_logs, ctx, everything_shown, run_opts};
 
 /// The webhook code of the test portal. It must never show up in any output.
 const HOOK: &str = "hk7f3a9c1e5b2d8f4a6c0e9b1d3f5a7c9e";
@@ -107,10 +109,7 @@ fn quick(c: Bitrix24) -> Bitrix24 {
 fn targets_of(client: Bitrix24, rate: f64, burst: Option<u32>) -> BTreeMap<String, Target> {
     BTreeMap::from([(
         "b24".to_string(),
-        Target {
-            instance: instance(rate, burst, None),
-            provider: Arc::new(client),
-        },
+        Target::new(instance(rate, burst, None), Arc::new(client)),
     )])
 }
 
@@ -176,7 +175,7 @@ async fn bitrix24_fetch_reads_owner_managers_members_and_the_acting_user() {
     bounded(30, async {
         let sb = sandbox(portal(vec![(42, chat(ME, &[31], &[17, 31, 70]))], [])).await;
         let c = client(&sb);
-        let live = c.fetch(&GroupId("42".into())).await.unwrap();
+        let live = c.fetch(&ctx(), &GroupId("42".into())).await.unwrap();
         assert_eq!(live.owner, Some(mid(ME)));
         assert_eq!(live.me, Some(mid(ME)));
         assert_eq!(live.bans, None);
@@ -189,7 +188,7 @@ async fn bitrix24_fetch_reads_owner_managers_members_and_the_acting_user() {
         .into();
         assert_eq!(live.members, want);
         // profile once, then one batch per fetch (dialog first, then the member list).
-        c.fetch(&GroupId("42".into())).await.unwrap();
+        c.fetch(&ctx(), &GroupId("42".into())).await.unwrap();
         let log = sb.bitrix24.requests();
         let methods: Vec<&str> = log.iter().map(|r| r.method.as_str()).collect();
         assert_eq!(methods, ["profile", "batch", "batch"]);
@@ -207,7 +206,7 @@ async fn bitrix24_inaccessible_chat_is_reported_and_nothing_is_added_to_it() {
         let sb = sandbox(portal(vec![(50, chat(17, &[], &[23]))], [44, 60])).await;
         let c = client(&sb);
         for id in ["50", "99"] {
-            let err = c.fetch(&GroupId(id.into())).await.unwrap_err();
+            let err = c.fetch(&ctx(), &GroupId(id.into())).await.unwrap_err();
             assert_eq!(err.class, ErrorClass::Fatal, "{err}");
             assert_eq!(err.code.as_deref(), Some("ACCESS_ERROR"), "{err}");
             assert!(err.message.contains(&format!("chat {id}")), "{err}");
@@ -215,6 +214,7 @@ async fn bitrix24_inaccessible_chat_is_reported_and_nothing_is_added_to_it() {
         let want = desired(50, None, &[(17, Role::Admin), (44, Role::Participant)]);
         let missing = desired(99, None, &[(60, Role::Participant)]);
         let report = reconcile::run(
+            &ctx(),
             &[want, missing],
             &targets_of(client(&sb), 1000.0, None),
             &run_opts(true),
@@ -250,6 +250,7 @@ async fn bitrix24_failed_read_is_an_error_and_nothing_is_written() {
         sb.bitrix24.inject(Fault::next(10, FaultKind::Status(500)));
         let want = desired(42, None, &[(44, Role::Participant)]);
         let report = reconcile::run(
+            &ctx(),
             std::slice::from_ref(&want),
             &targets_of(quick(client(&sb)), 1000.0, None),
             &run_opts(true),
@@ -272,7 +273,10 @@ async fn bitrix24_failed_read_is_an_error_and_nothing_is_written() {
                 },
             )
         });
-        let err = client(&sb).fetch(&GroupId("7".into())).await.unwrap_err();
+        let err = client(&sb)
+            .fetch(&ctx(), &GroupId("7".into()))
+            .await
+            .unwrap_err();
         assert_eq!(err.code.as_deref(), Some("ACCESS_ERROR"), "{err}");
         sb.shutdown().await;
     })
@@ -301,8 +305,14 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
             // 70 and 80 are unlisted: remove. 1 is rosterd itself: kept.
         );
         let targets = targets_of(client(&sb), 1000.0, None);
-        let report =
-            reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let report = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets,
+            &run_opts(true),
+            None,
+        )
+        .await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         assert_eq!(report.groups[0].status, GroupStatus::Applied);
         let plan = report.groups[0].plan.as_ref().unwrap();
@@ -339,6 +349,7 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
 
         sb.bitrix24.clear_log();
         let again = reconcile::run(
+            &ctx(),
             std::slice::from_ref(&want),
             &targets,
             &run_opts(false),
@@ -346,8 +357,14 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
         )
         .await;
         assert!(again.plan().is_empty(), "{:#?}", again.plan());
-        let again =
-            reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let again = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets,
+            &run_opts(true),
+            None,
+        )
+        .await;
         assert_eq!(again.groups[0].status, GroupStatus::InSync);
         assert!(
             sb.bitrix24.writes().is_empty(),
@@ -372,7 +389,7 @@ async fn bitrix24_silent_add_skips_are_reported_per_member_from_the_re_list() {
             op(OpKind::Add, 999), // no such user
         ];
         let out = c
-            .apply(&GroupId("42".into()), &batch(OpKind::Add, ops))
+            .apply(&ctx(), &GroupId("42".into()), &batch(OpKind::Add, ops))
             .await
             .unwrap();
         assert_eq!(out[0].outcome, Outcome::Done);
@@ -407,7 +424,7 @@ async fn bitrix24_removal_refusals_fail_alone_and_absent_users_count_as_done() {
             op(OpKind::Remove, ME), // rosterd itself: never sent
         ];
         let out = c
-            .apply(&GroupId("42".into()), &batch(OpKind::Remove, ops))
+            .apply(&ctx(), &GroupId("42".into()), &batch(OpKind::Remove, ops))
             .await
             .unwrap();
         assert_eq!(code_of(&out[0]), Some("ACCESS_DENIED_KICK"));
@@ -440,7 +457,7 @@ async fn bitrix24_legacy_wrong_request_is_resolved_by_a_re_read() {
             op(OpKind::Remove, 55), // WRONG_REQUEST but absent -> already done
         ];
         let out = c
-            .apply(&GroupId("42".into()), &batch(OpKind::Remove, ops))
+            .apply(&ctx(), &GroupId("42".into()), &batch(OpKind::Remove, ops))
             .await
             .unwrap();
         assert_eq!(code_of(&out[0]), Some("WRONG_REQUEST"));
@@ -462,11 +479,17 @@ async fn bitrix24_portal_without_set_manager_is_a_capability_error_detected_once
             OpKind::Promote,
             vec![op(OpKind::Promote, 17).with_role(Role::Admin)],
         );
-        let err = c.apply(&GroupId("42".into()), &promote).await.unwrap_err();
+        let err = c
+            .apply(&ctx(), &GroupId("42".into()), &promote)
+            .await
+            .unwrap_err();
         assert_eq!(err.code.as_deref(), Some("ERROR_METHOD_NOT_FOUND"));
         assert!(err.message.contains("setManager"), "{err}");
         let before = sb.bitrix24.requests().len();
-        let err2: ProviderError = c.apply(&GroupId("42".into()), &promote).await.unwrap_err();
+        let err2: ProviderError = c
+            .apply(&ctx(), &GroupId("42".into()), &promote)
+            .await
+            .unwrap_err();
         assert_eq!(err2, err);
         assert_eq!(sb.bitrix24.requests().len(), before, "no second probe");
         sb.shutdown().await;
@@ -522,6 +545,7 @@ async fn bitrix24_large_drift_takes_the_computed_minimum_of_requests() {
         let (state, want) = big_drift();
         let sb = sandbox(state).await;
         let report = reconcile::run(
+            &ctx(),
             &want,
             &targets_of(client(&sb), 1000.0, None),
             &run_opts(true),
@@ -563,7 +587,7 @@ async fn bitrix24_large_drift_takes_the_computed_minimum_of_requests() {
 /// 2/s): once with a fresh bucket (the burst covers every request) and once paced at a
 /// sustained 2/s with no burst (as when other integrations have already filled the bucket).
 /// Prints the figures (`--no-capture`).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bitrix24_large_drift_at_two_requests_per_second() {
     bounded(60, async {
         for burst in [50u32, 1] {
@@ -572,7 +596,7 @@ async fn bitrix24_large_drift_at_two_requests_per_second() {
             let sb = sandbox(state).await;
             let targets = targets_of(client_at(&sb, 2.0, Some(burst)), 2.0, Some(burst));
             let started = Instant::now();
-            let report = reconcile::run(&want, &targets, &run_opts(true), None).await;
+            let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
             let elapsed = started.elapsed();
             assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
             let log = sb.bitrix24.requests();
@@ -585,17 +609,23 @@ async fn bitrix24_large_drift_at_two_requests_per_second() {
             );
             assert_eq!(throttled, 0, "the client's pace matches the bucket");
             assert_eq!(sb.bitrix24.writes().len(), 6);
-            if burst == 1 {
-                // 13 requests, 12 gaps of 0.5 s.
-                assert!(elapsed >= Duration::from_millis(5_900), "{elapsed:?}");
-            }
+            // 13 requests: with a burst of 50 none waits; with a burst of 1, 12 gaps of 0.5 s.
+            let expected = if burst == 1 {
+                Duration::from_secs(6)
+            } else {
+                Duration::ZERO
+            };
+            assert!(
+                elapsed >= expected && elapsed < expected + Duration::from_millis(50),
+                "{elapsed:?}"
+            );
             sb.shutdown().await;
         }
     })
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bitrix24_query_limit_exceeded_is_backed_off_and_retried() {
     bounded(60, async {
         let mut state = portal(vec![(42, chat(ME, &[], &[17]))], []);
@@ -607,7 +637,7 @@ async fn bitrix24_query_limit_exceeded_is_backed_off_and_retried() {
         // The client does not pace itself here, so the portal's bucket overflows.
         let c = client(&sb);
         for _ in 0..5 {
-            c.fetch(&GroupId("42".into())).await.unwrap();
+            c.fetch(&ctx(), &GroupId("42".into())).await.unwrap();
         }
         let log = sb.bitrix24.requests();
         let throttled = log.iter().filter(|r| r.status == 503).count();
@@ -624,7 +654,7 @@ async fn bitrix24_query_limit_exceeded_is_backed_off_and_retried() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bitrix24_operating_limit_pauses_until_the_reset_time() {
     bounded(60, async {
         let mut state = portal(vec![(42, chat(ME, &[], &[17]))], []);
@@ -637,7 +667,7 @@ async fn bitrix24_operating_limit_pauses_until_the_reset_time() {
         let sb = sandbox(state).await;
         let c = client(&sb);
         for _ in 0..4 {
-            c.fetch(&GroupId("42".into())).await.unwrap();
+            c.fetch(&ctx(), &GroupId("42".into())).await.unwrap();
         }
         let log = sb.bitrix24.requests();
         let blocked: Vec<_> = log
@@ -696,7 +726,7 @@ async fn bitrix24_oauth_refresh_is_persisted_to_the_token_file() {
         inst.common.base_url = Some(base(&sb));
         let c = Bitrix24::with_oauth(&inst, Secret::new("app-secret-xyz")).unwrap();
 
-        let live = c.fetch(&GroupId("42".into())).await.unwrap();
+        let live = c.fetch(&ctx(), &GroupId("42".into())).await.unwrap();
         assert_eq!(live.me, Some(mid(ME)));
         let saved: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -717,7 +747,7 @@ async fn bitrix24_oauth_refresh_is_persisted_to_the_token_file() {
             "OAuth calls carry the token, not a webhook path"
         );
         // Good tokens are not refreshed again.
-        c.fetch(&GroupId("42".into())).await.unwrap();
+        c.fetch(&ctx(), &GroupId("42".into())).await.unwrap();
         assert_eq!(refreshes(&sb), 1);
         // Several chats read at once on an expired token: one refresh between them.
         sb.bitrix24.with_state(|s| {
@@ -727,7 +757,8 @@ async fn bitrix24_oauth_refresh_is_persisted_to_the_token_file() {
         });
         sb.bitrix24.expire_token();
         let ids = [43, 44, 45].map(|id| GroupId(id.to_string()));
-        let reads = ids.iter().map(|id| c.fetch(id).boxed());
+        let run = ctx();
+        let reads = ids.iter().map(|id| c.fetch(&run, id).boxed());
         for r in futures::future::join_all(reads).await {
             r.unwrap();
         }
@@ -737,7 +768,7 @@ async fn bitrix24_oauth_refresh_is_persisted_to_the_token_file() {
         // A new client starts from the file; after the next expiry it refreshes once more.
         let c2 = Bitrix24::with_oauth(&inst, Secret::new("app-secret-xyz")).unwrap();
         sb.bitrix24.expire_token();
-        c2.fetch(&GroupId("42".into())).await.unwrap();
+        c2.fetch(&ctx(), &GroupId("42".into())).await.unwrap();
         assert_eq!(refreshes(&sb), 3);
         let saved2: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -745,7 +776,7 @@ async fn bitrix24_oauth_refresh_is_persisted_to_the_token_file() {
         // A wrong client secret fails the refresh; the file keeps the last good tokens.
         sb.bitrix24.expire_token();
         let bad = Bitrix24::with_oauth(&inst, Secret::new("wrong")).unwrap();
-        let err = bad.fetch(&GroupId("42".into())).await.unwrap_err();
+        let err = bad.fetch(&ctx(), &GroupId("42".into())).await.unwrap_err();
         assert_eq!(err.code.as_deref(), Some("invalid_client"), "{err}");
         assert!(!format!("{err:?}").contains("wrong"));
         let saved3: serde_json::Value =
@@ -872,7 +903,7 @@ async fn bitrix24_member_list_without_the_owner_is_refused_as_a_partial_read() {
             Secret::new(format!("http://{addr}/rest/1/{HOOK}/")),
         )
         .unwrap();
-        let err = c.fetch(&GroupId("42".into())).await.unwrap_err();
+        let err = c.fetch(&ctx(), &GroupId("42".into())).await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Fatal);
         assert!(err.message.contains("partial read"), "{err}");
         server.abort();
@@ -950,8 +981,14 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
         let audit_path = dir.path().join("audit.jsonl");
         let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
         let targets = targets_of(quick(client(&sb)), 1000.0, None);
-        let report =
-            reconcile::run(&[want, missing], &targets, &run_opts(true), Some(&audit)).await;
+        let report = reconcile::run(
+            &ctx(),
+            &[want, missing],
+            &targets,
+            &run_opts(true),
+            Some(&audit),
+        )
+        .await;
         assert_eq!(
             report.exit_code(true, false),
             3,
@@ -969,7 +1006,10 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
             Secret::new(format!("{}/rest/{ME}/{HOOK}x/", base(&sb))),
         )
         .unwrap();
-        let err = wrong.fetch(&GroupId("42".into())).await.unwrap_err();
+        let err = wrong
+            .fetch(&ctx(), &GroupId("42".into()))
+            .await
+            .unwrap_err();
         assert_eq!(err.code.as_deref(), Some("INVALID_CREDENTIALS"));
         seen.push(format!("{err} {err:?}"));
         let gone = quick(
@@ -979,7 +1019,7 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
             )
             .unwrap(),
         );
-        let err = gone.fetch(&GroupId("42".into())).await.unwrap_err();
+        let err = gone.fetch(&ctx(), &GroupId("42".into())).await.unwrap_err();
         seen.push(format!("{err} {err:?}"));
         let bad = Bitrix24::with_webhook(
             &instance(1000.0, None, None),

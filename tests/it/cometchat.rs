@@ -1,6 +1,8 @@
 //! CometChat: the client against the stateful emulator over real HTTP.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rosterd::config::secret::Secret;
 use rosterd::model::{Batch, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, Role};
@@ -53,7 +55,7 @@ async fn cometchat_fetch_reads_every_page_of_members_and_bans() {
         .await;
         let client = cc_client(&sb, 50);
 
-        let live = client.fetch(&gid("big")).await.unwrap();
+        let live = client.fetch(&ctx(), &gid("big")).await.unwrap();
 
         assert_eq!(live.members.len(), 263);
         assert_eq!(
@@ -97,7 +99,7 @@ async fn cometchat_a_server_paging_smaller_than_asked_is_read_to_the_end() {
         // The client asks for 1000 a page; this server hands out 100 and says so.
         state.page_cap = Some(100);
         let sb = sandbox(state).await;
-        let live = cc_client(&sb, 1000).fetch(&gid("g")).await.unwrap();
+        let live = cc_client(&sb, 1000).fetch(&ctx(), &gid("g")).await.unwrap();
         assert_eq!(live.members.len(), 250, "not just the first page");
         let pages = sb
             .cometchat
@@ -124,7 +126,7 @@ async fn cometchat_fetch_stops_after_an_exactly_full_last_page() {
             vec![("g", group(None, &seeded, &[]))],
         ))
         .await;
-        let live = cc_client(&sb, 25).fetch(&gid("g")).await.unwrap();
+        let live = cc_client(&sb, 25).fetch(&ctx(), &gid("g")).await.unwrap();
         assert_eq!(live.members.len(), 100);
         assert_eq!(
             live.owner, None,
@@ -153,7 +155,7 @@ async fn cometchat_ids_differing_only_in_case_produce_no_churn() {
         .await;
         let client = cc_client(&sb, 1000);
 
-        let live = client.fetch(&gid("eng")).await.unwrap();
+        let live = client.fetch(&ctx(), &gid("eng")).await.unwrap();
         let alice = Kind::Cometchat.normalize_member("Alice").unwrap();
         let bob = Kind::Cometchat.normalize_member("BoB").unwrap();
         assert_eq!(live.owner.as_ref(), Some(&alice));
@@ -167,6 +169,7 @@ async fn cometchat_ids_differing_only_in_case_produce_no_churn() {
         // Adding a member under another spelling is a no-op the provider reports as done.
         let out = client
             .apply(
+                &ctx(),
                 &gid("eng"),
                 &batch(
                     OpKind::Add,
@@ -199,7 +202,7 @@ async fn cometchat_adds_mix_scopes_in_one_call_and_report_unknown_users_per_memb
         ];
 
         let out = client
-            .apply(&gid("g"), &batch(OpKind::Add, ops))
+            .apply(&ctx(), &gid("g"), &batch(OpKind::Add, ops))
             .await
             .unwrap();
 
@@ -219,6 +222,7 @@ async fn cometchat_adds_mix_scopes_in_one_call_and_report_unknown_users_per_memb
         // A single-member call about an unknown user is an outcome, not an error.
         let out = client
             .apply(
+                &ctx(),
                 &gid("g"),
                 &batch(
                     OpKind::Promote,
@@ -249,7 +253,7 @@ async fn cometchat_owner_is_never_kicked_banned_or_rescoped() {
                 vec![op(OpKind::Demote, "alice").with_role(Role::Participant)],
             ),
         ] {
-            let out = client.apply(&gid("g"), &b).await.unwrap();
+            let out = client.apply(&ctx(), &gid("g"), &b).await.unwrap();
             assert_eq!(
                 failed_code(&out[0]),
                 Some("ERR_GROUP_NO_CLEARANCE"),
@@ -283,7 +287,7 @@ async fn cometchat_repeated_writes_are_already_done() {
             batch(OpKind::Ban, vec![op(OpKind::Ban, "mallory")]),
         ];
         for b in cases {
-            let out = client.apply(&gid("g"), &b).await.unwrap();
+            let out = client.apply(&ctx(), &gid("g"), &b).await.unwrap();
             assert_eq!(out[0].outcome, Outcome::AlreadyDone, "{:?}", b.kind);
         }
         sb.shutdown().await;
@@ -328,10 +332,10 @@ async fn cometchat_every_write_kind_changes_the_emulator_state() {
                 vec![op(OpKind::TransferOwner, "bob")],
             ),
         ] {
-            let out = client.apply(&g_id, &b).await.unwrap();
+            let out = client.apply(&ctx(), &g_id, &b).await.unwrap();
             assert_eq!(out[0].outcome, Outcome::Done, "{:?}", b.kind);
         }
-        let live = client.fetch(&g_id).await.unwrap();
+        let live = client.fetch(&ctx(), &g_id).await.unwrap();
         assert_eq!(live.owner, Some(mid("bob")));
         let roles: Vec<(&str, Role)> = live.members.iter().map(|(m, r)| (m.as_str(), *r)).collect();
         assert_eq!(
@@ -362,6 +366,7 @@ async fn cometchat_mutes_are_refused_as_fatal() {
         .await;
         let err = cc_client(&sb, 1000)
             .apply(
+                &ctx(),
                 &gid("g"),
                 &batch(OpKind::Mute, vec![op(OpKind::Mute, "alice")]),
             )
@@ -378,7 +383,10 @@ async fn cometchat_mutes_are_refused_as_fatal() {
 async fn cometchat_unknown_group_and_wrong_key_are_fatal_and_never_echo_the_key() {
     bounded(30, async {
         let sb = sandbox(cc_state(["alice".to_string()], vec![])).await;
-        let err = cc_client(&sb, 1000).fetch(&gid("nope")).await.unwrap_err();
+        let err = cc_client(&sb, 1000)
+            .fetch(&ctx(), &gid("nope"))
+            .await
+            .unwrap_err();
         assert_eq!(
             (err.class, err.code.as_deref()),
             (ErrorClass::Fatal, Some("ERR_GUID_NOT_FOUND"))
@@ -386,7 +394,7 @@ async fn cometchat_unknown_group_and_wrong_key_are_fatal_and_never_echo_the_key(
 
         let wrong = "ffffffffffffffffffffffffffffffffffffffff";
         let client = CometChat::with_key(&cc_instance(&sb, None), Secret::new(wrong)).unwrap();
-        let err = client.fetch(&gid("nope")).await.unwrap_err();
+        let err = client.fetch(&ctx(), &gid("nope")).await.unwrap_err();
         assert_eq!(
             (err.class, err.code.as_deref()),
             (ErrorClass::Fatal, Some("AUTH_ERR_APIKEY_NOT_FOUND"))
@@ -428,7 +436,7 @@ async fn cometchat_emulator_rejects_more_than_25_ids_per_call() {
             .map(|u| op(OpKind::Add, u).with_role(Role::Participant))
             .collect();
         let out = cc_client(&sb, 1000)
-            .apply(&gid("g"), &batch(OpKind::Add, ops))
+            .apply(&ctx(), &gid("g"), &batch(OpKind::Add, ops))
             .await
             .unwrap();
         assert!(out.iter().all(|o| o.outcome == Outcome::Done));
@@ -438,7 +446,7 @@ async fn cometchat_emulator_rejects_more_than_25_ids_per_call() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn cometchat_throttling_obeys_retry_after() {
     bounded(30, async {
         let sb = sandbox(cc_state(
@@ -450,7 +458,7 @@ async fn cometchat_throttling_obeys_retry_after() {
         let client = cc_client(&sb, 1000);
 
         let started = Instant::now();
-        let live = client.fetch(&gid("g")).await.unwrap();
+        let live = client.fetch(&ctx(), &gid("g")).await.unwrap();
         let elapsed = started.elapsed();
 
         assert_eq!(live.owner, Some(mid("alice")));
@@ -468,7 +476,7 @@ async fn cometchat_throttling_obeys_retry_after() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn cometchat_transient_faults_are_retried() {
     bounded(30, async {
         let g = group(Some("alice"), &[], &[]);
@@ -484,10 +492,11 @@ async fn cometchat_transient_faults_are_retried() {
         sb.cometchat
             .inject(Fault::next(1, FaultKind::Status(503)).writes_only());
 
-        let live = client.fetch(&gid("g")).await.unwrap();
+        let live = client.fetch(&ctx(), &gid("g")).await.unwrap();
         assert_eq!(live.owner, Some(mid("alice")));
         let out = client
             .apply(
+                &ctx(),
                 &gid("g"),
                 &batch(
                     OpKind::Add,
@@ -711,8 +720,14 @@ async fn cometchat_round_trip_with_drift_of_every_kind_converges_and_then_writes
         );
         let targets = cc_targets(&sb, None);
 
-        let report =
-            reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let report = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets,
+            &run_opts(true),
+            None,
+        )
+        .await;
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         assert_eq!(report.groups[0].status, GroupStatus::Applied);
@@ -737,6 +752,7 @@ async fn cometchat_round_trip_with_drift_of_every_kind_converges_and_then_writes
         // A second plan finds nothing, and a second apply sends no write at all.
         sb.cometchat.clear_log();
         let again = reconcile::run(
+            &ctx(),
             std::slice::from_ref(&want),
             &targets,
             &run_opts(false),
@@ -744,8 +760,14 @@ async fn cometchat_round_trip_with_drift_of_every_kind_converges_and_then_writes
         )
         .await;
         assert!(again.plan().is_empty(), "{:#?}", again.plan());
-        let again =
-            reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let again = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets,
+            &run_opts(true),
+            None,
+        )
+        .await;
         assert_eq!(again.exit_code(true, false), 0);
         assert_eq!(again.groups[0].status, GroupStatus::InSync);
         assert!(
@@ -798,8 +820,14 @@ async fn cometchat_large_drift_takes_the_minimum_number_of_write_calls() {
         let sb = sandbox(state).await;
         let targets = cc_targets(&sb, None);
 
-        let report =
-            reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let report = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets,
+            &run_opts(true),
+            None,
+        )
+        .await;
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let plan = report.groups[0].plan.as_ref().unwrap();
@@ -823,9 +851,44 @@ async fn cometchat_large_drift_takes_the_minimum_number_of_write_calls() {
     .await;
 }
 
+/// Sixty adds go out as ⌈60/25⌉ = 3 requests, and the report's API calls are the requests the
+/// emulator saw, no more, no fewer.
+#[tokio::test]
+async fn cometchat_add_of_sixty_ids_reports_the_requests_the_emulator_logged() {
+    bounded(30, async {
+        let new = users("n", 60);
+        let sb = sandbox(cc_state(
+            new.iter().cloned().chain(["alice".to_string()]),
+            vec![("g", group(Some("alice"), &[("alice", Scope::Admin)], &[]))],
+        ))
+        .await;
+        let mut members: Vec<(&str, Role)> = new
+            .iter()
+            .map(|u| (u.as_str(), Role::Participant))
+            .collect();
+        members.push(("alice", Role::Admin));
+        let want = desired("g", Some("alice"), &members, Some(&[]));
+        let targets = cc_targets(&sb, None);
+        let report = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets,
+            &run_opts(true),
+            None,
+        )
+        .await;
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        assert_eq!(sb.cometchat.writes().len(), 3);
+        assert_eq!(report.calls(), 3);
+        assert_eq!(report.groups[0].requests.writes, 3);
+        sb.shutdown().await;
+    })
+    .await;
+}
+
 /// Wall time of the 120/60/30 apply against an emulator limited to 10 requests/s, with the
 /// client paced at 10/s too. Prints the figure (`--nocapture`).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn cometchat_large_drift_at_ten_requests_per_second() {
     bounded(110, async {
         let (mut state, want) = big_drift();
@@ -834,7 +897,7 @@ async fn cometchat_large_drift_at_ten_requests_per_second() {
         let targets = cc_targets(&sb, Some(10.0));
 
         let started = Instant::now();
-        let report = reconcile::run(std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let report = reconcile::run(&ctx(), std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
         let elapsed = started.elapsed();
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
@@ -848,8 +911,14 @@ async fn cometchat_large_drift_at_ten_requests_per_second() {
             throttled
         );
         assert_eq!(sb.cometchat.writes().len(), 95);
-        // 95 writes and 6 reads cannot go faster than the limit allows.
-        assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
+        // 95 writes and 6 reads at 10/s: exactly 100 gaps of 0.1 s (on paused time, to the
+        // millisecond tokio's timers round to), and the client's pace is never throttled.
+        assert_eq!(log.len(), 101);
+        assert_eq!(throttled, 0);
+        assert!(
+            elapsed >= Duration::from_secs(10) && elapsed < Duration::from_millis(10_100),
+            "{elapsed:?}"
+        );
         sb.shutdown().await;
     })
     .await;
@@ -876,6 +945,7 @@ async fn cometchat_unknown_user_fails_alone_and_the_run_exits_3() {
             None,
         );
         let report = reconcile::run(
+            &ctx(),
             std::slice::from_ref(&want),
             &cc_targets(&sb, None),
             &run_opts(true),
@@ -934,8 +1004,14 @@ async fn cometchat_api_key_never_appears_in_output_errors_plans_logs_or_audit() 
         let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
         let targets = cc_targets(&sb, None);
 
-        let report =
-            reconcile::run(&[want, missing], &targets, &run_opts(true), Some(&audit)).await;
+        let report = reconcile::run(
+            &ctx(),
+            &[want, missing],
+            &targets,
+            &run_opts(true),
+            Some(&audit),
+        )
+        .await;
         assert_eq!(
             report.exit_code(true, false),
             3,
@@ -952,7 +1028,7 @@ async fn cometchat_api_key_never_appears_in_output_errors_plans_logs_or_audit() 
             Secret::new("feedfacefeedfacefeedfacefeedfacefeedface"),
         )
         .unwrap();
-        let err = wrong.fetch(&gid("g")).await.unwrap_err();
+        let err = wrong.fetch(&ctx(), &gid("g")).await.unwrap_err();
         seen.push(format!("{err} {err:?}"));
         drop(_guard);
         seen.push(logs.text());

@@ -134,11 +134,14 @@ pub fn desired(
 pub fn cc_targets(sb: &Sandbox, rate: Option<f64>) -> BTreeMap<String, rosterd::reconcile::Target> {
     let instance = cc_instance(sb, rate);
     let client = CometChat::with_key(&instance, Secret::new(CC_KEY)).expect("client builds");
-    let target = rosterd::reconcile::Target {
-        instance,
-        provider: std::sync::Arc::new(client),
-    };
+    let target = rosterd::reconcile::Target::new(instance, std::sync::Arc::new(client));
     BTreeMap::from([("cc".to_string(), target)])
+}
+
+/// The context of a test run: the wall-clock time now (advancing with tokio's clock, so paused
+/// in tests on paused time), never cancelled.
+pub fn ctx() -> rosterd::ctx::Ctx {
+    rosterd::ctx::Ctx::at(std::time::SystemTime::now())
 }
 
 /// Run options: apply (or only plan), mass removals allowed (the tests set their own drift).

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rosterd::config::secret::{Secret, SecretRef};
+use rosterd::ctx::Ctx;
 use rosterd::model::*;
 use rosterd::plan::render;
 use rosterd::provider::tencent::{MaxBatch, Settings, Tencent};
 use rosterd::provider::{CommonSettings, ErrorClass, Instance, Kind, KindSettings, Provider};
 use rosterd::reconcile::{self, GroupStatus, Report, RunOptions, Target};
 use rosterd::sandbox::tencent::{
-    App, FOREVER, Group, GroupType, Limits, MemberRole, RateLimit, State, clock_of,
+    App, FOREVER, Group, GroupType, Limits, MemberRole, RateLimit, State,
 };
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,16 @@ const T: u64 = 1_800_000_000;
 
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// A run's context whose clock reads `secs`.
+fn ctx_at(secs: u64) -> Ctx {
+    Ctx::at(at(secs))
+}
+
+/// A run's context on the emulator's clock (which stands at `T`).
+fn ctx() -> Ctx {
+    ctx_at(T)
 }
 
 fn mid(s: &str) -> MemberId {
@@ -103,30 +114,20 @@ fn instance(sb: &Sandbox, max_batch: Option<MaxBatch>) -> Instance {
     }
 }
 
-/// A client on the emulator's clock.
-fn client(sb: &Sandbox, inst: &Instance, key: &str) -> Tencent {
-    Tencent::with_key(inst, Secret::new(key))
-        .expect("client builds")
-        .with_clock(clock_of(&sb.tencent))
+fn client(inst: &Instance, key: &str) -> Tencent {
+    Tencent::with_key(inst, Secret::new(key)).expect("client builds")
 }
 
 fn targets(sb: &Sandbox, max_batch: Option<MaxBatch>) -> BTreeMap<String, Target> {
     let inst = instance(sb, max_batch);
-    let provider = Arc::new(client(sb, &inst, KEY));
-    BTreeMap::from([(
-        "tim".to_string(),
-        Target {
-            instance: inst,
-            provider,
-        },
-    )])
+    let provider = Arc::new(client(&inst, KEY));
+    BTreeMap::from([("tim".to_string(), Target::new(inst, provider))])
 }
 
-fn opts(apply: bool, now: u64) -> RunOptions {
+fn opts(apply: bool) -> RunOptions {
     RunOptions {
         apply,
         allow_mass_removal: true,
-        now: at(now),
         ..RunOptions::default()
     }
 }
@@ -224,7 +225,8 @@ async fn tencent_round_trip_converges_with_timed_mutes_bans_and_owner_then_stays
         ]));
         let t = targets(&sb, None);
 
-        let first = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        let first =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
         let g0 = &first.groups[0];
         assert_eq!(
             g0.status,
@@ -273,16 +275,25 @@ async fn tencent_round_trip_converges_with_timed_mutes_bans_and_owner_then_stays
             vec!["mallory".to_string()]
         );
 
-        let second = reconcile::run(std::slice::from_ref(&d), &t, &opts(false, T), None).await;
+        let second =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(false), None).await;
         assert!(second.plan().is_empty(), "{:?}", second.plan());
         sb.tencent.clear_log();
-        let again = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        let again =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
         assert_eq!(again.groups[0].status, GroupStatus::InSync);
         assert_eq!(write_calls(&sb), 0, "a converged group takes no write call");
 
         // Two hours later new1's and mexp's mutes have ended on both sides: still nothing to do.
         sb.tencent.set_now(Some(at(T + 7300)));
-        let later = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T + 7300), None).await;
+        let later = reconcile::run(
+            &ctx_at(T + 7300),
+            std::slice::from_ref(&d),
+            &t,
+            &opts(true),
+            None,
+        )
+        .await;
         assert!(later.plan().is_empty(), "{:?}", later.plan());
         assert_eq!(write_calls(&sb), 0);
         sb.shutdown().await;
@@ -322,7 +333,7 @@ async fn large_drift(max_batch: Option<MaxBatch>, limits: Limits) -> (usize, usi
             .collect(),
     );
     let t = targets(&sb, max_batch);
-    let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+    let report = reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
     assert_eq!(
         report.groups[0].status,
         GroupStatus::Applied,
@@ -392,7 +403,8 @@ async fn tencent_over_limit_batches_are_split_and_the_rest_goes_on() {
                 ..MaxBatch::default()
             }),
         );
-        let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        let report =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
         assert_eq!(report.groups[0].status, GroupStatus::Applied);
         assert_eq!(
             sb.tencent.group(APP, "@TGS#split").unwrap().members.len(),
@@ -413,13 +425,12 @@ async fn tencent_over_limit_batches_are_split_and_the_rest_goes_on() {
                 .len();
             assert!(n <= 50, "accepted calls carry at most 50, found {n}");
         }
-        // 300 -> 10005, 150 -> 10005, then 75s -> 10005, 38s are taken: the client learns the
-        // size once instead of failing each later batch.
-        assert!(
-            adds.len() <= 3 + 130usize.div_ceil(38),
-            "{} add calls",
-            adds.len()
-        );
+        // 130 -> 10005, 65 -> 10005, then the rest at the learned 33: four calls that are
+        // taken. The client learns the size once instead of failing each later batch, and the
+        // report counts every request, the refused ones too.
+        assert_eq!(adds.len(), 2 + 130usize.div_ceil(33), "{adds:#?}");
+        assert_eq!(report.calls(), adds.len());
+        assert_eq!(report.groups[0].requests.writes as usize, adds.len());
         sb.shutdown().await;
     })
     .await;
@@ -438,13 +449,14 @@ async fn tencent_adds_report_per_member_results_and_unknown_accounts_are_isolate
         );
         g.banned = BTreeMap::from([("banned".into(), FOREVER)]);
         let sb = sandbox(world(&accounts, vec![("@TGS#adds", g)], Limits::default())).await;
-        let c = client(&sb, &instance(&sb, None), KEY);
+        let c = client(&instance(&sb, None), KEY);
         let ops: Vec<Op> = ["banned", "member", "fresh", "ghost", "fresh2"]
             .iter()
             .map(|m| Op::new(OpKind::Add, mid(m)).with_role(Role::Participant))
             .collect();
         let out = c
             .apply(
+                &ctx(),
                 &gid("@TGS#adds"),
                 &Batch {
                     kind: OpKind::Add,
@@ -490,9 +502,10 @@ async fn tencent_bans_unavailable_fail_at_plan_naming_the_group_and_type() {
         let mut d = desired("@TGS#meet", Some("boss"), &[("a", Role::Participant)]);
         d.bans = Some(BTreeSet::from([mid("b")]));
         let report = reconcile::run(
+            &ctx(),
             std::slice::from_ref(&d),
             &targets(&sb, None),
-            &opts(true, T),
+            &opts(true),
             None,
         )
         .await;
@@ -530,7 +543,14 @@ async fn tencent_work_group_refuses_mutes_and_admins_at_plan_naming_the_type() {
             &[("a", Role::Participant), ("b", Role::Participant)],
         );
         muted.mutes = Some(BTreeMap::from([(mid("a"), Mute::Indefinite)]));
-        let r = reconcile::run(std::slice::from_ref(&muted), &t, &opts(true, T), None).await;
+        let r = reconcile::run(
+            &ctx_at(T),
+            std::slice::from_ref(&muted),
+            &t,
+            &opts(true),
+            None,
+        )
+        .await;
         let e = r.groups[0].error.as_deref().unwrap();
         assert!(e.contains("type Private") && e.contains("mute"), "{e}");
 
@@ -539,7 +559,14 @@ async fn tencent_work_group_refuses_mutes_and_admins_at_plan_naming_the_type() {
             Some("boss"),
             &[("a", Role::Admin), ("b", Role::Participant)],
         );
-        let r = reconcile::run(std::slice::from_ref(&admins), &t, &opts(true, T), None).await;
+        let r = reconcile::run(
+            &ctx_at(T),
+            std::slice::from_ref(&admins),
+            &t,
+            &opts(true),
+            None,
+        )
+        .await;
         let e = r.groups[0].error.as_deref().unwrap();
         assert!(e.contains("type Private") && e.contains("admin"), "{e}");
         assert_eq!(write_calls(&sb), 0);
@@ -554,7 +581,14 @@ async fn tencent_work_group_refuses_mutes_and_admins_at_plan_naming_the_type() {
                 ("b", Role::Participant),
             ],
         );
-        let r = reconcile::run(std::slice::from_ref(&plain), &t, &opts(true, T), None).await;
+        let r = reconcile::run(
+            &ctx_at(T),
+            std::slice::from_ref(&plain),
+            &t,
+            &opts(true),
+            None,
+        )
+        .await;
         assert_eq!(
             r.groups[0].status,
             GroupStatus::Applied,
@@ -581,14 +615,14 @@ async fn tencent_live_and_missing_groups_are_refused_at_read() {
             Limits::default(),
         ))
         .await;
-        let e = client(&sb, &instance(&sb, None), KEY)
-            .fetch(&gid("@TGS#live"))
+        let e = client(&instance(&sb, None), KEY)
+            .fetch(&ctx(), &gid("@TGS#live"))
             .await
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Fatal);
         assert!(e.message.contains("AVChatRoom"), "{e}");
-        let e = client(&sb, &instance(&sb, None), KEY)
-            .fetch(&gid("@TGS#nowhere"))
+        let e = client(&instance(&sb, None), KEY)
+            .fetch(&ctx(), &gid("@TGS#nowhere"))
             .await
             .unwrap_err();
         assert_eq!(
@@ -623,8 +657,8 @@ async fn tencent_wrong_key_is_an_auth_error_without_any_secret() {
         .await;
         let inst = instance(&sb, None);
         let other = "0ther-key-that-is-not-the-apps-key";
-        let e = client(&sb, &inst, other)
-            .fetch(&gid("@TGS#auth"))
+        let e = client(&inst, other)
+            .fetch(&ctx(), &gid("@TGS#auth"))
             .await
             .unwrap_err();
         assert_eq!(
@@ -640,8 +674,8 @@ async fn tencent_wrong_key_is_an_auth_error_without_any_secret() {
         if let KindSettings::Tencent(s) = &mut inst2.settings {
             s.identifier = "alice".into();
         }
-        let e = client(&sb, &inst2, KEY)
-            .fetch(&gid("@TGS#auth"))
+        let e = client(&inst2, KEY)
+            .fetch(&ctx(), &gid("@TGS#auth"))
             .await
             .unwrap_err();
         assert_eq!(e.code.as_deref(), Some("60010"));
@@ -650,19 +684,16 @@ async fn tencent_wrong_key_is_an_auth_error_without_any_secret() {
         // Through the engine: the report, the plan in every rendering, Debug output.
         let t = BTreeMap::from([(
             "tim".to_string(),
-            Target {
-                instance: inst.clone(),
-                provider: Arc::new(client(&sb, &inst, other)),
-            },
+            Target::new(inst.clone(), Arc::new(client(&inst, other))),
         )]);
         let d = desired("@TGS#auth", Some("boss"), &[]);
         let report: Report =
-            reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
         assert_clean(&format!("{report:?}"));
         assert_clean(&render::text(&report.plan(), false));
         assert_clean(&render::json(&report.plan()).to_string());
         assert_clean(&render::markdown(&report.plan()));
-        assert_clean(&format!("{:?}", client(&sb, &inst, KEY)));
+        assert_clean(&format!("{:?}", client(&inst, KEY)));
         // The emulator's own log blanks the UserSig as well.
         for r in sb.tencent.requests() {
             assert!(r.query.contains("usersig=***&"), "{}", r.query);
@@ -694,10 +725,11 @@ async fn tencent_expired_usersig_is_reissued_once_then_reported() {
         .await;
         // The client's clock is two days behind the service: every UserSig it issues has
         // already expired there.
-        let c = Tencent::with_key(&instance(&sb, None), Secret::new(KEY))
-            .unwrap()
-            .with_clock(Arc::new(|| at(T - 2 * 86_400)));
-        let e = c.fetch(&gid("@TGS#exp")).await.unwrap_err();
+        let c = Tencent::with_key(&instance(&sb, None), Secret::new(KEY)).unwrap();
+        let e = c
+            .fetch(&ctx_at(T - 2 * 86_400), &gid("@TGS#exp"))
+            .await
+            .unwrap_err();
         assert_eq!(
             (e.class, e.code.as_deref()),
             (ErrorClass::Fatal, Some("70001"))
@@ -707,8 +739,8 @@ async fn tencent_expired_usersig_is_reissued_once_then_reported() {
         assert_eq!(codes, [Some(70001), Some(70001)], "one reissue, then stop");
 
         // With the clocks agreeing, the same client works.
-        let ok = client(&sb, &instance(&sb, None), KEY)
-            .fetch(&gid("@TGS#exp"))
+        let ok = client(&instance(&sb, None), KEY)
+            .fetch(&ctx(), &gid("@TGS#exp"))
             .await;
         assert!(ok.is_ok());
         sb.shutdown().await;
@@ -726,8 +758,8 @@ async fn tencent_transport_errors_carry_no_url_or_usersig() {
         let port = dead.local_addr().unwrap().port();
         drop(dead);
         inst.common.base_url = Some(format!("http://127.0.0.1:{port}"));
-        let e = client(&sb, &inst, KEY)
-            .fetch(&gid("@TGS#x"))
+        let e = client(&inst, KEY)
+            .fetch(&ctx(), &gid("@TGS#x"))
             .await
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Transient);
@@ -753,7 +785,8 @@ async fn tencent_failing_reads_are_errors_and_remove_nobody() {
         // The service answers 10002 (internal error) to every request: the retries run out
         // and the group is an error, never a short roster with 30 members to remove.
         sb.tencent.inject(Fault::next(1000, FaultKind::Status(500)));
-        let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        let report =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
         assert_eq!(report.groups[0].status, GroupStatus::Failed);
         assert!(report.groups[0].plan.is_none());
         let e = report.groups[0].error.as_deref().unwrap();
@@ -791,9 +824,9 @@ async fn tencent_community_groups_page_by_cursor_and_others_by_offset() {
             Limits::default(),
         ))
         .await;
-        let c = client(&sb, &instance(&sb, None), KEY);
+        let c = client(&instance(&sb, None), KEY);
         for id in ["@TGS#_comm", "@TGS#pub"] {
-            let g = c.fetch(&gid(id)).await.unwrap();
+            let g = c.fetch(&ctx(), &gid(id)).await.unwrap();
             assert_eq!(g.members.len(), 251);
             assert_eq!(
                 g.members[&mid("boss")],
@@ -840,8 +873,8 @@ async fn tencent_pages_shorter_than_asked_are_not_the_end_of_the_list() {
             limits,
         ))
         .await;
-        let c = client(&sb, &instance(&sb, None), KEY);
-        let g = c.fetch(&gid("@TGS#short")).await.unwrap();
+        let c = client(&instance(&sb, None), KEY);
+        let g = c.fetch(&ctx(), &gid("@TGS#short")).await.unwrap();
         assert_eq!(g.members.len(), 131, "every member, not the first page");
 
         // Through the engine: a manifest listing everyone plans no removal.
@@ -852,7 +885,8 @@ async fn tencent_pages_shorter_than_asked_are_not_the_end_of_the_list() {
         want.push(("boss", Role::Admin));
         let t = targets(&sb, None);
         let d = desired("@TGS#short", Some("boss"), &want);
-        let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(false, T), None).await;
+        let report =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(false), None).await;
         assert!(
             report.groups[0].plan.as_ref().unwrap().is_empty(),
             "{report:#?}"
@@ -873,12 +907,15 @@ async fn tencent_mute_time_is_counted_from_the_clock_passed_in() {
         );
         let sb = sandbox(world(&accounts, vec![("@TGS#mute", g)], Limits::default())).await;
         let inst = instance(&sb, None);
-        let mute = |c: Tencent, m: Mute, kind: OpKind| async move {
+        let inst = &inst;
+        let mute = |secs: u64, m: Mute, kind: OpKind| async move {
             let mut op = Op::new(kind, mid("a"));
             if kind == OpKind::Mute {
                 op = op.with_mute(m);
             }
+            let c = Tencent::with_key(inst, Secret::new(KEY)).unwrap();
             c.apply(
+                &ctx_at(secs),
                 &gid("@TGS#mute"),
                 &Batch {
                     kind,
@@ -888,15 +925,10 @@ async fn tencent_mute_time_is_counted_from_the_clock_passed_in() {
             .await
             .unwrap();
         };
-        let at_clock = |secs: u64| {
-            Tencent::with_key(&inst, Secret::new(KEY))
-                .unwrap()
-                .with_clock(Arc::new(move || at(secs)))
-        };
-        mute(at_clock(T), Mute::Until(at(T + 3600)), OpKind::Mute).await;
-        mute(at_clock(T + 600), Mute::Until(at(T + 3600)), OpKind::Mute).await;
-        mute(at_clock(T), Mute::Indefinite, OpKind::Mute).await;
-        mute(at_clock(T), Mute::Indefinite, OpKind::Unmute).await;
+        mute(T, Mute::Until(at(T + 3600)), OpKind::Mute).await;
+        mute(T + 600, Mute::Until(at(T + 3600)), OpKind::Mute).await;
+        mute(T, Mute::Indefinite, OpKind::Mute).await;
+        mute(T, Mute::Indefinite, OpKind::Unmute).await;
         let times: Vec<u64> = sb
             .tencent
             .writes()
@@ -910,7 +942,7 @@ async fn tencent_mute_time_is_counted_from_the_clock_passed_in() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tencent_throttled_answers_are_waited_out_without_repeating_writes() {
     bounded(60, async {
         let new = users("n", 60);
@@ -932,7 +964,8 @@ async fn tencent_throttled_answers_are_waited_out_without_repeating_writes() {
             .collect();
         let d = desired("@TGS#busy", Some("boss"), &want);
         let t = targets(&sb, None);
-        let report = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        let report =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
         assert_eq!(
             report.groups[0].status,
             GroupStatus::Applied,
@@ -1003,21 +1036,11 @@ async fn tencent_mute_ends_shifted_by_the_services_clock_cause_no_churn() {
         // The service's clock runs 3 s ahead of ours: it stores MuteUntil = until + 3.
         sb.tencent.set_now(Some(at(T + 3)));
         let inst = instance(&sb, None);
-        let c = Arc::new(
-            Tencent::with_key(&inst, Secret::new(KEY))
-                .unwrap()
-                .with_clock(Arc::new(|| at(T))),
-        );
-        let t = BTreeMap::from([(
-            "tim".to_string(),
-            Target {
-                instance: inst,
-                provider: c,
-            },
-        )]);
+        let c = Arc::new(Tencent::with_key(&inst, Secret::new(KEY)).unwrap());
+        let t = BTreeMap::from([("tim".to_string(), Target::new(inst, c))]);
         let mut d = desired("@TGS#skew", Some("boss"), &[("a", Role::Participant)]);
         d.mutes = Some(BTreeMap::from([(mid("a"), Mute::Until(at(T + 3600)))]));
-        let r = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        let r = reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
         assert_eq!(
             r.groups[0].status,
             GroupStatus::Applied,
@@ -1028,7 +1051,8 @@ async fn tencent_mute_ends_shifted_by_the_services_clock_cause_no_churn() {
             sb.tencent.group(APP, "@TGS#skew").unwrap().muted["a"],
             T + 3 + 3600
         );
-        let again = reconcile::run(std::slice::from_ref(&d), &t, &opts(true, T), None).await;
+        let again =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
         assert!(again.plan().is_empty(), "{:?}", again.plan());
         assert_eq!(write_calls(&sb), 1, "one mute call, no re-mute");
         sb.shutdown().await;
@@ -1047,9 +1071,9 @@ async fn tencent_repeated_bad_usersigs_lock_the_app_and_the_client_stops_at_once
         ))
         .await;
         let inst = instance(&sb, None);
-        let bad = client(&sb, &inst, "not-the-key");
+        let bad = client(&inst, "not-the-key");
         for _ in 0..10 {
-            let e = bad.fetch(&gid("@TGS#lock")).await.unwrap_err();
+            let e = bad.fetch(&ctx(), &gid("@TGS#lock")).await.unwrap_err();
             assert_eq!(e.code.as_deref(), Some("70009"));
         }
         assert_eq!(
@@ -1058,15 +1082,15 @@ async fn tencent_repeated_bad_usersigs_lock_the_app_and_the_client_stops_at_once
             "an auth error is never retried"
         );
         // Now even the right key is refused until the lock ends.
-        let good = client(&sb, &inst, KEY);
-        let e = good.fetch(&gid("@TGS#lock")).await.unwrap_err();
+        let good = client(&inst, KEY);
+        let e = good.fetch(&ctx(), &gid("@TGS#lock")).await.unwrap_err();
         assert_eq!(
             (e.class, e.code.as_deref()),
             (ErrorClass::Fatal, Some("70050"))
         );
         assert_clean(&e.message);
         sb.tencent.set_now(Some(at(T + 61)));
-        assert!(good.fetch(&gid("@TGS#lock")).await.is_ok());
+        assert!(good.fetch(&ctx(), &gid("@TGS#lock")).await.is_ok());
         sb.shutdown().await;
     })
     .await;
