@@ -308,7 +308,8 @@ pub async fn run(
             continue;
         }
         let mut name = slug(id.as_str());
-        if names.contains(&name) {
+        // A bare number (a Bitrix24 chat) says little as a group name: the instance says where.
+        if names.contains(&name) || name.bytes().all(|b| b.is_ascii_digit()) {
             name = format!("{}-{name}", slug(&instance.name));
         }
         if !names.insert(name.clone()) {

@@ -164,7 +164,7 @@ async fn import_round_trips_a_tencent_group_with_mutes_bans_and_owner() {
 #[tokio::test(flavor = "multi_thread")]
 async fn import_round_trips_a_bitrix24_chat() {
     bounded(60, async {
-        let text = round_trip("b24", "chat42", "42.yaml", &["alice", "carol"]).await;
+        let text = round_trip("b24", "chat42", "b24-42.yaml", &["alice", "carol"]).await;
         assert!(text.contains("id: \"42\""), "{text}");
         assert!(text.contains("owner: \"1\""), "{text}");
     })
