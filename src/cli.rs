@@ -372,7 +372,11 @@ async fn reconcile_cmd(
             return exit::ERROR;
         }
     };
-    let tree = crate::plan::checksum::tree(&cfg.instances);
+    let tree = crate::plan::checksum::tree(
+        cfg.instances
+            .values()
+            .map(|i| (i.name.as_str(), i.kind.as_str())),
+    );
     // A reviewed plan: only its groups run, each checked against it right after its read.
     let mut gone = Vec::new();
     let check = match files.saved {

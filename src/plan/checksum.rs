@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::model::{DesiredGroup, LiveGroup};
-use crate::provider::Instance;
 
 /// The checksums of one group's plan inputs, each `sha256:<hex>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,13 +38,10 @@ impl Checksum {
     }
 }
 
-/// The tree a plan belongs to: its provider instances by name and kind. A plan of another
-/// tree must not be applied to this one, whatever its groups are called.
-pub fn tree(instances: &std::collections::BTreeMap<String, Instance>) -> String {
-    let names: Vec<(&str, &str)> = instances
-        .values()
-        .map(|i| (i.name.as_str(), i.kind.as_str()))
-        .collect();
+/// The tree a plan belongs to: its provider instances as (name, kind), in name order. A plan
+/// of another tree must not be applied to this one, whatever its groups are called.
+pub fn tree<'a>(instances: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let names: Vec<(&str, &str)> = instances.into_iter().collect();
     sha(&json!(names))
 }
 
@@ -93,7 +89,7 @@ mod tests {
         DesiredGroup {
             name: "g".into(),
             provider: "cc".into(),
-            kind: crate::provider::Kind::Cometchat,
+            kind: crate::model::Kind::Cometchat,
             id: crate::model::GroupId("g".into()),
             owner: None,
             members: [(MemberId::new("a"), Role::Admin)].into(),

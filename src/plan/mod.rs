@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::model::{Batch, DesiredGroup, GroupId, LiveGroup, MemberId, Op, OpKind};
-use crate::provider::{Capabilities, Kind, MuteSupport};
+use crate::model::{Capabilities, Kind, MuteSupport};
 
 /// The plan of one group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
