@@ -10,9 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::config::{self, Context};
+use crate::config;
 use crate::model::{GroupId, LiveGroup, MemberId, Mute, Role};
-use crate::provider::{Instance, Kind};
+use crate::provider::Instance;
 
 /// What `rosterd import` was asked to do.
 #[derive(Debug, Clone)]
@@ -192,17 +192,6 @@ pub fn slug(s: &str) -> String {
     }
 }
 
-/// Every id of instance `instance` a person of people.yaml resolves to, and that person.
-pub fn people_by_id(ctx: &Context, instance: &str, kind: Kind) -> BTreeMap<MemberId, String> {
-    let mut by_id = BTreeMap::new();
-    for person in ctx.people.people.keys() {
-        config::trace_entry(ctx, instance, kind, person, &mut |m, _, _| {
-            by_id.entry(m).or_insert_with(|| person.clone());
-        });
-    }
-    by_id
-}
-
 /// The people.yaml stub: one placeholder person per unnamed id.
 pub fn people_stub(instance: &str, unnamed: &BTreeSet<MemberId>, taken: &BTreeSet<&str>) -> String {
     let mut s = String::from(
@@ -350,7 +339,7 @@ pub async fn run(
         Err(e) => return fail(err, format!("provider {}: {e}", instance.name)),
     };
 
-    let by_id = people_by_id(&ctx, &instance.name, instance.kind);
+    let by_id = ctx.names.get(&instance.name).cloned().unwrap_or_default();
     let people: BTreeSet<&str> = ctx.people.people.keys().map(String::as_str).collect();
     let mut unnamed = BTreeSet::new();
     let mut code = exit::OK;

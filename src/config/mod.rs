@@ -61,6 +61,9 @@ pub struct Context {
     pub broken_kinds: BTreeMap<String, Kind>,
     /// `restrictions:` of rosterd.yaml; `None` = unrestricted.
     pub restrictions: Option<restrict::Restrictions>,
+    /// Per instance: every id a person of people.yaml resolves to there, and that person.
+    /// Shared by all the instance's groups (see [`DesiredGroup::names`]).
+    pub names: BTreeMap<String, std::sync::Arc<BTreeMap<MemberId, String>>>,
 }
 
 /// people.yaml, checked: ids per person and team members, team cycles already refused.
@@ -291,7 +294,8 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
         .as_ref()
         .map(|r| restrict::Restrictions::build(f, r, &instances, &broken_instances, &mut diags));
 
-    let ctx = Context {
+    let mut ctx = Context {
+        names: BTreeMap::new(),
         restrictions,
         broken_instances,
         broken_kinds,
@@ -307,7 +311,27 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
         manifest_files: manifest_files.into_iter().collect(),
         people_file,
     };
+    ctx.names = ctx
+        .instances
+        .values()
+        .map(|i| {
+            let names = people_by_id(&ctx, &i.name, i.kind);
+            (i.name.clone(), std::sync::Arc::new(names))
+        })
+        .collect();
     Ok((ctx, diags))
+}
+
+/// Every id of instance `instance` a person of people.yaml resolves to, and that person (the
+/// first by name where two share an id).
+pub fn people_by_id(ctx: &Context, instance: &str, kind: Kind) -> BTreeMap<MemberId, String> {
+    let mut by_id = BTreeMap::new();
+    for person in ctx.people.people.keys() {
+        trace_entry(ctx, instance, kind, person, &mut |m, _, _| {
+            by_id.entry(m).or_insert_with(|| person.clone());
+        });
+    }
+    by_id
 }
 
 fn scan(dir: &Path, out: &mut BTreeSet<PathBuf>) {
@@ -851,7 +875,6 @@ fn group(
         instance: inst_name,
         kind,
         group: &name,
-        names: Default::default(),
     };
 
     // Roles: highest wins, silently.
@@ -961,7 +984,7 @@ fn group(
     }
     let inst = inst?;
     let (line, col) = pos(&doc.group);
-    let names = resolver.names.into_inner();
+    let names = ctx.names.get(inst_name).cloned().unwrap_or_default();
     Some(DesiredGroup {
         name,
         provider: inst.name.clone(),
@@ -990,8 +1013,7 @@ fn parse_time(s: &str) -> Option<SystemTime> {
     })
 }
 
-/// Turns a manifest entry into provider ids for one instance, and remembers the person each
-/// id came from (directly or through a team), so plans can name members as the manifest does.
+/// Turns a manifest entry into provider ids for one instance.
 struct Resolver<'a> {
     file: &'a Path,
     ctx: &'a Context,
@@ -999,7 +1021,6 @@ struct Resolver<'a> {
     instance: &'a str,
     kind: Kind,
     group: &'a str,
-    names: std::cell::RefCell<BTreeMap<MemberId, String>>,
 }
 
 /// What one member of an entry came through: the person (if any) and the teams, outermost first.
@@ -1008,18 +1029,12 @@ pub type Visit<'a, 'v> = &'v mut dyn FnMut(MemberId, Option<&'a str>, &[&'a str]
 impl<'a> Resolver<'a> {
     fn resolve(&self, entry: &Spanned<IdValue>, diags: &mut Diagnostics) -> Vec<MemberId> {
         let mut out = Vec::new();
-        let mut names = self.names.borrow_mut();
         self.walk(
             &entry.value.text(),
             pos(entry),
             diags,
             &mut Vec::new(),
-            &mut |m, person, _| {
-                if let Some(p) = person {
-                    names.entry(m.clone()).or_insert_with(|| p.to_string());
-                }
-                out.push(m);
-            },
+            &mut |m, _, _| out.push(m),
         );
         out
     }
@@ -1094,7 +1109,6 @@ pub fn trace_entry<'a>(
         instance,
         kind,
         group: "",
-        names: Default::default(),
     };
     r.walk(
         text,

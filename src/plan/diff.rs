@@ -11,7 +11,15 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
     let caps = opts.caps;
     let now = opts.now;
     let mut notes = Vec::new();
-    let who = |m: &MemberId| super::display(desired.names.get(m).map(String::as_str), m);
+    // Members are named where the manifest has them; one only the live side has keeps their id.
+    let declared_name = |m: &MemberId| {
+        let listed = desired.members.contains_key(m)
+            || desired.owner.as_ref() == Some(m)
+            || desired.bans.as_ref().is_some_and(|b| b.contains(m))
+            || desired.mutes.as_ref().is_some_and(|mu| mu.contains_key(m));
+        listed.then(|| desired.names.get(m)).flatten()
+    };
+    let who = |m: &MemberId| super::display(declared_name(m).map(String::as_str), m);
 
     // Why a member may not be taken out, demoted, banned or muted.
     let untouchable = |m: &MemberId| -> Option<&'static str> {
@@ -243,8 +251,7 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
     );
     let names = touched
         .iter()
-        .filter_map(|m| desired.names.get_key_value(*m))
-        .map(|(m, n)| (m.clone(), n.clone()))
+        .filter_map(|m| declared_name(m).map(|n| ((*m).clone(), n.clone())))
         .collect();
 
     GroupPlan {

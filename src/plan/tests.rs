@@ -628,11 +628,12 @@ fn sample_plan() -> Plan {
     l.bans = Some(BTreeSet::from([m("trent")]));
     // Members that came from a person are shown by name; a person named as their id, and raw
     // ids or live-only members, by id alone.
-    d.names = BTreeMap::from([
+    d.names = std::sync::Arc::new(BTreeMap::from([
         (m("bob"), "robert".to_string()),
         (m("dave"), "dave".to_string()),
         (m("mallory"), "mal".to_string()),
-    ]);
+        (m("zed"), "zed-the-person".to_string()),
+    ]));
     let mut changed = plan(&d, &l);
     changed.checksum = Some(super::checksum::Checksum::of(&d, &l));
     let mut quiet = desired(Kind::Cometchat, &[("alice", Role::Admin)]);
