@@ -1,13 +1,14 @@
-//! The settings side of the small REST kit every client shares: base-URL parsing and checks,
-//! the sensitive auth header, and `Debug` output that names an instance without its secrets.
+//! The small REST kit every client shares: base-URL parsing and checks, URLs built on a base,
+//! secrets resolved with the key named in the error, the sensitive auth header, and `Debug`
+//! output that names an instance without its secrets.
 
 use std::fmt;
 
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 
-use crate::config::secret::Secret;
-use crate::provider::ProviderError;
+use crate::config::secret::{Secret, SecretRef};
+use crate::provider::{ErrorClass, ProviderError};
 
 /// Why a text is not a usable base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,44 @@ pub fn debug_client(
         d.field(k, v);
     }
     d.finish_non_exhaustive()
+}
+
+/// `base` with `segments` appended (each percent-encoded) and `query` pairs added. The base was
+/// checked by [`parse_http_url`], so it can take a path.
+pub fn url(base: &Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
+    let mut url = base.clone();
+    {
+        let mut path = url
+            .path_segments_mut()
+            .expect("a base checked by parse_http_url takes a path");
+        path.pop_if_empty();
+        path.extend(segments);
+    }
+    if !query.is_empty() {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in query {
+            q.append_pair(k, v);
+        }
+    }
+    url
+}
+
+/// Resolve one secret of an instance's settings; an error names the instance and the key,
+/// never the value.
+pub fn resolve(instance: &str, key: &str, secret: &SecretRef) -> Result<Secret, ProviderError> {
+    secret
+        .resolve()
+        .map_err(|e| ProviderError::fatal(format!("provider {instance}: {key}: {e}")))
+}
+
+/// The class of an answer that carries no provider code of its own, by its status alone:
+/// 429 is a throttle, 408 and 5xx a passing fault, anything else final.
+pub fn class_of_status(status: u16) -> ErrorClass {
+    match status {
+        429 => ErrorClass::Throttled,
+        408 | 500.. => ErrorClass::Transient,
+        _ => ErrorClass::Fatal,
+    }
 }
 
 #[cfg(test)]

@@ -367,9 +367,7 @@ impl Tencent {
     /// Build the client of a `tencent` instance, resolving its secret key now.
     pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
         let settings: &Settings = instance.settings()?;
-        let key = settings.secret_key.resolve().map_err(|e| {
-            ProviderError::fatal(format!("provider {}: secret_key: {e}", instance.name))
-        })?;
+        let key = rest::resolve(&instance.name, "secret_key", &settings.secret_key)?;
         Self::with_key(instance, key)
     }
 
@@ -407,20 +405,20 @@ impl Tencent {
     }
 
     fn url(&self, command: &str, sig: &str) -> String {
-        let mut url = self.base.clone();
-        {
-            // The base was checked to be a hierarchical http(s) URL in `base_url`.
-            let mut path = url.path_segments_mut().expect("base URL can have a path");
-            path.pop_if_empty();
-            path.extend(["v4", "group_open_http_svc", command]);
-        }
-        url.query_pairs_mut()
-            .append_pair("sdkappid", &self.sdk_app_id.to_string())
-            .append_pair("identifier", &self.identifier)
-            .append_pair("usersig", sig)
-            .append_pair("random", &rand::random::<u32>().to_string())
-            .append_pair("contenttype", "json");
-        url.into()
+        let app = self.sdk_app_id.to_string();
+        let random = rand::random::<u32>().to_string();
+        rest::url(
+            &self.base,
+            &["v4", "group_open_http_svc", command],
+            &[
+                ("sdkappid", &app),
+                ("identifier", &self.identifier),
+                ("usersig", sig),
+                ("random", &random),
+                ("contenttype", "json"),
+            ],
+        )
+        .into()
     }
 
     /// One command: the envelope's fields on `ErrorCode` 0, else the classified error. An
@@ -937,10 +935,11 @@ fn classify(
 ) -> Result<Value, ProviderError> {
     if r.status != 200 {
         let msg = format!("{label}: HTTP {}", r.status);
-        return Err(match r.status {
-            429 => ProviderError::throttled(msg, crate::provider::http::retry_after(&r.headers)),
-            408 | 500.. => ProviderError::transient(msg),
-            _ => ProviderError::fatal(msg),
+        return Err(ProviderError {
+            class: rest::class_of_status(r.status),
+            code: None,
+            message: msg,
+            retry_after: crate::provider::http::retry_after(&r.headers),
         });
     }
     let v: Value = r.json()?;
@@ -986,6 +985,79 @@ impl Provider for Tencent {
                  adds or removals, so rosterd cannot manage it"
             )));
         }
+        let (members, mutes, role_owner) = self.roster(ctx, group, ty).await?;
+        let bans = self.bans(ctx, group).await?;
+        Ok(LiveGroup {
+            members,
+            owner: owner_account.or(role_owner),
+            bans,
+            mutes,
+            me: Some(MemberId::new(self.identifier.clone())),
+            unresolved: BTreeSet::new(),
+            group_type: Some(ty.as_str().to_string()),
+        })
+    }
+
+    /// Only what the writes could change: the group's info after an owner transfer, the member
+    /// listing (roles, mutes, the owner's row) after member writes, the ban list after bans.
+    async fn refetch(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        before: &LiveGroup,
+        touched: &BTreeSet<OpKind>,
+    ) -> Result<LiveGroup, ProviderError> {
+        let known = before.group_type.as_deref().and_then(GroupType::parse);
+        let (Some(ty), false) = (known, touched.contains(&OpKind::TransferOwner)) else {
+            return self.fetch(ctx, group).await;
+        };
+        let mut after = before.clone();
+        // Every kind but an unban changes the listing (a ban removes the member too).
+        if touched.iter().any(|k| *k != OpKind::Unban) {
+            let (members, mutes, role_owner) = self.roster(ctx, group, ty).await?;
+            after.members = members;
+            after.mutes = mutes;
+            after.owner = before.owner.clone().or(role_owner);
+        }
+        if touched.contains(&OpKind::Ban) || touched.contains(&OpKind::Unban) {
+            after.bans = self.bans(ctx, group).await?;
+        }
+        Ok(after)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        batch: &Batch,
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        self.apply_batch(ctx, group, batch).await
+    }
+
+    fn capabilities_for(&self, live: &LiveGroup) -> Capabilities {
+        self.capabilities(live)
+    }
+
+    fn requests(&self) -> RequestCounts {
+        self.http.counts()
+    }
+}
+
+/// A group's roster as read: members by role, mutes, and the owner's row.
+type Roster = (
+    BTreeMap<MemberId, Role>,
+    BTreeMap<MemberId, Mute>,
+    Option<MemberId>,
+);
+
+impl Tencent {
+    /// The member listing as the model's roster.
+    async fn roster(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        ty: GroupType,
+    ) -> Result<Roster, ProviderError> {
         let listed = self.members(ctx, group, ty).await?;
         let mut members = BTreeMap::new();
         let mut mutes = BTreeMap::new();
@@ -1021,19 +1093,10 @@ impl Provider for Tencent {
             }
             members.insert(id, role);
         }
-        let bans = self.bans(ctx, group).await?;
-        Ok(LiveGroup {
-            members,
-            owner: owner_account.or(role_owner),
-            bans,
-            mutes,
-            me: Some(MemberId::new(self.identifier.clone())),
-            unresolved: BTreeSet::new(),
-            group_type: Some(ty.as_str().to_string()),
-        })
+        Ok((members, mutes, role_owner))
     }
 
-    async fn apply(
+    async fn apply_batch(
         &self,
         ctx: &Ctx,
         group: &GroupId,
@@ -1080,7 +1143,7 @@ impl Provider for Tencent {
         }
     }
 
-    fn capabilities_for(&self, live: &LiveGroup) -> Capabilities {
+    fn capabilities(&self, live: &LiveGroup) -> Capabilities {
         let ty = live
             .group_type
             .as_deref()
@@ -1102,10 +1165,6 @@ impl Provider for Tencent {
             max_batch: self.max_batch,
             ..*Kind::Tencent.capabilities()
         }
-    }
-
-    fn requests(&self) -> RequestCounts {
-        self.http.counts()
     }
 }
 

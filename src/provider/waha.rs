@@ -294,9 +294,7 @@ impl Waha {
     /// Build the client of a `waha` instance, resolving its API key now.
     pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
         let settings: &Settings = instance.settings()?;
-        let key = settings.api_key.resolve().map_err(|e| {
-            ProviderError::fatal(format!("provider {}: api_key: {e}", instance.name))
-        })?;
+        let key = rest::resolve(&instance.name, "api_key", &settings.api_key)?;
         Self::with_key(instance, key)
     }
 
@@ -365,20 +363,8 @@ impl Waha {
     }
 
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> String {
-        let mut url = self.base.clone();
-        {
-            // The base was checked to be a hierarchical http(s) URL in `base_url`.
-            let mut path = url.path_segments_mut().expect("base URL can have a path");
-            path.pop_if_empty();
-            path.extend(segments);
-        }
-        if !query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in query {
-                q.append_pair(k, v);
-            }
-        }
-        url.into()
+        let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        rest::url(&self.base, segments, &query).into()
     }
 
     fn group_url(&self, group: &GroupId, tail: &[&str]) -> String {
@@ -1070,9 +1056,7 @@ pub fn classify_error(r: &Response, label: &str) -> ProviderError {
         500 if lower.contains("expected at least 1 children") => {
             (ErrorClass::Fatal, Some("no-such-member"))
         }
-        429 => (ErrorClass::Throttled, None),
-        s if s >= 500 || s == 408 => (ErrorClass::Transient, None),
-        _ => (ErrorClass::Fatal, None),
+        s => (rest::class_of_status(s), None),
     };
     let e = ProviderError {
         class,
