@@ -651,7 +651,7 @@ fn reqwest_client() -> reqwest::Client {
 
 // ---- Round trips through the reconcile engine -------------------------------------------------
 
-use rosterd::reconcile::{self, GroupStatus};
+use rosterd::reconcile::GroupStatus;
 
 /// The emulator's roster of a group as rosterd roles, for comparing with a manifest.
 fn emulated_roster(
@@ -714,14 +714,7 @@ async fn cometchat_round_trip_with_drift_of_every_kind_converges_and_then_writes
         );
         let targets = cc_targets(&sb, None);
 
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         assert_eq!(report.groups[0].status, GroupStatus::Applied);
@@ -745,23 +738,9 @@ async fn cometchat_round_trip_with_drift_of_every_kind_converges_and_then_writes
 
         // A second plan finds nothing, and a second apply sends no write at all.
         sb.cometchat.clear_log();
-        let again = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(false),
-            None,
-        )
-        .await;
+        let again = plan_only(std::slice::from_ref(&want), &targets).await;
         assert!(again.plan().is_empty(), "{:#?}", again.plan());
-        let again = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let again = apply(std::slice::from_ref(&want), &targets).await;
         assert_eq!(again.exit_code(true, false), 0);
         assert_eq!(again.groups[0].status, GroupStatus::InSync);
         assert!(
@@ -814,14 +793,7 @@ async fn cometchat_large_drift_takes_the_minimum_number_of_write_calls() {
         let sb = sandbox(state).await;
         let targets = cc_targets(&sb, None);
 
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let plan = report.groups[0].plan.as_ref().unwrap();
@@ -863,14 +835,7 @@ async fn cometchat_add_of_sixty_ids_reports_the_requests_the_emulator_logged() {
         members.push(("alice", Role::Admin));
         let want = desired("g", Some("alice"), &members, Some(&[]));
         let targets = cc_targets(&sb, None);
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         assert_eq!(sb.cometchat.writes().len(), 3);
         assert_eq!(report.calls(), 3);
@@ -891,7 +856,7 @@ async fn cometchat_large_drift_at_ten_requests_per_second() {
         let targets = cc_targets(&sb, Some(10.0));
 
         let started = Instant::now();
-        let report = reconcile::run(&ctx(), std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
         let elapsed = started.elapsed();
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
@@ -939,14 +904,7 @@ async fn cometchat_unknown_user_fails_alone_and_the_run_exits_3() {
             ],
             None,
         );
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &cc_targets(&sb, None),
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &cc_targets(&sb, None)).await;
 
         assert_eq!(report.exit_code(true, false), 3);
         let failed: Vec<_> = report.groups[0]
@@ -1117,7 +1075,7 @@ async fn cometchat_hundred_small_drifts_read_only_what_the_writes_changed() {
         let sb = sandbox(state).await;
         let targets = cc_targets(&sb, Some(10.0));
         let started = Instant::now();
-        let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+        let report = apply(&want, &targets).await;
         let elapsed = started.elapsed();
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let log = sb.cometchat.requests();
@@ -1134,7 +1092,7 @@ async fn cometchat_hundred_small_drifts_read_only_what_the_writes_changed() {
         assert_eq!(throttled, 0);
         // A second run finds every group in sync and costs only its plan reads.
         let before = sb.cometchat.requests().len();
-        let again = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+        let again = apply(&want, &targets).await;
         assert!(again.plan().is_empty(), "{:#?}", again.plan());
         assert_eq!(sb.cometchat.requests().len() - before, 300);
         sb.shutdown().await;

@@ -77,8 +77,15 @@ impl Bitrix24 {
         let mut res = BatchResult::default();
         let mut failed: Option<(usize, ProviderError)> = None;
         let label = batches.first().map_or("write", |b| b.kind.as_str());
+        let single = cmds.len() <= MAX_COMMANDS;
         for (i, request) in cmds.chunks(MAX_COMMANDS).enumerate() {
-            match self.batch(ctx, request, true, label).await {
+            // A wave that fits one request may share it with other chats' waves.
+            let sent = if single {
+                self.ride(ctx, request.to_vec(), label).await
+            } else {
+                self.batch(ctx, request, true, label).await
+            };
+            match sent {
                 Ok(r) => {
                     res.ok.extend(r.ok);
                     res.errors.extend(r.errors);
