@@ -56,6 +56,7 @@ fn states() -> (DesiredGroup, LiveGroup) {
         max_removals: RemovalLimit::Percent(10.0),
         protected: BTreeSet::new(),
         source: "bench".into(),
+        names: Default::default(),
     };
     let live = LiveGroup {
         members: live,

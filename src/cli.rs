@@ -13,6 +13,7 @@ use crate::config::{self, Config};
 use crate::ctx::{Clock, Ctx};
 use crate::model::Outcome;
 use crate::plan::render;
+use crate::plan::saved::SavedPlan;
 use crate::reconcile::{self, Report, RunOptions, Target};
 
 /// Exit codes (SPEC §5).
@@ -89,6 +90,9 @@ pub enum Command {
         /// Exit 2 when changes are pending.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Also write the JSON plan, with each group's checksum, to FILE (for `apply --plan`).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Make every selected group equal to its manifest.
     Apply {
@@ -100,6 +104,45 @@ pub enum Command {
         /// Plan and show what would be applied; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Apply exactly this reviewed plan (from `plan --out`): a group whose files or live
+        /// roster changed since is refused; the others are applied.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+    },
+    /// Write manifests for live groups, naming members by their people.yaml person where one
+    /// matches; `plan` then shows no change for them.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The provider instance (from rosterd.yaml) the groups belong to.
+        #[arg(long, value_name = "INSTANCE")]
+        provider: String,
+        /// Provider group ids; repeatable.
+        #[arg(long = "id", value_name = "GROUP_ID", required = true, num_args = 1..)]
+        ids: Vec<String>,
+        /// Folder for the manifests; default: the first folder of `manifests:`.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// Also write a people.yaml stub for the ids no person matched.
+        #[arg(long, value_name = "FILE")]
+        people_stub: Option<PathBuf>,
+    },
+    /// Where a person, @team or raw id is listed, with role, list, team chain and ids; with
+    /// --without, what removing them would plan. Files only unless --live.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A person of people.yaml, a @team, or a raw provider id.
+        name: String,
+        /// Show the blast radius of removing them from people.yaml or the team.
+        #[arg(long)]
+        without: bool,
+        /// Also read the groups that list them (needs the providers' secrets).
+        #[arg(long)]
+        live: bool,
     },
     /// The daemon: watch the files, reconcile on change and every `resync`, serve /healthz
     /// /readyz /metrics /status.
@@ -132,24 +175,55 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Plan {
             sel,
             detailed_exitcode,
+            out,
         } => {
-            reconcile_cmd(
-                &sel,
-                Mode::Plan {
-                    detailed: detailed_exitcode,
-                },
-                false,
-            )
-            .await
+            let mode = Mode::Plan {
+                detailed: detailed_exitcode,
+            };
+            let files = PlanFiles {
+                out: out.as_deref(),
+                saved: None,
+            };
+            reconcile_cmd(&sel, mode, false, files).await
         }
         Command::Apply {
             sel,
             allow_mass_removal,
             dry_run,
+            plan,
         } => {
             let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-            reconcile_cmd(&sel, mode, allow_mass_removal).await
+            let files = PlanFiles {
+                out: None,
+                saved: plan.as_deref(),
+            };
+            reconcile_cmd(&sel, mode, allow_mass_removal, files).await
         }
+        Command::Import {
+            config,
+            provider,
+            ids,
+            out,
+            force,
+            people_stub,
+        } => {
+            let opts = crate::import::ImportOptions {
+                config: config.config,
+                provider,
+                ids,
+                out,
+                force,
+                people_stub,
+            };
+            let ctx = Ctx::new(Clock::starting_at(SystemTime::now()), interrupt_token());
+            crate::import::run(&ctx, &opts, &mut std::io::stdout(), &mut std::io::stderr()).await
+        }
+        Command::Explain {
+            config,
+            name,
+            without,
+            live,
+        } => explain_cmd(&config.config, &name, without, live).await,
         Command::Run(c) => {
             let opts = crate::daemon::DaemonOptions::new(&c.config);
             // The daemon installs its own SIGTERM/SIGINT/SIGHUP handling.
@@ -194,6 +268,53 @@ pub async fn run(cli: Cli) -> u8 {
     }
 }
 
+async fn explain_cmd(path: &Path, name: &str, without: bool, live: bool) -> u8 {
+    use crate::explain;
+    let loaded = config::load(path).and_then(|c| Ok((c, config::load_context(path)?)));
+    let (cfg, ctx) = match loaded {
+        Ok(c) => c,
+        Err(diags) => {
+            eprint!("{diags}");
+            eprintln!("{} error(s)", diags.0.len());
+            return exit::ERROR;
+        }
+    };
+    let target = match explain::Target::parse(&ctx, name) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
+    };
+    let run = Ctx::new(Clock::starting_at(SystemTime::now()), interrupt_token());
+    let state = if live {
+        match explain::read_live(&run, &cfg, &ctx, &target).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::ERROR;
+            }
+        }
+    } else {
+        None
+    };
+    let now = SystemTime::now();
+    let mut out = explain::explain(&cfg, &ctx, &target, state.as_ref());
+    if without {
+        out.push('\n');
+        out.push_str(&explain::blast_radius(
+            &cfg,
+            &ctx,
+            &target,
+            state.as_ref(),
+            now,
+        ));
+    }
+    print!("{out}");
+    let unreadable = state.iter().flat_map(|s| s.values()).any(Result::is_err);
+    if unreadable { exit::FAILED } else { exit::OK }
+}
+
 fn validate(path: &Path) -> u8 {
     match config::load(path) {
         Ok(cfg) => {
@@ -222,8 +343,20 @@ enum Mode {
     Apply,
 }
 
+/// `plan --out` and `apply --plan`.
+#[derive(Debug, Clone, Copy)]
+struct PlanFiles<'a> {
+    out: Option<&'a Path>,
+    saved: Option<&'a Path>,
+}
+
 /// Load, select, build the clients, run the engine, print, and compute the exit code.
-async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) -> u8 {
+async fn reconcile_cmd(
+    sel: &Selection,
+    mode: Mode,
+    allow_mass_removal: bool,
+    files: PlanFiles<'_>,
+) -> u8 {
     let cfg = match config::load(&sel.config.config) {
         Ok(c) => c,
         Err(diags) => {
@@ -232,11 +365,53 @@ async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) ->
             return exit::ERROR;
         }
     };
-    let groups = match select(&cfg, &sel.groups) {
+    let mut groups = match select(&cfg, &sel.groups) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::ERROR;
+        }
+    };
+    let tree = crate::plan::checksum::tree(
+        cfg.instances
+            .values()
+            .map(|i| (i.name.as_str(), i.kind.as_str())),
+    );
+    // A reviewed plan: only its groups run, each checked against it right after its read.
+    let mut gone = Vec::new();
+    let check = match files.saved {
+        None => None,
+        Some(path) => {
+            let saved = match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| SavedPlan::parse(&t, &tree))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: plan {}: {e}", path.display());
+                    eprintln!("nothing was written");
+                    return exit::ERROR;
+                }
+            };
+            let known: BTreeSet<&str> = cfg.groups.iter().map(|g| g.name.as_str()).collect();
+            gone = saved
+                .groups
+                .keys()
+                .filter(|n| !known.contains(n.as_str()))
+                .filter(|n| sel.groups.is_empty() || sel.groups.contains(n))
+                .cloned()
+                .collect();
+            let skipped = groups
+                .iter()
+                .filter(|g| !saved.groups.contains_key(&g.name))
+                .count();
+            if skipped > 0 {
+                eprintln!("{skipped} group(s) of the tree are not in the plan: not applied");
+            }
+            groups.retain(|g| saved.groups.contains_key(&g.name));
+            let saved = Arc::new(saved);
+            let check: reconcile::PlanCheck = Arc::new(move |g, p| saved.check(g, p));
+            Some(check)
         }
     };
     let targets = match build_targets(&cfg, &groups) {
@@ -273,15 +448,49 @@ async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) ->
         apply,
         allow_mass_removal,
         progress,
+        check,
     };
     let ctx = Ctx::new(Clock::starting_at(SystemTime::now()), interrupt_token());
     let report = reconcile::run(&ctx, &groups, &targets, &opts, audit.as_ref()).await;
     print_report(&report, sel.format, apply);
-    match mode {
+    for name in &gone {
+        println!(
+            "group {name}: refused: it is in the reviewed plan but no longer in the manifests; nothing applied"
+        );
+    }
+    if let Some(out) = files.out {
+        let mut doc = render::json(&report.plan());
+        doc["tree"] = serde_json::Value::String(tree);
+        let text = serde_json::to_string_pretty(&doc).expect("plan is JSON") + "\n";
+        if let Err(e) = write_atomically(out, &text) {
+            eprintln!("error: cannot write the plan to {}: {e}", out.display());
+            return exit::ERROR;
+        }
+    }
+    let code = match mode {
         Mode::Plan { detailed } => report.exit_code(false, detailed),
         Mode::DryRun => report.exit_code(false, false),
         Mode::Apply => report.exit_code(true, false),
+    };
+    if !gone.is_empty() && code < exit::FAILED {
+        exit::FAILED
+    } else {
+        code
     }
+}
+
+/// Write a file through a temporary one beside it, so a reader never sees half of it.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Cancelled at the first Ctrl-C: no further request is sent (the ones in flight finish), and
@@ -412,11 +621,8 @@ fn outcomes_text(report: &Report) -> String {
                 Outcome::Skipped { reason } => format!("skipped: {reason}"),
                 _ => String::new(),
             };
-            let _ = writeln!(
-                s,
-                "  failed {} {} in {}: {}",
-                o.kind, o.member, g.group, why
-            );
+            let who = g.who(&o.member);
+            let _ = writeln!(s, "  failed {} {who} in {}: {why}", o.kind, g.group);
         }
         if let Some(e) = &g.error {
             let _ = writeln!(s, "  error: {e}");
@@ -444,7 +650,9 @@ fn report_json(report: &Report) -> serde_json::Value {
                     "status": g.status,
                     "error": g.error,
                     "outcomes": g.outcomes.iter().map(|o| serde_json::json!({
-                        "op": o.kind, "member": o.member, "result": o.outcome,
+                        "op": o.kind, "member": o.member,
+                        "name": g.plan.as_ref().and_then(|p| p.name_of(&o.member)),
+                        "result": o.outcome,
                     })).collect::<Vec<_>>(),
                     "drift": g.drift.as_ref().map(|d| d.ops.len()).unwrap_or(0),
                 })

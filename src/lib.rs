@@ -11,6 +11,8 @@ pub mod config;
 pub mod ctx;
 pub mod daemon;
 pub mod demo;
+pub mod explain;
+pub mod import;
 pub mod model;
 pub mod plan;
 pub mod provider;

@@ -175,6 +175,10 @@ pub struct DesiredGroup {
     pub protected: BTreeSet<MemberId>,
     /// Where the group was declared, for messages: `file:line:col`.
     pub source: String,
+    /// The people.yaml person of every id of this group's instance that a person resolves to,
+    /// so plans and reports name members as the manifest does. One map per instance, shared by
+    /// its groups.
+    pub names: std::sync::Arc<BTreeMap<MemberId, String>>,
 }
 
 /// The live state of one group, fetched from its provider (every page).

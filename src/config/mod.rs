@@ -13,6 +13,7 @@ use crate::provider::{CommonSettings, Instance, SettingError, SettingsInput, res
 
 pub mod diag;
 pub mod raw;
+pub mod restrict;
 pub mod secret;
 pub mod yaml;
 
@@ -58,6 +59,11 @@ pub struct Context {
     /// checked against the kind (roles, ids, people), so one typo in rosterd.yaml does not hide
     /// the manifests' own problems.
     pub broken_kinds: BTreeMap<String, Kind>,
+    /// `restrictions:` of rosterd.yaml; `None` = unrestricted.
+    pub restrictions: Option<restrict::Restrictions>,
+    /// Per instance: every id a person of people.yaml resolves to there, and that person.
+    /// Shared by all the instance's groups (see [`DesiredGroup::names`]).
+    pub names: BTreeMap<String, std::sync::Arc<BTreeMap<MemberId, String>>>,
 }
 
 /// people.yaml, checked: ids per person and team members, team cycles already refused.
@@ -283,7 +289,14 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
         },
     };
 
-    let ctx = Context {
+    let restrictions = root_raw
+        .restrictions
+        .as_ref()
+        .map(|r| restrict::Restrictions::build(f, r, &instances, &broken_instances, &mut diags));
+
+    let mut ctx = Context {
+        names: BTreeMap::new(),
+        restrictions,
         broken_instances,
         broken_kinds,
         root_file: config_path.to_path_buf(),
@@ -298,7 +311,27 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
         manifest_files: manifest_files.into_iter().collect(),
         people_file,
     };
+    ctx.names = ctx
+        .instances
+        .values()
+        .map(|i| {
+            let names = people_by_id(&ctx, &i.name, i.kind);
+            (i.name.clone(), std::sync::Arc::new(names))
+        })
+        .collect();
     Ok((ctx, diags))
+}
+
+/// Every id of instance `instance` a person of people.yaml resolves to, and that person (the
+/// first by name where two share an id).
+pub fn people_by_id(ctx: &Context, instance: &str, kind: Kind) -> BTreeMap<MemberId, String> {
+    let mut by_id = BTreeMap::new();
+    for person in ctx.people.people.keys() {
+        trace_entry(ctx, instance, kind, person, &mut |m, _, _| {
+            by_id.entry(m).or_insert_with(|| person.clone());
+        });
+    }
+    by_id
 }
 
 fn scan(dir: &Path, out: &mut BTreeSet<PathBuf>) {
@@ -827,6 +860,15 @@ fn group(
             return None;
         }
     };
+    if let Some(r) = &ctx.restrictions
+        && let Err(why) = r.check(&ctx.root, file, inst_name, &id)
+    {
+        diags.push(Diagnostic::new(
+            file,
+            pos(&doc.id),
+            format!("group {name}: {why}"),
+        ));
+    }
     let resolver = Resolver {
         file,
         ctx,
@@ -942,6 +984,7 @@ fn group(
     }
     let inst = inst?;
     let (line, col) = pos(&doc.group);
+    let names = ctx.names.get(inst_name).cloned().unwrap_or_default();
     Some(DesiredGroup {
         name,
         provider: inst.name.clone(),
@@ -955,6 +998,7 @@ fn group(
         max_removals,
         protected: inst.common.protected.iter().cloned().collect(),
         source: format!("{}:{line}:{col}", file.display()),
+        names,
     })
 }
 
@@ -979,49 +1023,60 @@ struct Resolver<'a> {
     group: &'a str,
 }
 
-impl Resolver<'_> {
+/// What one member of an entry came through: the person (if any) and the teams, outermost first.
+pub type Visit<'a, 'v> = &'v mut dyn FnMut(MemberId, Option<&'a str>, &[&'a str]);
+
+impl<'a> Resolver<'a> {
     fn resolve(&self, entry: &Spanned<IdValue>, diags: &mut Diagnostics) -> Vec<MemberId> {
         let mut out = Vec::new();
-        self.resolve_text(&entry.value.text(), entry, diags, &mut out, 0);
+        self.walk(
+            &entry.value.text(),
+            pos(entry),
+            diags,
+            &mut Vec::new(),
+            &mut |m, _, _| out.push(m),
+        );
         out
     }
 
-    fn resolve_text(
+    fn walk(
         &self,
         text: &str,
-        at: &Spanned<IdValue>,
+        at: (u64, u64),
         diags: &mut Diagnostics,
-        out: &mut Vec<MemberId>,
-        depth: usize,
+        chain: &mut Vec<&'a str>,
+        visit: Visit<'a, '_>,
     ) {
         let kind = self.kind;
         if let Some(team) = text.strip_prefix('@') {
-            let Some(members) = self.ctx.people.teams.get(team) else {
+            let Some((team, members)) = self.ctx.people.teams.get_key_value(team) else {
                 diags.push(Diagnostic::new(
                     self.file,
-                    pos(at),
+                    at,
                     format!("group {}: unknown team @{team}", self.group),
                 ));
                 return;
             };
-            if depth > 64 {
+            if chain.len() > 64 {
                 return; // cycles are reported by people.yaml validation
             }
+            chain.push(team);
             for m in members {
-                self.resolve_text(m, at, diags, out, depth + 1);
+                self.walk(m, at, diags, chain, visit);
             }
+            chain.pop();
             return;
         }
-        if let Some(ids) = self.ctx.people.people.get(text) {
+        if let Some((person, ids)) = self.ctx.people.people.get_key_value(text) {
             let id = ids.get(self.instance).or_else(|| ids.get(kind.as_str()));
             match id {
                 Some(id) => match kind.normalize_member(id) {
-                    Ok(m) => out.push(m),
-                    Err(e) => diags.push(Diagnostic::new(self.file, pos(at), format!(
+                    Ok(m) => visit(m, Some(person), chain),
+                    Err(e) => diags.push(Diagnostic::new(self.file, at, format!(
                         "group {}: person {text} has an invalid {kind} id in people.yaml: expected {e}", self.group
                     ))),
                 },
-                None => diags.push(Diagnostic::new(self.file, pos(at), format!(
+                None => diags.push(Diagnostic::new(self.file, at, format!(
                     "group {}: person {text} has no id for provider instance {} or kind {kind} in people.yaml",
                     self.group, self.instance
                 ))),
@@ -1029,13 +1084,39 @@ impl Resolver<'_> {
             return;
         }
         match kind.normalize_member(text) {
-            Ok(m) => out.push(m),
-            Err(e) => diags.push(Diagnostic::new(self.file, pos(at), format!(
+            Ok(m) => visit(m, None, chain),
+            Err(e) => diags.push(Diagnostic::new(self.file, at, format!(
                 "group {}: {text:?} is not a person in people.yaml, a @team, or a raw id: expected {e}",
                 self.group
             ))),
         }
     }
+}
+
+/// Walk one manifest entry (a person, `@team` or raw id) of a group of `instance` as validation
+/// resolves it, calling `visit` for every member it brings in with the person and the chain of
+/// teams it came through. For a tree that validated; problems are ignored here.
+pub fn trace_entry<'a>(
+    ctx: &'a Context,
+    instance: &'a str,
+    kind: Kind,
+    text: &str,
+    visit: Visit<'a, '_>,
+) {
+    let r = Resolver {
+        file: &ctx.root_file,
+        ctx,
+        instance,
+        kind,
+        group: "",
+    };
+    r.walk(
+        text,
+        (1, 1),
+        &mut Diagnostics::default(),
+        &mut Vec::new(),
+        visit,
+    );
 }
 
 #[cfg(test)]

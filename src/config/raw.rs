@@ -218,6 +218,28 @@ pub struct RawRoot {
     /// Provider instances by name. Keys per kind are documented in the README.
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub providers: BTreeMap<String, Spanned<BTreeMap<String, Spanned<Node>>>>,
+    /// Who may manage what (SPEC §7): the first rule whose `path` matches a manifest decides;
+    /// absent = unrestricted.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<RawRestriction>>")]
+    pub restrictions: Option<Spanned<Vec<Spanned<RawRestriction>>>>,
+}
+
+/// One `restrictions:` rule.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestriction {
+    /// A glob over manifest paths relative to rosterd.yaml's folder (`groups/team-a/**`).
+    #[schemars(with = "String")]
+    pub path: Spanned<String>,
+    /// Provider instances files under `path` may manage; absent = any, `[]` = none.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub providers: Option<Vec<Spanned<String>>>,
+    /// Globs over provider group ids files under `path` may manage; absent = any.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub groups: Option<Vec<Spanned<String>>>,
 }
 
 /// people.yaml.

@@ -323,6 +323,81 @@ fn bitrix24_needs_exactly_one_credential_and_roots_its_token_file() {
     );
 }
 
+#[test]
+fn restrictions_keep_each_folder_to_its_own_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!(
+        "{ROOT}restrictions:\n  - path: groups/team-a/**\n    providers: [cc]\n    groups: [\"a-*\"]\n  - path: groups/team-b/*.yaml\n    providers: [tim]\n"
+    );
+    let cfg = write(
+        dir.path(),
+        &[
+            ("rosterd.yaml", &root),
+            ("people.yaml", "people: {}\n"),
+            (
+                "groups/team-a/ok.yaml",
+                "group: a1\nprovider: cc\nid: a-one\nparticipants: [x]\n",
+            ),
+            (
+                "groups/team-a/nested/takeover.yaml",
+                "group: b1\nprovider: cc\nid: b-one\nparticipants: [x]\n",
+            ),
+            (
+                "groups/team-b/wrong-provider.yaml",
+                "group: b2\nprovider: cc\nid: a-two\nparticipants: [x]\n",
+            ),
+            (
+                "groups/team-b/fine.yaml",
+                "group: b3\nprovider: tim\nid: \"@TGS#b\"\nparticipants: [x]\n",
+            ),
+            (
+                "groups/elsewhere.yaml",
+                "group: c1\nprovider: cc\nid: c-one\nparticipants: [x]\n",
+            ),
+        ],
+    );
+    let d = load(&cfg).unwrap_err();
+    let text = diags_text(&d, dir.path());
+    insta::assert_snapshot!(text);
+    assert_eq!(d.len(), 3, "{text}");
+    assert!(
+        !text.contains("ok.yaml") && !text.contains("fine.yaml"),
+        "{text}"
+    );
+
+    // The same tree without `restrictions:` is unrestricted.
+    std::fs::write(dir.path().join("rosterd.yaml"), ROOT).unwrap();
+    let ok = load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(ok.groups.len(), 5);
+}
+
+#[test]
+fn restriction_rules_with_bad_globs_or_unknown_instances_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!(
+        "{ROOT}restrictions:\n  - path: \"groups/[\"\n  - path: \"**\"\n    providers: [nope]\n    groups: [\"a-{{\"]\n"
+    );
+    let cfg = write(
+        dir.path(),
+        &[("rosterd.yaml", &root), ("groups/g.yaml", "")],
+    );
+    let text = diags_text(&load(&cfg).unwrap_err(), dir.path());
+    assert!(
+        text.contains("rosterd.yaml:16:11: error: restrictions rule 1: path"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "rosterd.yaml:18:17: error: restrictions rule 2: unknown provider instance \"nope\""
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("restrictions rule 2: groups: expected a glob"),
+        "{text}"
+    );
+}
+
 /// The diagnostics of a tree whose rosterd.yaml declares `providers` (and one group per
 /// instance name in `groups`), with the folder removed from their paths.
 fn settings_mistakes(providers: &str, groups: &str) -> String {

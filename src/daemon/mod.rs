@@ -409,7 +409,7 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
     if error.is_none() {
         let failed: Vec<String> = g
             .failed_ops()
-            .map(|o| format!("{} {}", o.kind, o.member))
+            .map(|o| format!("{} {}", o.kind, g.who(&o.member)))
             .collect();
         if !failed.is_empty() {
             error = Some(format!(

@@ -11,6 +11,15 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
     let caps = opts.caps;
     let now = opts.now;
     let mut notes = Vec::new();
+    // Members are named where the manifest has them; one only the live side has keeps their id.
+    let declared_name = |m: &MemberId| {
+        let listed = desired.members.contains_key(m)
+            || desired.owner.as_ref() == Some(m)
+            || desired.bans.as_ref().is_some_and(|b| b.contains(m))
+            || desired.mutes.as_ref().is_some_and(|mu| mu.contains_key(m));
+        listed.then(|| desired.names.get(m)).flatten()
+    };
+    let who = |m: &MemberId| super::display(declared_name(m).map(String::as_str), m);
 
     // Why a member may not be taken out, demoted, banned or muted.
     let untouchable = |m: &MemberId| -> Option<&'static str> {
@@ -91,7 +100,10 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
                 );
             }
             Some(cur) if cur > role => match untouchable(m) {
-                Some(why) => notes.push(format!("{m} is {why}: not demoted from {cur} to {role}")),
+                Some(why) => notes.push(format!(
+                    "{} is {why}: not demoted from {cur} to {role}",
+                    who(m)
+                )),
                 None => ops.push(
                     Op::new(OpKind::Demote, m.clone())
                         .with_role(role)
@@ -118,7 +130,7 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
                 continue;
             }
             match untouchable(m) {
-                Some(why) => notes.push(format!("{m} is {why}: not muted")),
+                Some(why) => notes.push(format!("{} is {why}: not muted", who(m))),
                 None => ops.push(Op::new(OpKind::Mute, m.clone()).with_mute(mu)),
             }
         }
@@ -149,7 +161,7 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
             continue;
         }
         match untouchable(m) {
-            Some(why) => notes.push(format!("{m} is {why}: not removed")),
+            Some(why) => notes.push(format!("{} is {why}: not removed", who(m))),
             None => ops.push(Op::new(OpKind::Remove, m.clone()).with_from(cur)),
         }
     }
@@ -157,7 +169,7 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
     // Bans (banning removes a live member too).
     for m in banning {
         match untouchable(m) {
-            Some(why) => notes.push(format!("{m} is {why}: not banned")),
+            Some(why) => notes.push(format!("{} is {why}: not banned", who(m))),
             None => {
                 let mut op = Op::new(OpKind::Ban, m.clone());
                 if let Some(&cur) = live.members.get(m) {
@@ -175,12 +187,10 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
         if caps.transfer_owner {
             ops.push(Op::new(OpKind::TransferOwner, owner.clone()));
         } else {
-            let current = live
-                .owner
-                .as_ref()
-                .map_or("nobody".to_string(), |o| o.to_string());
+            let current = live.owner.as_ref().map_or("nobody".to_string(), &who);
             notes.push(format!(
-                "owner is {current} but the manifest says {owner}; {} cannot transfer ownership",
+                "owner is {current} but the manifest says {}; {} cannot transfer ownership",
+                who(owner),
                 desired.kind
             ));
         }
@@ -239,6 +249,10 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
         &small.mutes,
         now,
     );
+    let names = touched
+        .iter()
+        .filter_map(|m| declared_name(m).map(|n| ((*m).clone(), n.clone())))
+        .collect();
 
     GroupPlan {
         group: desired.name.clone(),
@@ -251,6 +265,8 @@ pub fn plan_group(desired: &DesiredGroup, live: &LiveGroup, opts: &PlanOptions) 
         notes,
         before,
         after,
+        names,
+        checksum: None,
     }
 }
 

@@ -3,12 +3,16 @@
 
 use std::time::SystemTime;
 
+pub mod checksum;
 pub mod diff;
 pub mod render;
+pub mod saved;
 
 pub use diff::{MUTE_END_TOLERANCE, apply_op, plan_group, simulate};
 
 use serde::Serialize;
+
+use std::collections::BTreeMap;
 
 use crate::model::{Batch, DesiredGroup, GroupId, LiveGroup, MemberId, Op, OpKind};
 use crate::model::{Capabilities, Kind, MuteSupport};
@@ -34,6 +38,10 @@ pub struct GroupPlan {
     pub before: Vec<String>,
     #[serde(skip)]
     pub after: Vec<String>,
+    /// The manifest name of each member of `ops` that came from a person or team.
+    pub names: BTreeMap<MemberId, String>,
+    /// What the plan was computed from; set by the engine once it has read the group.
+    pub checksum: Option<checksum::Checksum>,
 }
 
 impl GroupPlan {
@@ -50,6 +58,23 @@ impl GroupPlan {
     /// Write calls this plan takes.
     pub fn calls(&self) -> usize {
         self.batches.len()
+    }
+    /// A member as the manifest names them: `alice (491701000001@c.us)` where the id came from
+    /// a person, the bare id otherwise (and where name and id are the same).
+    pub fn who(&self, m: &MemberId) -> String {
+        display(self.names.get(m).map(String::as_str), m)
+    }
+    /// The manifest name of a member, if they came from a person.
+    pub fn name_of(&self, m: &MemberId) -> Option<&str> {
+        self.names.get(m).map(String::as_str)
+    }
+}
+
+/// `name (id)`, or the id alone when there is no name or the name is the id.
+pub fn display(name: Option<&str>, m: &MemberId) -> String {
+    match name {
+        Some(n) if n != m.as_str() => format!("{n} ({m})"),
+        _ => m.to_string(),
     }
 }
 

@@ -1,13 +1,14 @@
 //! The three renderings of a plan: `text` (a roster diff per group, rendered with `similar`),
 //! `json` (a stable, versioned document) and `markdown` (a pull-request comment).
 //!
-//! JSON document, version 1 (see also docs/plan-json.md):
+//! JSON document, version 2 (README "JSON plan document"):
 //!
 //! ```text
-//! { "version": 1,
+//! { "version": 2, "tree"?: str,
 //!   "groups": [ { "group": str, "provider": str, "kind": str, "id": str,
+//!                 "checksum": {"group": str, "desired": str, "live": str} | null,
 //!                 "blocked": str|null, "notes": [str],
-//!                 "operations": [ {"kind": op, "member": str, "role"?: str, "from"?: str, "mute"?: str|null} ],
+//!                 "operations": [ {"kind": op, "member": str, "name": str|null, "role"?: str, "from"?: str, "mute"?: str|null} ],
 //!                 "calls": [ {"op": op, "members": [str]} ],
 //!                 "summary": {"add","role_changes","remove","ban","unban","mute","unmute","transfer_owner","calls"} } ],
 //!   "errors": [ {"group": str, "provider": str, "message": str} ],
@@ -25,7 +26,9 @@ use crate::model::OpKind;
 
 use super::{GroupPlan, Plan};
 
-pub const JSON_VERSION: u32 = 1;
+/// 2: operations carry the member's manifest `name`, groups their `checksum`, documents
+/// written by `plan --out` the `tree` they belong to.
+pub const JSON_VERSION: u32 = 2;
 
 /// Counts shown in summaries.
 #[derive(Debug, Default, Clone, Copy)]
@@ -133,10 +136,8 @@ pub fn text(plan: &Plan, color: bool) -> String {
                 };
                 let _ = writeln!(s, "{}", paint(color, style, &text));
             }
-            if g.count(OpKind::TransferOwner) > 0 {
-                for op in g.ops.iter().filter(|o| o.kind == OpKind::TransferOwner) {
-                    let _ = writeln!(s, "  ~ owner -> {}", op.member);
-                }
+            for op in g.ops.iter().filter(|o| o.kind == OpKind::TransferOwner) {
+                let _ = writeln!(s, "  ~ owner -> {}", g.who(&op.member));
             }
         }
         for n in &g.notes {
@@ -182,7 +183,8 @@ pub fn text(plan: &Plan, color: bool) -> String {
 }
 
 /// The roster diff of a group, member by member, so a member's old and new state sit
-/// together. `before`/`after` hold the lines of the members the plan touches only.
+/// together. `before`/`after` hold the lines of the members the plan touches only; each
+/// member is shown as the manifest names them.
 fn diff_lines(g: &GroupPlan) -> Vec<(ChangeTag, String)> {
     let member = |l: &String| l.split(' ').next().unwrap_or("").to_string();
     let mut by_member: std::collections::BTreeMap<String, (Vec<&str>, Vec<&str>)> =
@@ -199,7 +201,14 @@ fn diff_lines(g: &GroupPlan) -> Vec<(ChangeTag, String)> {
         for op in diff.ops() {
             for change in diff.iter_changes(op) {
                 if change.tag() != ChangeTag::Equal {
-                    out.push((change.tag(), change.value().to_string()));
+                    let line = change.value();
+                    let shown = match line.split_once(' ') {
+                        Some((id, rest)) => {
+                            format!("{} {rest}", g.who(&crate::model::MemberId::new(id)))
+                        }
+                        None => line.to_string(),
+                    };
+                    out.push((change.tag(), shown));
                 }
             }
         }
@@ -218,9 +227,14 @@ pub fn json(plan: &Plan) -> Value {
                 "provider": g.provider,
                 "kind": g.kind,
                 "id": g.id,
+                "checksum": g.checksum,
                 "blocked": g.blocked,
                 "notes": g.notes,
-                "operations": g.ops,
+                "operations": g.ops.iter().map(|op| {
+                    let mut v = json!(op);
+                    v["name"] = json!(g.name_of(&op.member));
+                    v
+                }).collect::<Vec<_>>(),
                 "calls": g.batches.iter().map(|b| json!({
                     "op": b.kind,
                     "members": b.members().collect::<Vec<_>>(),
@@ -250,8 +264,8 @@ pub fn markdown(plan: &Plan) -> String {
         s.push_str("All groups are in sync. :white_check_mark:\n");
         return s;
     }
-    s.push_str("| group | provider | add | role changes | remove | ban | unban | mute | unmute | API calls | status |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("| group | provider | add | role changes | remove | ban | unban | mute | unmute | API calls | status | checksum |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     for g in &plan.groups {
         let c = Counts::of(g);
         let status = if g.blocked.is_some() {
@@ -261,9 +275,13 @@ pub fn markdown(plan: &Plan) -> String {
         } else {
             "changes"
         };
+        let sum = g
+            .checksum
+            .as_ref()
+            .map_or(String::new(), |c| format!("`{}`", c.short()));
         let _ = writeln!(
             s,
-            "| `{}` | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{}` | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {sum} |",
             g.group,
             g.provider,
             g.kind,
@@ -281,7 +299,7 @@ pub fn markdown(plan: &Plan) -> String {
     for e in &plan.errors {
         let _ = writeln!(
             s,
-            "| `{}` | {} | | | | | | | | | **error** |",
+            "| `{}` | {} | | | | | | | | | **error** | |",
             e.group, e.provider
         );
     }
@@ -311,7 +329,7 @@ pub fn markdown(plan: &Plan) -> String {
                 let _ = writeln!(s, "{sign} {line}");
             }
             for op in g.ops.iter().filter(|o| o.kind == OpKind::TransferOwner) {
-                let _ = writeln!(s, "! owner -> {}", op.member);
+                let _ = writeln!(s, "! owner -> {}", g.who(&op.member));
             }
             s.push_str("```\n");
         }

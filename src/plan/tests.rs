@@ -38,6 +38,7 @@ fn desired(kind: Kind, members: &[(&str, Role)]) -> DesiredGroup {
         max_removals: RemovalLimit::Count(1000),
         protected: BTreeSet::new(),
         source: "groups/g.yaml:1:1".to_string(),
+        names: Default::default(),
     }
 }
 
@@ -625,7 +626,16 @@ fn sample_plan() -> Plan {
     ]);
     l.owner = Some(m("alice"));
     l.bans = Some(BTreeSet::from([m("trent")]));
-    let changed = plan(&d, &l);
+    // Members that came from a person are shown by name; a person named as their id, and raw
+    // ids or live-only members, by id alone.
+    d.names = std::sync::Arc::new(BTreeMap::from([
+        (m("bob"), "robert".to_string()),
+        (m("dave"), "dave".to_string()),
+        (m("mallory"), "mal".to_string()),
+        (m("zed"), "zed-the-person".to_string()),
+    ]));
+    let mut changed = plan(&d, &l);
+    changed.checksum = Some(super::checksum::Checksum::of(&d, &l));
     let mut quiet = desired(Kind::Cometchat, &[("alice", Role::Admin)]);
     quiet.name = "quiet".to_string();
     let same = plan(&quiet, &live(&[("alice", Role::Admin)]));

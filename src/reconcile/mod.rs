@@ -63,7 +63,13 @@ pub struct RunOptions {
     pub allow_mass_removal: bool,
     /// Where apply progress is shown; `None` shows nothing.
     pub progress: Option<Arc<dyn Progress>>,
+    /// `apply --plan`: run on each group right after it is read and planned; `Err` refuses the
+    /// group (nothing is applied to it; the reason is its error).
+    pub check: Option<PlanCheck>,
 }
+
+/// See [`RunOptions::check`].
+pub type PlanCheck = Arc<dyn Fn(&DesiredGroup, &GroupPlan) -> Result<(), String> + Send + Sync>;
 
 /// How a group's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,6 +134,13 @@ impl GroupReport {
             calls: 0,
             requests: Sent::default(),
         }
+    }
+
+    /// A member as the manifest names them (see [`GroupPlan::who`]).
+    pub fn who(&self, m: &MemberId) -> String {
+        self.plan
+            .as_ref()
+            .map_or_else(|| m.to_string(), |p| p.who(m))
     }
 
     /// Operations that failed or were skipped.
@@ -305,7 +318,13 @@ async fn plan_one(
         report.error = Some(why);
         return (report, None);
     }
-    let plan = make_plan(ctx, g, &live, target, opts.allow_mass_removal);
+    let mut plan = make_plan(ctx, g, &live, target, opts.allow_mass_removal);
+    plan.checksum = Some(plan::checksum::Checksum::of(g, &live));
+    if let Some(Err(why)) = opts.check.as_ref().map(|c| c(g, &plan)) {
+        tracing::warn!(reason = %why, "refused: not the group the reviewed plan was made for");
+        report.error = Some(why);
+        return (report, None);
+    }
     report.status = if plan.blocked.is_some() {
         GroupStatus::Blocked
     } else if plan.is_empty() {

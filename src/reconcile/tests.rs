@@ -32,6 +32,7 @@ fn desired(name: &str, members: &[(&str, Role)]) -> DesiredGroup {
         max_removals: RemovalLimit::Count(100),
         protected: BTreeSet::new(),
         source: format!("groups/{name}.yaml:1:1"),
+        names: Default::default(),
     }
 }
 

@@ -11,7 +11,7 @@ use rosterd::sandbox::cometchat::Scope;
 use crate::support::{CC_KEY, bounded, cc_state, group, sandbox};
 
 /// A GitOps tree pointed at the sandbox: one group `team` with the given manifest body.
-fn tree(dir: &Path, sb: &Sandbox, manifest: &str, extra_root: &str) -> std::path::PathBuf {
+pub fn tree(dir: &Path, sb: &Sandbox, manifest: &str, extra_root: &str) -> std::path::PathBuf {
     let base = sb.base_url(rosterd::provider::Kind::Cometchat).unwrap();
     let root = format!(
         "manifests: groups/\npeople: people.yaml\naudit_log: audit.jsonl\n{extra_root}providers:\n  cc:\n    kind: cometchat\n    app_id: it\n    region: eu\n    api_key: {{ env: IT_CC_KEY }}\n    base_url: {base}\n    rate: 200/s\n"
@@ -27,7 +27,7 @@ fn tree(dir: &Path, sb: &Sandbox, manifest: &str, extra_root: &str) -> std::path
     dir.join("rosterd.yaml")
 }
 
-fn rosterd(config: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
+pub fn rosterd(config: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
     let mut cmd = Command::cargo_bin("rosterd").unwrap();
     cmd.args(args)
         .arg("--config")
@@ -38,7 +38,7 @@ fn rosterd(config: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
     cmd.timeout(std::time::Duration::from_secs(60)).assert()
 }
 
-fn world() -> rosterd::sandbox::cometchat::State {
+pub fn world() -> rosterd::sandbox::cometchat::State {
     cc_state(
         ["alice", "bob", "carol", "dave", "zed"].map(String::from),
         vec![(
@@ -56,13 +56,13 @@ fn world() -> rosterd::sandbox::cometchat::State {
     )
 }
 
-const MANIFEST: &str = "group: team\nprovider: cc\nid: team\nowner: alice\nadmins: [alice]\nparticipants: [\"@crew\"]\n";
+pub const MANIFEST: &str = "group: team\nprovider: cc\nid: team\nowner: alice\nadmins: [alice]\nparticipants: [\"@crew\"]\n";
 
-fn code(a: &assert_cmd::assert::Assert) -> i32 {
+pub fn code(a: &assert_cmd::assert::Assert) -> i32 {
     a.get_output().status.code().unwrap_or(-1)
 }
 
-fn text(a: &assert_cmd::assert::Assert) -> String {
+pub fn text(a: &assert_cmd::assert::Assert) -> String {
     let o = a.get_output();
     format!(
         "{}{}",
@@ -118,7 +118,7 @@ async fn cli_plan_apply_plan_walks_exit_codes_2_0_0() {
         let again = rosterd(&cfg, &["plan", "--detailed-exitcode", "--format", "json"]);
         assert_eq!(code(&again), 0, "{}", text(&again));
         let doc: serde_json::Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
-        assert_eq!(doc["version"], 1);
+        assert_eq!(doc["version"], 2);
         assert_eq!(doc["summary"]["calls"], 0);
     })
     .await
@@ -248,6 +248,45 @@ fn cli_schema_prints_draft07_json() {
         doc["manifest"]["$schema"],
         "http://json-schema.org/draft-07/schema#"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_plans_and_reports_name_people_as_the_manifest_does() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = "group: team\nprovider: cc\nid: team\nowner: alice\nadmins: [alice]\nparticipants: [\"@crew\", bob]\n";
+        let cfg = tree(dir.path(), &sb, manifest, "");
+        std::fs::write(
+            dir.path().join("people.yaml"),
+            "people:\n  alice: { cometchat: alice }\n  carla: { cometchat: carol }\n  ghosty: { cometchat: ghost }\nteams:\n  crew: [carla, ghosty]\n",
+        )
+        .unwrap();
+        let plan = rosterd(&cfg, &["plan"]);
+        let out = text(&plan);
+        assert!(out.contains("+ carla (carol) participant"), "{out}");
+        assert!(out.contains("+ ghosty (ghost) participant"), "{out}");
+        // bob is a raw id in the manifest, zed only live: both keep their ids.
+        assert!(out.contains("- bob admin") && out.contains("+ bob participant"), "{out}");
+        assert!(out.contains("- zed participant"), "{out}");
+        let json = rosterd(&cfg, &["plan", "--format", "json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+        let ops = doc["groups"][0]["operations"].as_array().unwrap();
+        let carol = ops.iter().find(|o| o["member"] == "carol").unwrap();
+        assert_eq!(carol["name"], "carla");
+        let zed = ops.iter().find(|o| o["member"] == "zed").unwrap();
+        assert_eq!(zed["name"], serde_json::Value::Null);
+        let md = text(&rosterd(&cfg, &["plan", "--format", "markdown"]));
+        assert!(md.contains("+ carla (carol) participant"), "{md}");
+        let apply = rosterd(&cfg, &["apply"]);
+        assert_eq!(code(&apply), 3, "{}", text(&apply));
+        assert!(
+            text(&apply).contains("failed add ghosty (ghost) in team"),
+            "{}",
+            text(&apply)
+        );
+    })
+    .await
 }
 
 /// Settings the clients used to refuse only when built (at `plan`), now refused by `validate`

@@ -519,3 +519,38 @@ async fn daemon_killed_mid_apply_and_restarted_converges_with_no_extra_removals(
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_status_names_a_failed_member_as_the_manifest_does() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::write(
+            dir.path().join("people.yaml"),
+            "people:\n  ghosty: { cometchat: ghost }\n",
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "ghosty"]),
+        )
+        .unwrap();
+        let d = start(&cfg, Duration::from_secs(3600));
+        let mut status = String::new();
+        for _ in 0..300 {
+            status = d.get("/status").await.1;
+            if status.contains("failed") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            status.contains("1 operation(s) failed: add ghosty (ghost)"),
+            "{status}"
+        );
+        d.stop().await;
+    })
+    .await
+}

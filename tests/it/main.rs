@@ -1,10 +1,12 @@
 //! The one integration-test binary: real HTTP against the sandbox emulators on 127.0.0.1.
 
 mod bitrix24;
+mod bound;
 mod cli;
 mod cometchat;
 mod daemon;
 mod deploy;
+mod import;
 mod page;
 mod support;
 mod tencent;

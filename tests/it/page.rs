@@ -370,7 +370,7 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
         open_group(&c, &base, &row("family-chat")).await;
         let plan = text_of(&c, "#plan").await;
         assert!(
-            plan.contains("(grace)"),
+            plan.contains("grace (491701000007@c.us)"),
             "people's names beside their ids: {plan}"
         );
         let ops = text_of(&c, "#operations").await;

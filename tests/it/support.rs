@@ -127,6 +127,7 @@ pub fn desired_of(
         max_removals: RemovalLimit::Count(100_000),
         protected: BTreeSet::new(),
         source: "tests/it".into(),
+        names: Default::default(),
     }
 }
 

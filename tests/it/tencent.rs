@@ -977,9 +977,9 @@ async fn tencent_demo_applies_the_tencent_group_and_prints_no_key() {
         assert_eq!(code, 0, "{out}");
         let (first, rest) = out.split_once("== apply ==").expect("an apply section");
         for what in [
-            "dave_tim muted indefinitely",
-            "mallory_tim banned",
-            "owner -> alice_tim",
+            "dave (dave_tim) muted indefinitely",
+            "mallory (mallory_tim) banned",
+            "owner -> alice (alice_tim)",
         ] {
             assert!(first.contains(what), "the first plan has {what}:\n{first}");
         }
