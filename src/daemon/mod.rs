@@ -24,6 +24,7 @@ use crate::provider::RequestCounts;
 use crate::reconcile::{self, GroupStatus, RunOptions, Target};
 
 pub mod metrics;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod watch;
