@@ -25,6 +25,11 @@ pub struct ProviderLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabel {
     pub group: String,
 }
@@ -40,6 +45,8 @@ pub struct Metrics {
     pub last_success: Family<GroupLabel, Gauge>,
     pub manifest_errors: Gauge,
     pub groups: Gauge,
+    pub rescans: Family<ReasonLabel, Counter>,
+    pub file_reads: Counter,
 }
 
 impl Default for Metrics {
@@ -54,6 +61,8 @@ impl Default for Metrics {
             last_success: Family::default(),
             manifest_errors: Gauge::default(),
             groups: Gauge::default(),
+            rescans: Family::default(),
+            file_reads: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -95,6 +104,16 @@ impl Default for Metrics {
             "managed_groups",
             "Groups declared by the files in force",
             m.groups.clone(),
+        );
+        registry.register(
+            "rescans",
+            "Rescans of the files, by what caused them (start, watch, poll, signal)",
+            m.rescans.clone(),
+        );
+        registry.register(
+            "file_reads",
+            "Files read by rescans (configuration, people and manifests)",
+            m.file_reads.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -97,6 +97,16 @@ impl Scheduler {
         self.period
     }
 
+    /// A new resync period, for the timers armed from now on.
+    pub fn set_period(&mut self, period: Duration) {
+        self.period = period.max(Duration::from_millis(1));
+    }
+
+    /// Whether `group` is in force here.
+    pub fn knows(&self, group: &str) -> bool {
+        self.groups.contains_key(group)
+    }
+
     /// Groups in force that were not before: each runs now, and their first resyncs are spread
     /// evenly over one period, so the reads of a large tree stay flat instead of a burst.
     pub fn add(&mut self, names: impl IntoIterator<Item = String>) -> Vec<Run> {
