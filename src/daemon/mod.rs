@@ -151,12 +151,14 @@ enum Event {
 /// Run the daemon until `shutdown` is cancelled. Returns an error only when the configuration
 /// cannot be loaded at start or the listen address cannot be bound.
 pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let tree = {
+    let (tree, start_reads) = {
         let config = opts.config.clone();
         tokio::task::spawn_blocking(move || {
             let mut tree = Tree::new(&config);
-            tree.reload();
-            tree
+            let scan = tree.basis().scan();
+            let reads = scan.reads as u64;
+            tree.apply(scan);
+            (tree, reads)
         })
         .await?
     };
@@ -202,6 +204,7 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
     sync_targets(&shared);
     update_file_metrics(&shared);
     count_rescan(&shared, Reason::Start);
+    shared.metrics.file_reads.inc_by(start_reads);
     let mut sched = Scheduler::new(opts.resync.unwrap_or(ctx.resync));
     let worker = Worker {
         shared: shared.clone(),

@@ -496,3 +496,145 @@ async fn daemon_killed_mid_apply_and_restarted_converges_with_no_extra_removals(
     })
     .await
 }
+
+/// The value of one sample in the Prometheus text, 0 when absent.
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_reads_no_file_and_an_edit_writes_only_after_the_debounce() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let debounce = Duration::from_millis(400);
+        let port = free_port();
+        let mut opts = DaemonOptions::new(&cfg);
+        opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        opts.debounce = debounce;
+        opts.poll = Duration::from_secs(3600);
+        opts.resync = Some(Duration::from_secs(3600));
+        let stop = CancellationToken::new();
+        let d = Daemon {
+            handle: tokio::spawn(run(opts, stop.clone())),
+            stop,
+            port,
+        };
+        until(15, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        let before = d.get("/metrics").await.1;
+        let reads = sample(&before, "rosterd_file_reads_total");
+        assert_eq!(
+            reads, 3,
+            "one scan at start: rosterd.yaml, people.yaml, team.yaml"
+        );
+
+        // Someone reads every file (opens, reads, closes) and touches their metadata: no
+        // content changed, so no rescan and no file read, over several debounce periods.
+        for f in ["rosterd.yaml", "people.yaml", "key", "groups/team.yaml"] {
+            let p = dir.path().join(f);
+            std::fs::read(&p).unwrap();
+            let perms = std::fs::metadata(&p).unwrap().permissions();
+            std::fs::set_permissions(&p, perms).unwrap();
+        }
+        tokio::time::sleep(debounce * 4).await;
+        let idle = d.get("/metrics").await.1;
+        assert_eq!(sample(&idle, "rosterd_file_reads_total"), reads, "{idle}");
+        assert_eq!(
+            sample(&idle, "rosterd_rescans_total{reason=\"watch\"}"),
+            0,
+            "{idle}"
+        );
+
+        // An edit: one rescan, and its first write only once the debounce has passed.
+        let writes = sb.cometchat.writes().len();
+        let edited = Instant::now();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol"]),
+        )
+        .unwrap();
+        until(15, "the edit's first write", || {
+            sb.cometchat.writes().len() > writes
+        })
+        .await;
+        let first_write = edited.elapsed();
+        assert!(
+            first_write >= debounce,
+            "the first write came {first_write:?} after the edit, before the debounce"
+        );
+        tokio::time::sleep(debounce * 3).await;
+        let after = d.get("/metrics").await.1;
+        assert_eq!(
+            sample(&after, "rosterd_rescans_total{reason=\"watch\"}"),
+            1,
+            "{after}"
+        );
+        assert_eq!(sample(&after, "rosterd_file_reads_total"), reads + 3);
+        d.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_at_once_with_nothing_else_reading_the_files() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let port = free_port();
+        let mut opts = DaemonOptions::new(&cfg);
+        opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        // Neither the watcher (an hour's debounce) nor the safety rescan reads the files here.
+        opts.debounce = Duration::from_secs(3600);
+        opts.poll = Duration::from_secs(3600);
+        opts.resync = Some(Duration::from_secs(3600));
+        let stop = CancellationToken::new();
+        let d = Daemon {
+            handle: tokio::spawn(run(opts, stop.clone())),
+            stop,
+            port,
+        };
+        until(15, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol"]),
+        )
+        .unwrap();
+        let hup = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(hup.success());
+        until(15, "the edit applied after SIGHUP", || {
+            members(&sb) == ["alice", "bob", "carol"]
+        })
+        .await;
+        let m = d.get("/metrics").await.1;
+        assert_eq!(
+            sample(&m, "rosterd_rescans_total{reason=\"signal\"}"),
+            1,
+            "{m}"
+        );
+        assert_eq!(
+            sample(&m, "rosterd_rescans_total{reason=\"watch\"}"),
+            0,
+            "{m}"
+        );
+        d.stop().await;
+    })
+    .await
+}
