@@ -316,3 +316,31 @@ fn bitrix24_needs_exactly_one_credential_and_roots_its_token_file() {
         dir.path().join("tokens.json")
     );
 }
+
+#[test]
+fn concurrency_is_a_positive_integer_on_the_instance_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = |c: &str| {
+        format!(
+            "manifests: groups/\nproviders:\n  cc:\n    kind: cometchat\n    app_id: a\n    region: eu\n    api_key: {{ env: K }}\n    concurrency: {c}\n"
+        )
+    };
+    let group = (
+        "groups/g.yaml",
+        "group: g\nprovider: cc\nid: g\nadmins: [x]\n",
+    );
+    for bad in ["0", "two", "-1"] {
+        let cfg = write(dir.path(), &[("rosterd.yaml", &root(bad)), group]);
+        let d = load(&cfg).unwrap_err();
+        assert_eq!(d.len(), 1, "{d}");
+        assert_eq!((d.0[0].line, d.0[0].column), (8, 18), "{d}");
+        assert!(
+            d.to_string()
+                .contains("provider cc: concurrency: expected a positive integer"),
+            "{d}"
+        );
+    }
+    let cfg = write(dir.path(), &[("rosterd.yaml", &root("12")), group]);
+    let c = load(&cfg).unwrap();
+    assert_eq!(c.instances["cc"].common.concurrency, Some(12));
+}

@@ -304,6 +304,32 @@ async fn groups_of_one_instance_respect_the_concurrency_bound() {
     assert!(p.max_in_flight() >= 2, "groups ran concurrently");
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_concurrency_of_an_instance_comes_from_its_settings() {
+    for (configured, bound) in [(None, DEFAULT_CONCURRENCY), (Some(3), 3)] {
+        let p =
+            Arc::new(MemoryProvider::new(Kind::Cometchat).with_latency(Duration::from_millis(20)));
+        let groups: Vec<DesiredGroup> = (0..12)
+            .map(|i| {
+                let name = format!("g{i}");
+                p.set_group(&name, live("alice", &[("alice", Role::Admin)]));
+                desired(&name, &[("alice", Role::Admin), ("bob", Role::Participant)])
+            })
+            .collect();
+        let t: BTreeMap<String, Target> = targets(p.clone())
+            .into_iter()
+            .map(|(k, t)| {
+                let mut inst = t.instance.clone();
+                inst.common.concurrency = configured;
+                (k, Target::new(inst, t.provider))
+            })
+            .collect();
+        let report = run(&ctx(), &groups, &t, &apply_opts(), None).await;
+        assert_eq!(report.exit_code(true, false), 0);
+        assert_eq!(p.max_in_flight(), bound, "{configured:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_audit_log_has_a_line_per_call_and_per_member() {
     let dir = tempfile::tempdir().unwrap();

@@ -638,3 +638,74 @@ async fn sighup_reloads_at_once_with_nothing_else_reading_the_files() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_answer_while_a_large_tree_is_rescanned() {
+    bounded(120, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        // A large people.yaml makes every configuration load slow.
+        let mut people = String::from("people:\n");
+        for i in 0..20_000 {
+            people.push_str(&format!("  person{i:06}: {{ cometchat: user{i:06} }}\n"));
+        }
+        std::fs::write(dir.path().join("people.yaml"), people).unwrap();
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let port = free_port();
+        let mut opts = DaemonOptions::new(&cfg);
+        opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        opts.debounce = Duration::from_secs(3600);
+        opts.poll = Duration::from_secs(3600);
+        opts.resync = Some(Duration::from_secs(3600));
+        let stop = CancellationToken::new();
+        let d = Daemon {
+            handle: tokio::spawn(run(opts, stop.clone())),
+            stop,
+            port,
+        };
+        until(60, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        let reads = sample(&d.get("/metrics").await.1, "rosterd_file_reads_total");
+        let hup = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(hup.success());
+        let started = Instant::now();
+        let mut answered = Vec::new();
+        for path in ["/status", "/readyz", "/metrics", "/healthz"] {
+            let t = Instant::now();
+            let (code, body) = d.get(path).await;
+            answered.push((path, code, t.elapsed()));
+            if path == "/metrics" {
+                assert_eq!(
+                    sample(&body, "rosterd_rescans_total{reason=\"signal\"}"),
+                    1,
+                    "the rescan started"
+                );
+                assert_eq!(
+                    sample(&body, "rosterd_file_reads_total"),
+                    reads,
+                    "... and had not finished ({:?} after SIGHUP)",
+                    started.elapsed()
+                );
+            }
+        }
+        for (path, code, took) in answered {
+            assert_eq!(code, 200, "{path}");
+            assert!(took < Duration::from_millis(500), "{path} took {took:?}");
+        }
+        // The rescan ends and is folded in.
+        let end = Instant::now() + Duration::from_secs(60);
+        while sample(&d.get("/metrics").await.1, "rosterd_file_reads_total") == reads {
+            assert!(Instant::now() < end, "the rescan never finished");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        d.stop().await;
+    })
+    .await
+}

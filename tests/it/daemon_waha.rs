@@ -385,3 +385,51 @@ async fn ready_once_every_provider_answered_a_read_while_the_first_apply_runs() 
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_waha_cooldown_exits_0_within_two_seconds() {
+    bounded(60, async {
+        // The `rosterd run` process, end to end: its first throttle starts a cooldown of about
+        // a minute, and SIGTERM lands in it.
+        let sb = sandbox(world(Some(Overlimit {
+            adds: 1,
+            per: Duration::from_secs(36_000),
+        })))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tree(dir.path(), &sb, "", 10..12, 1);
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rosterd"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        until(30, "the first throttle", || throttled(&sb) == 1).await;
+        let requests = sb.waha.requests().len();
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let sent = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(2),
+                "still running 2 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(status.code(), Some(0));
+        assert_eq!(
+            sb.waha.requests().len(),
+            requests,
+            "nothing sent after SIGTERM"
+        );
+    })
+    .await
+}
