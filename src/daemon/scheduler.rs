@@ -8,9 +8,9 @@
 //!   after it (the kube-rs runner's rule);
 //! - a failed run is retried after 5 s, doubling up to the resync period; any other trigger
 //!   meanwhile replaces the retry (one timer per group, so an edit during a backoff is one run);
-//! - each group has its own phase in the resync period: the groups in force at start get their
-//!   first resync spread evenly over the period, and afterwards every group resyncs one period
-//!   after its last run started — a run caused by an edit restarts that group's period.
+//! - each group has its own phase in the resync period: the groups in force at start are spread
+//!   evenly over the period, and each resyncs at its phase plus whole periods however long its
+//!   runs take — a run caused by an edit restarts that group's period from its start.
 
 use std::collections::BTreeMap;
 use std::task::{Context, Poll};
@@ -67,8 +67,9 @@ struct Entry {
     again: Option<Cause>,
     failures: u32,
     started: Instant,
-    /// The group's first resync, spread over the period; dropped once an edit restarts it.
-    phase: Option<Instant>,
+    /// The group's phase: its resyncs come at this instant plus whole periods. Spread over the
+    /// period for the groups in force at start; an edit's run moves it to that run's start.
+    phase: Instant,
     timer: Option<(Key, Timer)>,
 }
 
@@ -126,7 +127,7 @@ impl Scheduler {
                     again: None,
                     failures: 0,
                     started: now,
-                    phase: Some(phase),
+                    phase,
                     timer: None,
                 },
             );
@@ -166,13 +167,7 @@ impl Scheduler {
             let doubling = base.saturating_mul(1 << e.failures.clamp(1, 20).saturating_sub(1));
             (now + doubling.min(period), Timer::Retry)
         } else {
-            // A phase already passed (the first runs kept failing) gives way to the period.
-            let due = e
-                .phase
-                .take()
-                .filter(|p| *p > now)
-                .unwrap_or(e.started + period);
-            (due.max(now), Timer::Resync)
+            (next_phase(e.phase, period, now), Timer::Resync)
         };
         let key = self.timers.insert_at(group.to_string(), when);
         e.timer = Some((key, kind));
@@ -230,16 +225,27 @@ impl Scheduler {
         if let Some((key, _)) = e.timer.take() {
             self.timers.remove(&key);
         }
-        if cause == Cause::Change {
-            e.phase = None;
-        }
         e.running = true;
         e.started = Instant::now();
+        if cause == Cause::Change {
+            e.phase = e.started;
+        }
         Some(Run {
             group: group.to_string(),
             cause,
         })
     }
+}
+
+/// The first instant after `now` that is `phase` plus whole periods: a run that took long, or
+/// retries that went past the phase, never shift a group's resyncs onto another's.
+fn next_phase(phase: Instant, period: Duration, now: Instant) -> Instant {
+    if phase > now {
+        return phase;
+    }
+    let behind = (now - phase).as_nanos() / period.as_nanos().max(1) + 1;
+    let k = u32::try_from(behind).unwrap_or(u32::MAX);
+    period.checked_mul(k).map_or(now + period, |d| phase + d)
 }
 
 #[cfg(test)]
@@ -309,11 +315,21 @@ mod tests {
             waits.push(after.as_secs());
         }
         assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
-        // Success resets the backoff; the next wait is a resync, one period after the run.
+        // Success resets the backoff; the next wait is a resync at the group's own phase
+        // (60 s, 120 s, ... after the start): now at 195 s, the next is at 240 s.
         assert_eq!(s.finished("a", Finished::Ok), None);
         let t0 = Instant::now();
         let (r, after) = next(&mut s, t0).await;
-        assert_eq!((r, after), (run("a", Cause::Resync), period));
+        assert_eq!(
+            (r, after),
+            (run("a", Cause::Resync), Duration::from_secs(45))
+        );
+        // A resync that finishes late keeps the phase too.
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(s.finished("a", Finished::Ok), None);
+        let t0 = Instant::now();
+        let (_, after) = next(&mut s, t0).await;
+        assert_eq!(after, Duration::from_secs(53));
     }
 
     #[tokio::test(start_paused = true)]
@@ -407,6 +423,25 @@ mod tests {
             (["g003".to_string(), "g005".to_string()], 140),
             "g005 resyncs a period after its edit, beside g003's own phase"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thousand_groups_resync_flat_over_the_period_not_in_a_burst() {
+        let period = Duration::from_secs(100);
+        let mut s = Scheduler::new(period);
+        let t0 = Instant::now();
+        for r in s.add(names(1000)) {
+            s.finished(&r.group, Finished::Ok);
+        }
+        // Two periods of resyncs, each run finishing at once: 100 per 10 s, every 10 s.
+        let mut per_ten_seconds = [0u32; 20];
+        while t0.elapsed() < 2 * period {
+            let (r, after) = next(&mut s, t0).await;
+            let bucket = ((after.as_millis() - 1) / 10_000) as usize;
+            per_ten_seconds[bucket.min(19)] += 1;
+            s.finished(&r.group, Finished::Ok);
+        }
+        assert_eq!(per_ten_seconds, [100; 20]);
     }
 
     #[tokio::test(start_paused = true)]
