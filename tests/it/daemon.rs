@@ -33,6 +33,15 @@ fn write_root(dir: &Path, sb: &Sandbox, manifests: &str) -> PathBuf {
     dir.join("rosterd.yaml")
 }
 
+/// A tree with `groups/team.yaml` wanting bob beside alice.
+fn team_tree(sb: &Sandbox) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_root(dir.path(), sb, "groups/");
+    std::fs::create_dir(dir.path().join("groups")).unwrap();
+    std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+    (dir, cfg)
+}
+
 fn manifest(members: &[&str]) -> String {
     format!(
         "group: team\nprovider: cc\nid: team\nadmins: [alice]\nparticipants: [{}]\nmax_removals: 100\n",
@@ -76,16 +85,30 @@ struct Daemon {
 }
 
 fn start(config: &Path, resync: Duration) -> Daemon {
+    start_debounced(config, resync, Duration::from_millis(200))
+}
+
+/// A daemon whose safety rescan never comes within a test.
+fn start_debounced(config: &Path, resync: Duration, debounce: Duration) -> Daemon {
     let port = free_port();
     let mut opts = DaemonOptions::new(config);
     opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    opts.debounce = Duration::from_millis(200);
+    opts.debounce = debounce;
     opts.poll = Duration::from_secs(3600);
     opts.resync = Some(resync);
     opts.grace = Duration::from_secs(10);
     let stop = CancellationToken::new();
     let handle = tokio::spawn(run(opts, stop.clone()));
     Daemon { stop, handle, port }
+}
+
+/// Send SIGHUP to this test process (the daemon under test handles it).
+fn sighup() {
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
 }
 
 impl Daemon {
@@ -120,10 +143,7 @@ fn removed(sb: &Sandbox, who: &str) -> bool {
 async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_file() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let (dir, cfg) = team_tree(&sb);
         let d = start(&cfg, Duration::from_secs(1));
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
@@ -204,10 +224,7 @@ async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_
 async fn daemon_removes_nobody_when_a_manifest_is_deleted() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let (dir, cfg) = team_tree(&sb);
         let d = start(&cfg, Duration::from_millis(300));
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
@@ -285,10 +302,7 @@ async fn daemon_sees_atomic_saves_and_configmap_symlink_swaps() {
 async fn daemon_coalesces_quick_edits_into_one_run() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let (dir, cfg) = team_tree(&sb);
         let d = start(&cfg, Duration::from_secs(3600));
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
@@ -509,23 +523,9 @@ fn sample(metrics: &str, name: &str) -> u64 {
 async fn an_idle_daemon_reads_no_file_and_an_edit_writes_only_after_the_debounce() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let (dir, cfg) = team_tree(&sb);
         let debounce = Duration::from_millis(400);
-        let port = free_port();
-        let mut opts = DaemonOptions::new(&cfg);
-        opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
-        opts.debounce = debounce;
-        opts.poll = Duration::from_secs(3600);
-        opts.resync = Some(Duration::from_secs(3600));
-        let stop = CancellationToken::new();
-        let d = Daemon {
-            handle: tokio::spawn(run(opts, stop.clone())),
-            stop,
-            port,
-        };
+        let d = start_debounced(&cfg, Duration::from_secs(3600), debounce);
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
         })
@@ -588,23 +588,9 @@ async fn an_idle_daemon_reads_no_file_and_an_edit_writes_only_after_the_debounce
 async fn sighup_reloads_at_once_with_nothing_else_reading_the_files() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
-        let port = free_port();
-        let mut opts = DaemonOptions::new(&cfg);
-        opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        let (dir, cfg) = team_tree(&sb);
         // Neither the watcher (an hour's debounce) nor the safety rescan reads the files here.
-        opts.debounce = Duration::from_secs(3600);
-        opts.poll = Duration::from_secs(3600);
-        opts.resync = Some(Duration::from_secs(3600));
-        let stop = CancellationToken::new();
-        let d = Daemon {
-            handle: tokio::spawn(run(opts, stop.clone())),
-            stop,
-            port,
-        };
+        let d = start_debounced(&cfg, Duration::from_secs(3600), Duration::from_secs(3600));
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
         })
@@ -614,11 +600,7 @@ async fn sighup_reloads_at_once_with_nothing_else_reading_the_files() {
             manifest(&["bob", "carol"]),
         )
         .unwrap();
-        let hup = std::process::Command::new("kill")
-            .args(["-HUP", &std::process::id().to_string()])
-            .status()
-            .unwrap();
-        assert!(hup.success());
+        sighup();
         until(15, "the edit applied after SIGHUP", || {
             members(&sb) == ["alice", "bob", "carol"]
         })
@@ -653,28 +635,13 @@ async fn the_endpoints_answer_while_a_large_tree_is_rescanned() {
         std::fs::write(dir.path().join("people.yaml"), people).unwrap();
         std::fs::create_dir(dir.path().join("groups")).unwrap();
         std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
-        let port = free_port();
-        let mut opts = DaemonOptions::new(&cfg);
-        opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
-        opts.debounce = Duration::from_secs(3600);
-        opts.poll = Duration::from_secs(3600);
-        opts.resync = Some(Duration::from_secs(3600));
-        let stop = CancellationToken::new();
-        let d = Daemon {
-            handle: tokio::spawn(run(opts, stop.clone())),
-            stop,
-            port,
-        };
+        let d = start_debounced(&cfg, Duration::from_secs(3600), Duration::from_secs(3600));
         until(60, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
         })
         .await;
         let reads = sample(&d.get("/metrics").await.1, "rosterd_file_reads_total");
-        let hup = std::process::Command::new("kill")
-            .args(["-HUP", &std::process::id().to_string()])
-            .status()
-            .unwrap();
-        assert!(hup.success());
+        sighup();
         let started = Instant::now();
         let mut answered = Vec::new();
         for path in ["/status", "/readyz", "/metrics", "/healthz"] {

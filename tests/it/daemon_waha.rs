@@ -8,11 +8,12 @@ use std::time::Duration;
 use rosterd::daemon::{DaemonOptions, run};
 use rosterd::provider::Kind;
 use rosterd::sandbox::waha::{Engine, Group, Me, Overlimit, State, WaRole};
-use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
+use rosterd::sandbox::{Fault, FaultKind, Sandbox};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::bounded;
+use crate::waha::start as sandbox;
 
 const KEY: &str = "waha-daemon-key-5d1e0b7c9a3f";
 const ME_PHONE: &str = "491700000001";
@@ -62,17 +63,25 @@ fn world(overlimit: Option<Overlimit>) -> State {
     }
 }
 
-async fn sandbox(state: State) -> Sandbox {
-    Sandbox::start(
-        SandboxState {
-            waha: state,
-            ..SandboxState::default()
-        },
-        Ports::EPHEMERAL,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("sandbox starts")
+/// WhatsApp lets one add through per 10 hours: every add after the first is refused.
+fn full_window() -> State {
+    world(Some(Overlimit {
+        adds: 1,
+        per: Duration::from_secs(36_000),
+    }))
+}
+
+/// An in-process daemon on `cfg`.
+fn spawn(
+    cfg: &Path,
+    debounce: Duration,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(run(options(cfg, debounce), stop.clone()));
+    (stop, handle)
 }
 
 /// A tree with instance `wa`: group `a` adds members `adds`, group `b` holds the people.yaml
@@ -199,8 +208,7 @@ async fn a_people_edit_while_a_waha_group_applies_never_overlaps_writes_on_the_a
         );
         let dir = tempfile::tempdir().unwrap();
         let cfg = tree(dir.path(), &sb, "", 10..22, 1);
-        let stop = CancellationToken::new();
-        let daemon = tokio::spawn(run(options(&cfg, Duration::from_millis(100)), stop.clone()));
+        let (stop, daemon) = spawn(&cfg, Duration::from_millis(100));
         until(20, "a is applying", || writes_to(&sb, A) >= 2).await;
         // One more person in the team: b must run again, beside a, on the same account.
         people(dir.path(), 2);
@@ -251,11 +259,7 @@ async fn a_throttle_cooldown_survives_a_people_reload() {
     bounded(7200, async {
         // WhatsApp lets one add through per 10 hours: a's second add draws rate-overlimit, and
         // the client cools down for a minute (20% jitter: at least 48 s).
-        let sb = sandbox(world(Some(Overlimit {
-            adds: 1,
-            per: Duration::from_secs(36_000),
-        })))
-        .await;
+        let sb = sandbox(full_window()).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = tree(dir.path(), &sb, "", 10..12, 1);
         let stop = CancellationToken::new();
@@ -289,15 +293,10 @@ async fn a_throttle_cooldown_survives_a_people_reload() {
 #[tokio::test(start_paused = true)]
 async fn stopping_during_a_fifteen_minute_waha_cooldown_takes_under_two_seconds() {
     bounded(36_000, async {
-        let sb = sandbox(world(Some(Overlimit {
-            adds: 1,
-            per: Duration::from_secs(36_000),
-        })))
-        .await;
+        let sb = sandbox(full_window()).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = tree(dir.path(), &sb, "", 10..30, 1);
-        let stop = CancellationToken::new();
-        let daemon = tokio::spawn(run(options(&cfg, Duration::from_secs(3600)), stop.clone()));
+        let (stop, daemon) = spawn(&cfg, Duration::from_secs(3600));
         // Throttles in a row double the cooldown from a minute: the 5th reaches the 15-minute
         // cap (60 s · 2⁴ = 16 min, capped), and the 6th call waits on it.
         until_paused(|| throttled(&sb) == 5).await;
@@ -391,11 +390,7 @@ async fn sigterm_during_a_waha_cooldown_exits_0_within_two_seconds() {
     bounded(60, async {
         // The `rosterd run` process, end to end: its first throttle starts a cooldown of about
         // a minute, and SIGTERM lands in it.
-        let sb = sandbox(world(Some(Overlimit {
-            adds: 1,
-            per: Duration::from_secs(36_000),
-        })))
-        .await;
+        let sb = sandbox(full_window()).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = tree(dir.path(), &sb, "", 10..12, 1);
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rosterd"))

@@ -66,7 +66,7 @@ fn world(engine: Engine, groups: Vec<(&str, Vec<(String, WaRole)>)>) -> State {
     }
 }
 
-async fn start(state: State) -> Sandbox {
+pub(crate) async fn start(state: State) -> Sandbox {
     Sandbox::start(
         SandboxState {
             waha: state,
