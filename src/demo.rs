@@ -7,20 +7,15 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::config::secret::Secret;
 use crate::ctx::Ctx;
 use crate::model::{DesiredGroup, Outcome};
 use crate::plan::render;
-use crate::provider::cometchat::CometChat;
-use crate::provider::waha::Waha;
-use crate::provider::{Instance, Kind, KindSettings, Provider};
+use crate::provider::Instance;
 use crate::reconcile::{self, GroupStatus, Report, RunOptions, Target};
 use crate::sandbox::{Ports, Sandbox, SandboxState, default_state};
 
@@ -142,58 +137,7 @@ fn sandbox_target(
     instance.common.base_url = Some(base_url.to_string());
     instance.common.interval = None;
     instance.common.rate = Some(instance.common.rate.map_or(DEMO_RATE, |r| r.max(DEMO_RATE)));
-    let provider: Arc<dyn Provider> = match (&instance.settings, instance.kind) {
-        (KindSettings::Cometchat(s), Kind::Cometchat) => {
-            // The instance's app_id names the app in the seed; a seed with one app serves any.
-            let apps = &state.cometchat.apps;
-            let app = apps
-                .get(&s.app_id)
-                .or_else(|| {
-                    if apps.len() == 1 {
-                        apps.values().next()
-                    } else {
-                        None
-                    }
-                })
-                .with_context(|| {
-                    format!("the sandbox state has no CometChat app {:?}", s.app_id)
-                })?;
-            let client = CometChat::with_key(&instance, Secret::new(app.api_key.clone()))
-                .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
-            Arc::new(client)
-        }
-        (KindSettings::Tencent(s), Kind::Tencent) => {
-            let app = state.tencent.apps.get(&s.sdk_app_id).with_context(|| {
-                format!("the sandbox state has no Tencent app {}", s.sdk_app_id)
-            })?;
-            let client = crate::provider::tencent::Tencent::with_key(
-                &instance,
-                Secret::new(app.secret_key.clone()),
-            )
-            .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
-            Arc::new(client)
-        }
-        (KindSettings::Bitrix24(_), Kind::Bitrix24) => {
-            // The seed's webhook stands in for the instance's secret webhook_url.
-            let (code, user) = (state.bitrix24.webhooks.iter().next())
-                .context("the sandbox state has no Bitrix24 webhook")?;
-            let url = Secret::new(format!("{base_url}/rest/{user}/{code}/"));
-            let client = crate::provider::bitrix24::Bitrix24::with_webhook(&instance, url)
-                .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
-            Arc::new(client)
-        }
-        (KindSettings::Waha(_), Kind::Waha) => {
-            // WAHA's defaults pace writes at one per 10 s to keep a real account safe; the
-            // emulator needs none of that, and a throttle in it clears in milliseconds.
-            instance.common.interval = Some(std::time::Duration::ZERO);
-            let client = Waha::with_key(&instance, Secret::new(state.waha.api_key.clone()))
-                .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?
-                .with_throttle_cooldown(std::time::Duration::from_millis(100))
-                .map_err(|e| anyhow::anyhow!("provider {}: {e}", instance.name))?;
-            Arc::new(client)
-        }
-        _ => return Ok(None),
-    };
+    let provider = (instance.kind.spec().sandbox_client)(&mut instance, state)?;
     Ok(Some(Target::new(instance, provider)))
 }
 

@@ -1,5 +1,6 @@
 //! The vocabulary every layer shares: groups, members, roles, mutes, desired and live state,
-//! operations and batches. Plain data: no I/O, no clock.
+//! operations and batches, and what a provider kind can do ([`kind`]). Plain data: no I/O, no
+//! clock, nothing from `provider`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -7,7 +8,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::provider::Kind;
+pub mod kind;
+
+pub use kind::{BatchLimits, Capabilities, Kind, MuteSupport};
 
 /// A member's role in a group. The derived order is the rank: participant < moderator < admin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

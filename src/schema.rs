@@ -5,7 +5,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
 use crate::config::raw::{RawGroup, RawPeople, RawRoot};
-use crate::provider::{Kind, bitrix24, cometchat, tencent, waha};
+use crate::model::Kind;
 
 /// `{"rosterd.yaml": schema, "people.yaml": schema, "manifest": schema}`.
 pub fn schema() -> Value {
@@ -22,15 +22,9 @@ pub fn schema() -> Value {
         "protected": {"type": "array", "items": {"type": ["string", "integer"]}},
     });
     let variants: Vec<Value> = Kind::ALL
-        .into_iter()
-        .map(|k| {
-            let mut own = match k {
-                Kind::Cometchat => generator().into_root_schema_for::<cometchat::Settings>(),
-                Kind::Tencent => generator().into_root_schema_for::<tencent::Settings>(),
-                Kind::Waha => generator().into_root_schema_for::<waha::Settings>(),
-                Kind::Bitrix24 => generator().into_root_schema_for::<bitrix24::Settings>(),
-            }
-            .to_value();
+        .iter()
+        .map(|&k| {
+            let mut own = (k.spec().schema)().to_value();
             let mut props = own["properties"].take();
             for (key, v) in common.as_object().expect("an object") {
                 props[key] = v.clone();

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::model::{DesiredGroup, MemberId, Mute, RemovalLimit, Role, Unlisted};
-use crate::provider::{CommonSettings, Instance, Kind, KindSettings, MuteSupport};
+use crate::model::{DesiredGroup, Kind, MemberId, Mute, MuteSupport, RemovalLimit, Role, Unlisted};
+use crate::provider::{CommonSettings, Instance, SettingError, SettingsInput, rest};
 
 pub mod diag;
 pub mod raw;
@@ -266,8 +266,8 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
     // Keys of a person's ids: every instance name (valid or not) and every kind, each with
     // the kind whose id syntax applies.
     let mut id_keys: BTreeMap<String, Kind> = Kind::ALL
-        .into_iter()
-        .map(|k| (k.as_str().to_string(), k))
+        .iter()
+        .map(|&k| (k.as_str().to_string(), k))
         .collect();
     id_keys.extend(instances.iter().map(|(n, i)| (n.clone(), i.kind)));
     id_keys.extend(broken_kinds.iter().map(|(n, k)| (n.clone(), *k)));
@@ -381,19 +381,22 @@ const COMMON_KEYS: [&str; 8] = [
     "kind",
 ];
 
-/// One `providers:` entry: `kind`, the common keys, and the kind's own keys (declared by
-/// the kind's `Settings` in `src/provider/<kind>.rs`).
+/// One `providers:` entry: `kind`, the common keys, and the kind's own keys (parsed and
+/// checked by the kind's spec, every problem at the position of the key it concerns).
 fn instance(
     file: &Path,
     root: &Path,
     name: &str,
-    entry: &Spanned<BTreeMap<String, Spanned<serde_json::Value>>>,
+    entry: &Spanned<BTreeMap<String, Spanned<raw::Node>>>,
     diags: &mut Diagnostics,
 ) -> Result<Instance, Option<Kind>> {
     let before = diags.len();
-    let map = &entry.value;
-    let at = |key: &str| map.get(key).map_or(pos(entry), pos);
-    let Some(kind_v) = map.get("kind") else {
+    // The entry's values as plain data, each with its position.
+    let map: BTreeMap<&str, (serde_json::Value, (u64, u64))> = (entry.value.iter())
+        .map(|(k, v)| (k.as_str(), (v.value.to_json(), pos(v))))
+        .collect();
+    let at = |key: &str| map.get(key).map_or(pos(entry), |v| v.1);
+    let Some((kind_v, kind_at)) = map.get("kind") else {
         diags.push(Diagnostic::new(
             file,
             pos(entry),
@@ -401,42 +404,36 @@ fn instance(
         ));
         return Err(None);
     };
-    let Some(kind) = kind_v.value.as_str().and_then(Kind::parse) else {
+    let Some(kind) = kind_v.as_str().and_then(Kind::parse) else {
         diags.push(Diagnostic::new(
             file,
-            pos(kind_v),
+            *kind_at,
             format!(
-                "provider {name}: kind must be one of {}, found {}",
+                "provider {name}: kind must be one of {}, found {kind_v}",
                 kind_names(),
-                kind_v.value
             ),
         ));
         return Err(None);
     };
     let mut common = CommonSettings::default();
     let str_of = |key: &str, diags: &mut Diagnostics| -> Option<String> {
-        let v = map.get(key)?;
-        match v.value.as_str() {
+        let (v, at) = map.get(key)?;
+        match v.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
                 diags.push(Diagnostic::new(
                     file,
-                    pos(v),
-                    format!(
-                        "provider {name}: {key}: expected a string, found {}",
-                        v.value
-                    ),
+                    *at,
+                    format!("provider {name}: {key}: expected a string, found {v}"),
                 ));
                 None
             }
         }
     };
     if let Some(u) = str_of("base_url", diags) {
-        match reqwest::Url::parse(&u) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                common.base_url = Some(u.trim_end_matches('/').to_string())
-            }
-            _ => diags.push(Diagnostic::new(
+        match rest::parse_http_url(&u) {
+            Ok(_) => common.base_url = Some(u.trim().trim_end_matches('/').to_string()),
+            Err(_) => diags.push(Diagnostic::new(
                 file,
                 at("base_url"),
                 format!(
@@ -445,35 +442,31 @@ fn instance(
             )),
         }
     }
-    if let Some(v) = map.get("batch_size") {
-        match v.value.as_u64() {
+    if let Some((v, at)) = map.get("batch_size") {
+        match v.as_u64() {
             Some(n) if n >= 1 => common.batch_size = Some(n as usize),
             _ => diags.push(Diagnostic::new(
                 file,
-                pos(v),
-                format!(
-                    "provider {name}: batch_size: expected a positive integer, found {}",
-                    v.value
-                ),
+                *at,
+                format!("provider {name}: batch_size: expected a positive integer, found {v}"),
             )),
         }
     }
-    if let Some(v) = map.get("concurrency") {
-        match v.value.as_u64() {
+    if let Some((v, at)) = map.get("concurrency") {
+        match v.as_u64() {
             Some(n) if n >= 1 => common.concurrency = Some(n as usize),
             _ => diags.push(Diagnostic::new(
                 file,
-                pos(v),
+                *at,
                 format!(
-                    "provider {name}: concurrency: expected a positive integer (groups at a time), found {}",
-                    v.value
+                    "provider {name}: concurrency: expected a positive integer (groups at a time), found {v}"
                 ),
             )),
         }
     }
     for key in ["interval", "timeout"] {
         // A bare number (`interval: 5`) is a common slip; it gets the duration message too.
-        if let Some(s) = map.get(key).map(|v| scalar_text(&v.value)) {
+        if let Some(s) = map.get(key).map(|v| scalar_text(&v.0)) {
             match humantime::parse_duration(&s) {
                 Ok(d) if key == "interval" => common.interval = Some(d),
                 Ok(d) if !d.is_zero() => common.timeout = Some(d),
@@ -481,15 +474,15 @@ fn instance(
             }
         }
     }
-    if let Some(v) = map.get("rate") {
-        let text = scalar_text(&v.value);
+    if let Some((v, at)) = map.get("rate") {
+        let text = scalar_text(v);
         match parse_rate(&text) {
             Some(r) => common.rate = Some(r),
-            None => diags.push(Diagnostic::new(file, pos(v), format!("provider {name}: rate: expected requests per time such as 10/s or 600/m, found {text:?}"))),
+            None => diags.push(Diagnostic::new(file, *at, format!("provider {name}: rate: expected requests per time such as 10/s or 600/m, found {text:?}"))),
         }
     }
-    if let Some(v) = map.get("protected") {
-        match v.value.as_array() {
+    if let Some((v, at)) = map.get("protected") {
+        match v.as_array() {
             Some(items) => {
                 for it in items {
                     let raw = it
@@ -500,7 +493,7 @@ fn instance(
                         Ok(m) => common.protected.push(m),
                         Err(e) => diags.push(Diagnostic::new(
                             file,
-                            pos(v),
+                            *at,
                             format!("provider {name}: protected: expected {e}"),
                         )),
                     }
@@ -508,111 +501,85 @@ fn instance(
             }
             None => diags.push(Diagnostic::new(
                 file,
-                pos(v),
+                *at,
                 format!("provider {name}: protected: expected a list of ids"),
             )),
         }
     }
 
     // The kind's own keys, with relative secret files rooted at rosterd.yaml's folder.
-    let mut own = serde_json::Map::new();
-    for (k, v) in map {
-        if !COMMON_KEYS.contains(&k.as_str()) {
-            own.insert(k.clone(), root_secret_files(v.value.clone(), root));
+    let own: serde_json::Map<String, serde_json::Value> = (map.iter())
+        .filter(|(k, _)| !COMMON_KEYS.contains(k))
+        .map(|(k, (v, _))| (k.to_string(), root_secret_files(v.clone(), root)))
+        .collect();
+    let input = SettingsInput {
+        name,
+        root,
+        common: &common,
+        own: serde_json::Value::Object(own),
+    };
+    let settings = match (kind.spec().settings)(&input) {
+        Ok(s) => Some(s),
+        Err(errors) => {
+            for e in errors {
+                diags.push(setting_diagnostic(file, name, kind, entry, e));
+            }
+            None
         }
-    }
-    let own = serde_json::Value::Object(own);
-    let settings = match kind {
-        Kind::Cometchat => settings(own).map(KindSettings::Cometchat),
-        Kind::Tencent => settings(own).map(KindSettings::Tencent),
-        Kind::Waha => settings(own).map(KindSettings::Waha),
-        Kind::Bitrix24 => settings::<crate::provider::bitrix24::Settings>(own).and_then(|s| {
-            s.validated(root)
-                .map(KindSettings::Bitrix24)
-                .map_err(|e| (None, e))
+    };
+    match settings {
+        Some(settings) if diags.len() == before => Ok(Instance {
+            name: name.to_string(),
+            kind,
+            common,
+            settings,
         }),
-    };
-    let settings = match settings {
-        Ok(s) => s,
-        Err((key, msg)) => {
-            let where_ = key.as_deref().map_or(pos(entry), at);
-            let key = key.map(|k| format!("{k}: ")).unwrap_or_default();
-            diags.push(Diagnostic::new(
-                file,
-                where_,
-                format!("provider {name} ({kind}): {key}{msg}"),
-            ));
-            return Err(Some(kind));
+        _ => Err(Some(kind)),
+    }
+}
+
+/// A kind's settings problem at the position of the key it names: the deepest node of its
+/// path found in the entry (`oauth.endpoint`: the endpoint's value), else the entry.
+fn setting_diagnostic(
+    file: &Path,
+    name: &str,
+    kind: Kind,
+    entry: &Spanned<BTreeMap<String, Spanned<raw::Node>>>,
+    e: SettingError,
+) -> Diagnostic {
+    let mut at = pos(entry);
+    if let Some(key) = &e.key {
+        let path: Vec<&str> = key.split('.').collect();
+        if let Some(top) = entry.value.get(path[0]) {
+            at = pos(top);
+            for depth in (1..path.len()).rev() {
+                if let Some(node) = raw::Node::find(top, &path[1..=depth]) {
+                    at = pos(node);
+                    break;
+                }
+            }
         }
-    };
-    if kind == Kind::Waha && common.base_url.is_none() {
-        diags.push(Diagnostic::new(
-            file,
-            pos(entry),
-            format!("provider {name} (waha): base_url is required: the WAHA server's address"),
-        ));
     }
-    if diags.len() > before {
-        return Err(Some(kind));
-    }
-    Ok(Instance {
-        name: name.to_string(),
-        kind,
-        common,
-        settings,
-    })
+    let key = e.key.map(|k| format!("{k}: ")).unwrap_or_default();
+    Diagnostic::new(
+        file,
+        at,
+        format!("provider {name} ({kind}): {key}{}", e.message),
+    )
 }
 
 /// "cometchat, tencent, waha, bitrix24": every kind, so a new kind needs no edit here.
 fn kind_names() -> String {
-    Kind::ALL.map(Kind::as_str).join(", ")
+    Kind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A scalar as the text the user wrote: strings unquoted, numbers as digits.
 fn scalar_text(v: &serde_json::Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
-}
-
-/// Deserialize a kind's own keys; on error, the top-level key it concerns and the message.
-fn settings<T: serde::de::DeserializeOwned>(
-    v: serde_json::Value,
-) -> Result<T, (Option<String>, String)> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.inner().to_string();
-        let unknown = inner
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split('`').next());
-        // serde_path_to_error ends the path of an unknown key with that key, which the
-        // message names already.
-        let parent = match unknown {
-            Some(_) => path.rsplit_once('.').map_or("", |(p, _)| p),
-            None if path == "." => "",
-            None => &path,
-        };
-        if parent.is_empty() {
-            // A top-level unknown key: point at it. The kind's keys are not the only ones
-            // accepted, so the list names the common keys too.
-            let msg = if unknown.is_some() {
-                format!(
-                    "{inner} (or one of the common keys: base_url, batch_size, interval, rate, timeout, protected)"
-                )
-            } else {
-                inner.clone()
-            };
-            return (unknown.map(str::to_string), msg);
-        }
-        // Nested keys (`oauth.client_id`) point at their top-level key, the finest position
-        // kept for a kind's own keys; the message names the rest of the path.
-        let top = parent.split(['.', '[']).next().unwrap_or("").to_string();
-        let rest = parent.get(top.len()..).unwrap_or("").trim_start_matches('.');
-        let msg = if rest.is_empty() {
-            inner
-        } else {
-            format!("{rest}: {inner}")
-        };
-        (Some(top).filter(|k| !k.is_empty()), msg)
-    })
 }
 
 /// `{ file: relative }` secret references resolve against the folder of rosterd.yaml.

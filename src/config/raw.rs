@@ -58,6 +58,97 @@ impl JsonSchema for IdValue {
     }
 }
 
+/// A value of a `providers:` entry with the position of every node inside it, so a problem
+/// with a nested key (`oauth.endpoint`) points at that key's own value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Scalar(serde_json::Value),
+    Seq(Vec<Spanned<Node>>),
+    Map(BTreeMap<String, Spanned<Node>>),
+}
+
+impl Node {
+    /// The value as plain data, for a kind's serde `Settings`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Node::Scalar(v) => v.clone(),
+            Node::Seq(items) => items.iter().map(|i| i.value.to_json()).collect(),
+            Node::Map(m) => serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.value.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The node at `path` (keys below this one, e.g. `["endpoint"]`), if there is one.
+    pub fn find<'a>(this: &'a Spanned<Node>, path: &[&str]) -> Option<&'a Spanned<Node>> {
+        match path.split_first() {
+            None => Some(this),
+            Some((key, rest)) => match &this.value {
+                Node::Map(m) => Node::find(m.get(*key)?, rest),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Scalar(v.into()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Scalar(v.into()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::Scalar(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Node, E> {
+                Ok(Node::Scalar(
+                    serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into),
+                ))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Scalar(v.into()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Node, E> {
+                Ok(Node::Scalar(v.into()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Scalar(serde_json::Value::Null))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Scalar(serde_json::Value::Null))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+                Node::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = a.next_element::<Spanned<Node>>()? {
+                    items.push(item);
+                }
+                Ok(Node::Seq(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut m = BTreeMap::new();
+                while let Some((k, v)) = a.next_entry::<String, Spanned<Node>>()? {
+                    m.insert(k, v);
+                }
+                Ok(Node::Map(m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `manifests:` a folder, a file, or a list of them.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(
@@ -126,7 +217,7 @@ pub struct RawRoot {
     pub defaults: RawDefaults,
     /// Provider instances by name. Keys per kind are documented in the README.
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
-    pub providers: BTreeMap<String, Spanned<BTreeMap<String, Spanned<serde_json::Value>>>>,
+    pub providers: BTreeMap<String, Spanned<BTreeMap<String, Spanned<Node>>>>,
 }
 
 /// people.yaml.

@@ -125,7 +125,10 @@ fn secrets_and_timed_mutes() {
         Some(0),
         "an empty bans list is authoritative"
     );
-    let KindSettings::Tencent(t) = &c.instances["tim"].settings else {
+    let Some(t) = c.instances["tim"]
+        .settings
+        .get::<crate::provider::tencent::Settings>()
+    else {
         panic!("tencent settings")
     };
     assert_eq!(
@@ -308,7 +311,10 @@ fn bitrix24_needs_exactly_one_credential_and_roots_its_token_file() {
         &[("rosterd.yaml", &root(oauth)), ("groups/s.yaml", group)],
     );
     let cfg = load(&path).unwrap();
-    let crate::provider::KindSettings::Bitrix24(s) = &cfg.instances["b"].settings else {
+    let Some(s) = cfg.instances["b"]
+        .settings
+        .get::<crate::provider::bitrix24::Settings>()
+    else {
         panic!("a bitrix24 instance");
     };
     assert_eq!(
@@ -343,4 +349,73 @@ fn concurrency_is_a_positive_integer_on_the_instance_with_its_position() {
     let cfg = write(dir.path(), &[("rosterd.yaml", &root("12")), group]);
     let c = load(&cfg).unwrap();
     assert_eq!(c.instances["cc"].common.concurrency, Some(12));
+}
+
+/// The diagnostics of a tree whose rosterd.yaml declares `providers` (and one group per
+/// instance name in `groups`), with the folder removed from their paths.
+fn settings_mistakes(providers: &str, groups: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("manifests: groups/\nproviders:\n{providers}");
+    let path = write(
+        dir.path(),
+        &[("rosterd.yaml", &root), ("groups/g.yaml", groups)],
+    );
+    diags_text(&load(&path).unwrap_err(), dir.path())
+}
+
+#[test]
+fn a_wrong_cometchat_region_is_reported_at_validate_with_its_position() {
+    let text = settings_mistakes(
+        "  cc:\n    kind: cometchat\n    app_id: a\n    region: asia\n    api_key: { env: K }\n",
+        "group: g\nprovider: cc\nid: g\n",
+    );
+    assert_eq!(
+        text,
+        "rosterd.yaml:6:13: error: provider cc (cometchat): region: must be one of us, eu, in; found \"asia\"\n"
+    );
+    let text = settings_mistakes(
+        "  cc:\n    kind: cometchat\n    app_id: my.app\n    region: eu\n    api_key: { env: K }\n",
+        "group: g\nprovider: cc\nid: g\n",
+    );
+    assert_eq!(
+        text,
+        "rosterd.yaml:5:13: error: provider cc (cometchat): app_id: must be letters, digits and dashes; found \"my.app\"\n"
+    );
+}
+
+#[test]
+fn a_wrong_tencent_identifier_is_reported_at_validate_with_its_position() {
+    let text = settings_mistakes(
+        "  tim:\n    kind: tencent\n    sdk_app_id: 1\n    identifier: app admin\n    secret_key: { env: S }\n    region: mars\n",
+        "group: g\nprovider: tim\nid: g\n",
+    );
+    assert_eq!(
+        text,
+        "rosterd.yaml:6:17: error: provider tim (tencent): identifier: must be a Tencent UserID (the app admin: 1-32 characters of letters, digits, _ - @ .), found \"app admin\"\n\
+         rosterd.yaml:8:13: error: provider tim (tencent): region: must be one of china, guangzhou, singapore, seoul, korea, tokyo, frankfurt, germany, silicon-valley, usa, jakarta, mumbai, riyadh; found \"mars\"\n"
+    );
+}
+
+#[test]
+fn a_wrong_waha_session_is_reported_at_validate_with_its_position() {
+    let text = settings_mistakes(
+        "  wa:\n    kind: waha\n    base_url: http://127.0.0.1:3000\n    session: \"sales team\"\n    api_key: { env: W }\n",
+        "group: g\nprovider: wa\nid: 1203630001@g.us\n",
+    );
+    assert_eq!(
+        text,
+        "rosterd.yaml:6:14: error: provider wa (waha): session: expected a WAHA session name (`default` on WAHA Core; no spaces, /, ?, # or %), found \"sales team\"\n"
+    );
+}
+
+#[test]
+fn a_wrong_bitrix24_oauth_endpoint_is_reported_at_validate_at_the_nested_key() {
+    let text = settings_mistakes(
+        "  b:\n    kind: bitrix24\n    oauth:\n      client_id: c\n      endpoint: ftp://portal.bitrix24.com/rest/\n      client_secret: { env: S }\n      token_file: tokens.json\n",
+        "group: g\nprovider: b\nid: 42\n",
+    );
+    assert_eq!(
+        text,
+        "rosterd.yaml:7:17: error: provider b (bitrix24): oauth.endpoint: must be an http:// or https:// URL such as https://portal.bitrix24.com/rest/\n"
+    );
 }

@@ -11,7 +11,7 @@ pub use diff::{MUTE_END_TOLERANCE, apply_op, plan_group, simulate};
 use serde::Serialize;
 
 use crate::model::{Batch, DesiredGroup, GroupId, LiveGroup, MemberId, Op, OpKind};
-use crate::provider::{Capabilities, Kind, MuteSupport};
+use crate::model::{Capabilities, Kind, MuteSupport};
 
 /// The plan of one group.
 #[derive(Debug, Clone, PartialEq, Serialize)]

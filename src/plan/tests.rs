@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use proptest::prelude::*;
 
 use super::*;
+use crate::model::{Capabilities, Kind};
 use crate::model::{DesiredGroup, LiveGroup, MemberId, Mute, OpKind, RemovalLimit, Role, Unlisted};
-use crate::provider::{Capabilities, Kind};
 
 const NOW_SECS: u64 = 1_800_000_000;
 
@@ -528,15 +528,14 @@ fn arb_case() -> impl Strategy<Value = Case> {
                             .collect(),
                     );
                 }
-                if caps.mutes != crate::provider::MuteSupport::No && manage {
+                if caps.mutes != crate::model::MuteSupport::No && manage {
                     d.mutes = Some(
                         mutes
                             .into_iter()
                             .map(|(k, t)| {
                                 (
                                     m(&k),
-                                    if t == 0
-                                        || caps.mutes == crate::provider::MuteSupport::Indefinite
+                                    if t == 0 || caps.mutes == crate::model::MuteSupport::Indefinite
                                     {
                                         Mute::Indefinite
                                     } else {

@@ -30,9 +30,91 @@ use crate::config::secret::{Secret, SecretRef};
 use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Role};
 use crate::provider::http::{Call, HttpClient, HttpOptions, Renew, Response, Verdict};
+use crate::provider::spec::{self, KindSpec, SettingError, SettingsInput};
 use crate::provider::{
-    Capabilities, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError, RequestCounts,
+    BatchLimits, Capabilities, ErrorClass, Instance, Kind, KindSettings, MuteSupport, Provider,
+    ProviderError, RequestCounts, rest,
 };
+
+/// Bitrix24 chats as a kind: everything rosterd knows about it.
+pub static SPEC: KindSpec = KindSpec {
+    kind: Kind::Bitrix24,
+    caps: CAPS,
+    parse_member,
+    parse_group,
+    settings,
+    schema: spec::settings_schema::<Settings>,
+    connect: |i| Ok(std::sync::Arc::new(Bitrix24::new(i)?)),
+    sandbox_client: crate::sandbox::bitrix24::client,
+};
+
+const CAPS: Capabilities = Capabilities {
+    roles: &[Role::Admin, Role::Participant],
+    bans: false,
+    mutes: MuteSupport::No,
+    add_with_role: false,
+    transfer_owner: true,
+    // One planned batch is one `batch` request of at most 50 commands: adds carry 50 ids per
+    // command (the 50th command re-lists to verify), removals and manager changes one member
+    // per command (manager changes keep one command to verify), ownership one.
+    max_batch: BatchLimits::ONE
+        .with(OpKind::Add, MAX_ADDS_PER_REQUEST)
+        .with(OpKind::Remove, MAX_COMMANDS)
+        .with(OpKind::Promote, MAX_MANAGER_CHANGES)
+        .with(OpKind::Demote, MAX_MANAGER_CHANGES),
+    uniform_batch: crate::model::kind::never,
+    idempotent: crate::model::kind::always,
+};
+
+/// Bitrix24 user ids: positive integers.
+pub fn parse_member(raw: &str) -> Result<MemberId, String> {
+    let s = raw.trim();
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(MemberId(n.to_string())),
+        _ => Err(format!(
+            "a Bitrix24 user id (a positive integer), found {raw:?}"
+        )),
+    }
+}
+
+/// Bitrix24 chats: `42` or `chat42`, kept as the number.
+pub fn parse_group(raw: &str) -> Result<GroupId, String> {
+    let s = raw.trim();
+    let n = s.strip_prefix("chat").unwrap_or(s);
+    match n.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(GroupId(n.to_string())),
+        _ => Err(format!("a Bitrix24 chat id (42 or chat42), found {raw:?}")),
+    }
+}
+
+/// The kind's keys, checked: exactly one credential, an http(s) `oauth.endpoint`, and a
+/// relative `token_file` rooted at the folder of rosterd.yaml like every other path there
+/// (SPEC §2). The webhook URL is a secret reference, so its shape is checked when resolved.
+fn settings(input: &SettingsInput<'_>) -> Result<KindSettings, Vec<SettingError>> {
+    let mut s: Settings = spec::deserialize(&input.own).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    if s.webhook_url.is_some() == s.oauth.is_some() {
+        errors.push(SettingError::entry(
+            "give exactly one of webhook_url and oauth",
+        ));
+    }
+    if let Some(o) = &mut s.oauth {
+        if let Err(bad) = rest::parse_http_url(&o.endpoint) {
+            errors.push(SettingError::at(
+                "oauth.endpoint",
+                rest::url_message(&bad, "https://portal.bitrix24.com/rest/"),
+            ));
+        }
+        if o.token_file.is_relative() {
+            o.token_file = input.root.join(&o.token_file);
+        }
+    }
+    if errors.is_empty() {
+        Ok(KindSettings::new(s))
+    } else {
+        Err(errors)
+    }
+}
 
 /// Bitrix24's own keys in a `providers:` entry: a webhook URL or OAuth tokens.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -58,22 +140,6 @@ pub struct OAuth {
     pub client_secret: SecretRef,
     /// A file holding `{access_token, refresh_token}`; rosterd rewrites it after a refresh.
     pub token_file: PathBuf,
-}
-
-impl Settings {
-    /// Settle what serde cannot: exactly one way to authenticate, and a relative `token_file`
-    /// rooted at the folder of rosterd.yaml like every other path there (SPEC §2).
-    pub fn validated(mut self, root: &Path) -> Result<Self, String> {
-        if self.webhook_url.is_some() == self.oauth.is_some() {
-            return Err("give exactly one of webhook_url and oauth".to_string());
-        }
-        if let Some(o) = &mut self.oauth
-            && o.token_file.is_relative()
-        {
-            o.token_file = root.join(&o.token_file);
-        }
-        Ok(self)
-    }
 }
 
 /// Commands one `batch` request may carry (`BATCH_MAX_LENGTH`, bitrix24.md §3).
@@ -143,29 +209,26 @@ impl std::fmt::Debug for Bitrix24 {
             Auth::Webhook(_) => "webhook ***",
             Auth::OAuth(_) => "oauth ***",
         };
-        f.debug_struct("Bitrix24")
-            .field("instance", &self.instance)
-            .field("auth", &auth)
-            .finish_non_exhaustive()
+        rest::debug_client(
+            f,
+            "Bitrix24",
+            &[("instance", &self.instance), ("auth", &auth)],
+        )
     }
 }
 
 impl Bitrix24 {
     /// Build the client of a `bitrix24` instance, resolving its secrets now.
     pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
-        let s = settings_of(instance)?;
+        let s: &Settings = instance.settings()?;
         let name = &instance.name;
         match (&s.webhook_url, &s.oauth) {
             (Some(w), None) => {
-                let url = w.resolve().map_err(|e| {
-                    ProviderError::fatal(format!("provider {name}: webhook_url: {e}"))
-                })?;
+                let url = rest::resolve(name, "webhook_url", w)?;
                 Self::with_webhook(instance, url)
             }
             (None, Some(o)) => {
-                let secret = o.client_secret.resolve().map_err(|e| {
-                    ProviderError::fatal(format!("provider {name}: oauth.client_secret: {e}"))
-                })?;
+                let secret = rest::resolve(name, "oauth.client_secret", &o.client_secret)?;
                 Self::with_oauth(instance, secret)
             }
             _ => Err(ProviderError::fatal(format!(
@@ -185,7 +248,7 @@ impl Bitrix24 {
     /// the instance's `token_file`.
     pub fn with_oauth(instance: &Instance, client_secret: Secret) -> Result<Self, ProviderError> {
         let name = &instance.name;
-        let s = settings_of(instance)?;
+        let s: &Settings = instance.settings()?;
         let o = s
             .oauth
             .as_ref()
@@ -194,17 +257,13 @@ impl Bitrix24 {
         let rest = match over {
             Some(b) => format!("{}/rest/", b.trim_end_matches('/')),
             None => {
-                let u = reqwest::Url::parse(&o.endpoint).map_err(|_| {
+                rest::parse_http_url(&o.endpoint).map_err(|bad| {
                     ProviderError::fatal(format!(
-                        "provider {name}: oauth.endpoint must be a URL such as https://portal.bitrix24.com/rest/"
+                        "provider {name}: oauth.endpoint {}",
+                        rest::url_message(&bad, "https://portal.bitrix24.com/rest/")
                     ))
                 })?;
-                if !matches!(u.scheme(), "http" | "https") || u.cannot_be_a_base() {
-                    return Err(ProviderError::fatal(format!(
-                        "provider {name}: oauth.endpoint must be an http(s) URL"
-                    )));
-                }
-                format!("{}/", o.endpoint.trim_end_matches('/'))
+                format!("{}/", o.endpoint.trim().trim_end_matches('/'))
             }
         };
         let token_url = format!(
@@ -228,7 +287,7 @@ impl Bitrix24 {
     }
 
     fn build(instance: &Instance, auth: Auth) -> Result<Self, ProviderError> {
-        let burst = settings_of(instance)?.burst;
+        let burst = instance.settings::<Settings>()?.burst;
         let mut http = HttpClient::new(http_options(instance, burst))?;
         if let Auth::OAuth(o) = &auth {
             http = http.with_renewal(o.clone());
@@ -369,9 +428,7 @@ impl Bitrix24 {
                 (ErrorClass::Transient, None)
             }
             Some(_) => (ErrorClass::Fatal, None),
-            None if status == 429 => (ErrorClass::Throttled, None),
-            None if status >= 500 || status == 408 => (ErrorClass::Transient, None),
-            None => (ErrorClass::Fatal, None),
+            None => (rest::class_of_status(status), None),
         };
         ProviderError {
             class,
@@ -1010,17 +1067,6 @@ fn headers() -> HeaderMap {
     h
 }
 
-fn settings_of(instance: &Instance) -> Result<&Settings, ProviderError> {
-    match &instance.settings {
-        KindSettings::Bitrix24(s) => Ok(s),
-        other => Err(ProviderError::fatal(format!(
-            "provider {}: expected bitrix24 settings, found {}",
-            instance.name,
-            other.kind()
-        ))),
-    }
-}
-
 /// The webhook URL, checked and ending in `/`; `base_url` replaces its scheme, host and port.
 /// Errors never repeat the URL: its path is the credential.
 fn webhook_base(name: &str, raw: &str, over: Option<&str>) -> Result<String, ProviderError> {
@@ -1029,10 +1075,7 @@ fn webhook_base(name: &str, raw: &str, over: Option<&str>) -> Result<String, Pro
             "provider {name}: webhook_url must look like https://portal.bitrix24.com/rest/<user id>/<token>/"
         ))
     };
-    let url = reqwest::Url::parse(raw.trim()).map_err(|_| shape())?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(shape());
-    }
+    let url = rest::parse_http_url(raw).map_err(|_| shape())?;
     let segs: Vec<&str> = url
         .path_segments()
         .map(|s| s.filter(|x| !x.is_empty()).collect())
@@ -1049,14 +1092,7 @@ fn webhook_base(name: &str, raw: &str, over: Option<&str>) -> Result<String, Pro
     let origin = match over {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => {
-            let host = url.host_str().unwrap_or_default();
-            let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1");
-            if url.scheme() == "http" && !loopback {
-                tracing::warn!(
-                    instance = name,
-                    "webhook_url uses plain http to a host other than loopback: the token travels unencrypted"
-                );
-            }
+            rest::warn_plain_http(name, "webhook_url", &url);
             url.origin().ascii_serialization()
         }
     };
@@ -1268,7 +1304,7 @@ mod tests {
             name: "b24".into(),
             kind: Kind::Bitrix24,
             common: CommonSettings::default(),
-            settings: KindSettings::Bitrix24(Settings {
+            settings: KindSettings::new(Settings {
                 webhook_url: None,
                 oauth,
                 burst: None,
@@ -1297,6 +1333,14 @@ mod tests {
             let e = webhook_base("b", &bad, None).unwrap_err();
             assert!(!format!("{e} {e:?}").contains(TOKEN), "{e}");
         }
+    }
+
+    #[test]
+    fn bitrix_ids_are_positive_integers() {
+        assert_eq!(parse_member("17").unwrap().0, "17");
+        assert!(parse_member("0").is_err());
+        assert!(parse_member("bob").is_err());
+        assert_eq!(parse_group("chat42").unwrap().0, "42");
     }
 
     #[test]

@@ -17,11 +17,99 @@ use serde_json::{Value, json};
 
 use crate::config::secret::{Secret, SecretRef};
 use crate::ctx::Ctx;
-use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Role};
+use crate::model::{
+    Batch, BatchLimits, GroupId, LiveGroup, MemberId, MemberOutcome, MuteSupport, Op, OpKind, Role,
+};
 use crate::provider::http::{Call, HttpClient, HttpOptions, Response, Verdict};
+use crate::provider::spec::{self, KindSpec, SettingError, SettingsInput};
 use crate::provider::{
     Capabilities, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError, RequestCounts,
+    rest,
 };
+
+/// CometChat as a kind: everything rosterd knows about it.
+pub static SPEC: KindSpec = KindSpec {
+    kind: Kind::Cometchat,
+    caps: CAPS,
+    parse_member,
+    parse_group,
+    settings,
+    schema: spec::settings_schema::<Settings>,
+    connect: |i| Ok(std::sync::Arc::new(CometChat::new(i)?)),
+    sandbox_client: crate::sandbox::cometchat::client,
+};
+
+const CAPS: Capabilities = Capabilities {
+    roles: &[Role::Admin, Role::Moderator, Role::Participant],
+    bans: true,
+    mutes: MuteSupport::No,
+    add_with_role: true,
+    transfer_owner: true,
+    max_batch: BatchLimits::ONE
+        .with(OpKind::Add, MAX_IDS_PER_CALL)
+        .with(OpKind::Ban, MAX_IDS_PER_CALL),
+    uniform_batch: crate::model::kind::never,
+    idempotent: crate::model::kind::always,
+};
+
+/// CometChat UIDs: at most 100 of `a-z 0-9 _ -`, lower-cased by the service.
+pub fn parse_member(raw: &str) -> Result<MemberId, String> {
+    let s = raw.trim().to_ascii_lowercase();
+    if s.is_empty()
+        || s.len() > 100
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "a CometChat id (1-100 characters of a-z, 0-9, _ and -), found {raw:?}"
+        ));
+    }
+    Ok(MemberId(s))
+}
+
+/// CometChat GUIDs follow the UID syntax.
+pub fn parse_group(raw: &str) -> Result<GroupId, String> {
+    parse_member(raw).map(|m| GroupId(m.0))
+}
+
+/// The kind's keys, checked: `region` one of [`REGIONS`], `app_id` a host label.
+fn settings(input: &SettingsInput<'_>) -> Result<KindSettings, Vec<SettingError>> {
+    let s: Settings = spec::deserialize(&input.own).map_err(|e| vec![e])?;
+    let errors: Vec<SettingError> = [
+        check_region(&s.region).map_err(|m| SettingError::at("region", m)),
+        check_app_id(&s.app_id).map_err(|m| SettingError::at("app_id", m)),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
+    if errors.is_empty() {
+        Ok(KindSettings::new(s))
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_region(region: &str) -> Result<(), String> {
+    if REGIONS.contains(&region) {
+        return Ok(());
+    }
+    Err(format!(
+        "must be one of {}; found {region:?}",
+        REGIONS.join(", ")
+    ))
+}
+
+/// The app id is the first label of the API host, so it must be one.
+fn check_app_id(app_id: &str) -> Result<(), String> {
+    let app = app_id.trim();
+    if !app.is_empty() && app.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Ok(());
+    }
+    Err(format!(
+        "must be letters, digits and dashes; found {app_id:?}"
+    ))
+}
 
 /// CometChat's own keys in a `providers:` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -67,27 +155,29 @@ pub struct CometChat {
 
 impl std::fmt::Debug for CometChat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CometChat")
-            .field("instance", &self.instance)
-            .field("api_key", &self.api_key)
-            .field("page_size", &self.page_size)
-            .finish_non_exhaustive()
+        rest::debug_client(
+            f,
+            "CometChat",
+            &[
+                ("instance", &self.instance),
+                ("api_key", &self.api_key),
+                ("page_size", &self.page_size),
+            ],
+        )
     }
 }
 
 impl CometChat {
     /// Build the client of a `cometchat` instance, resolving its API key now.
     pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
-        let settings = settings_of(instance)?;
-        let key = settings.api_key.resolve().map_err(|e| {
-            ProviderError::fatal(format!("provider {}: api_key: {e}", instance.name))
-        })?;
+        let settings: &Settings = instance.settings()?;
+        let key = rest::resolve(&instance.name, "api_key", &settings.api_key)?;
         Self::with_key(instance, key)
     }
 
     /// Build the client with an already resolved key (the demo and tests hand one in).
     pub fn with_key(instance: &Instance, api_key: Secret) -> Result<Self, ProviderError> {
-        let settings = settings_of(instance)?;
+        let settings: &Settings = instance.settings()?;
         let base = base_url(
             &instance.name,
             instance.common.base_url.as_deref(),
@@ -111,20 +201,8 @@ impl CometChat {
 
     /// `{base}/{segments...}` with every segment percent-encoded.
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> String {
-        let mut url = self.base.clone();
-        {
-            // The base was checked to be a hierarchical http(s) URL in `base_url`.
-            let mut path = url.path_segments_mut().expect("base URL can have a path");
-            path.pop_if_empty();
-            path.extend(segments);
-        }
-        if !query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in query {
-                q.append_pair(k, v);
-            }
-        }
-        url.into()
+        let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        rest::url(&self.base, segments, &query).into()
     }
 
     fn headers(&self) -> HeaderMap {
@@ -132,8 +210,7 @@ impl CometChat {
         h.insert(ACCEPT, HeaderValue::from_static("application/json"));
         // A key that cannot be a header value (control characters) fails the call as a
         // config error below; the value itself is never echoed.
-        if let Ok(mut v) = HeaderValue::from_str(self.api_key.expose()) {
-            v.set_sensitive(true);
+        if let Some(v) = rest::sensitive_header(&self.api_key) {
             h.insert("apikey", v);
         }
         h
@@ -160,14 +237,8 @@ impl CometChat {
     }
 
     fn check_key(&self) -> Result<(), ProviderError> {
-        if HeaderValue::from_str(self.api_key.expose()).is_err() {
-            return Err(ProviderError::fatal(format!(
-                "provider {}: the api_key holds characters that cannot be sent in a header",
-                self.instance
-            ))
-            .with_code("AUTH_ERR_APIKEY_NOT_FOUND"));
-        }
-        Ok(())
+        rest::check_header(&self.instance, "api_key", &self.api_key)
+            .map_err(|e| e.with_code("AUTH_ERR_APIKEY_NOT_FOUND"))
     }
 
     /// Every page of a listing, until a page comes back shorter than asked for. `pagination.total`
@@ -320,47 +391,24 @@ impl CometChat {
     }
 }
 
-fn settings_of(instance: &Instance) -> Result<&Settings, ProviderError> {
-    match &instance.settings {
-        KindSettings::Cometchat(s) => Ok(s),
-        other => Err(ProviderError::fatal(format!(
-            "provider {}: expected cometchat settings, found {}",
-            instance.name,
-            other.kind()
-        ))),
-    }
-}
-
-/// `common.base_url`, else `https://{app_id}.api-{region}.cometchat.io/v3`.
+/// `common.base_url`, else `https://{app_id}.api-{region}.cometchat.io/v3`. Validation
+/// checked region and app id with their positions; an instance built by hand is checked here.
 fn base_url(name: &str, over: Option<&str>, s: &Settings) -> Result<reqwest::Url, ProviderError> {
     let raw = match over {
         Some(u) => u.to_string(),
         None => {
-            if !REGIONS.contains(&s.region.as_str()) {
-                return Err(ProviderError::fatal(format!(
-                    "provider {name}: region must be one of us, eu, in; found {:?}",
-                    s.region
-                )));
-            }
-            let app = s.app_id.trim();
-            if app.is_empty() || !app.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(ProviderError::fatal(format!(
-                    "provider {name}: app_id must be letters, digits and dashes; found {:?}",
-                    s.app_id
-                )));
-            }
-            format!("https://{app}.api-{}.cometchat.io/v3", s.region)
+            let bad =
+                |key: &str, m: String| ProviderError::fatal(format!("provider {name}: {key} {m}"));
+            check_region(&s.region).map_err(|m| bad("region", m))?;
+            check_app_id(&s.app_id).map_err(|m| bad("app_id", m))?;
+            format!(
+                "https://{}.api-{}.cometchat.io/v3",
+                s.app_id.trim(),
+                s.region
+            )
         }
     };
-    let url = reqwest::Url::parse(&raw).map_err(|e| {
-        ProviderError::fatal(format!("provider {name}: base_url is not a URL: {e}"))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(ProviderError::fatal(format!(
-            "provider {name}: base_url must be an http(s) URL"
-        )));
-    }
-    Ok(url)
+    rest::base_url(name, "base_url", &raw)
 }
 
 /// Pacing of one instance: its own settings, and 5 requests/s when it sets no rate.
@@ -508,8 +556,7 @@ pub fn classify_error(r: &Response, label: &str) -> ProviderError {
         Some(c) if c.starts_with("AUTH_ERR") => ErrorClass::Fatal,
         // Every other coded answer is a decision of the service, not a passing fault.
         Some(_) => ErrorClass::Fatal,
-        None if r.status >= 500 || r.status == 408 => ErrorClass::Transient,
-        None => ErrorClass::Fatal,
+        None => rest::class_of_status(r.status),
     };
     let retry_after = if class == ErrorClass::Throttled {
         throttle_wait(&r.headers, r.received)
@@ -705,7 +752,7 @@ mod tests {
                 base_url: base_url.map(String::from),
                 ..CommonSettings::default()
             },
-            settings: KindSettings::Cometchat(Settings {
+            settings: KindSettings::new(Settings {
                 app_id: "abc123".into(),
                 region: region.into(),
                 api_key: SecretRef::Env("ROSTERD_TEST_UNUSED".into()),
@@ -763,6 +810,13 @@ mod tests {
         let err = CometChat::new(&instance(None, "us")).unwrap_err();
         assert_eq!(err.class, ErrorClass::Fatal);
         assert!(err.message.contains("ROSTERD_TEST_UNUSED"), "{err}");
+    }
+
+    #[test]
+    fn cometchat_ids_are_lowercased_and_checked() {
+        assert_eq!(parse_member("Alice").unwrap().0, "alice");
+        assert!(parse_member("al ice").is_err());
+        assert!(parse_member("").is_err());
     }
 
     #[test]

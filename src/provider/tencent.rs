@@ -24,12 +24,111 @@ use crate::config::secret::{Secret, SecretRef};
 use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Mute, Op, OpKind, Role};
 use crate::provider::http::{Call, HttpClient, HttpOptions, Renew, Response, Verdict};
+use crate::provider::spec::{self, KindSpec, SettingError, SettingsInput};
 use crate::provider::{
     BatchLimits, Capabilities, ErrorClass, Instance, Kind, KindSettings, MuteSupport, Provider,
-    ProviderError, RequestCounts, TENCENT_CAPS,
+    ProviderError, RequestCounts, rest,
 };
 
 pub mod usersig;
+
+/// Tencent Cloud Chat as a kind: everything rosterd knows about it.
+pub static SPEC: KindSpec = KindSpec {
+    kind: Kind::Tencent,
+    caps: CAPS,
+    parse_member,
+    parse_group,
+    settings,
+    schema: spec::settings_schema::<Settings>,
+    connect: |i| Ok(Arc::new(Tencent::new(i)?)),
+    sandbox_client: crate::sandbox::tencent::client,
+};
+
+/// The kind's capabilities; a group's type narrows them ([`Provider::capabilities_for`]).
+pub const CAPS: Capabilities = Capabilities {
+    roles: &[Role::Admin, Role::Participant],
+    bans: true,
+    mutes: MuteSupport::Timed,
+    add_with_role: false,
+    transfer_owner: true,
+    max_batch: BatchLimits::ONE
+        .with(OpKind::Add, 20)
+        .with(OpKind::Ban, 20)
+        .with(OpKind::Unban, 20)
+        .with(OpKind::Remove, 100)
+        .with(OpKind::Mute, 500)
+        .with(OpKind::Unmute, 500),
+    uniform_batch: |k| matches!(k, OpKind::Mute),
+    idempotent: crate::model::kind::always,
+};
+
+/// Tencent UserIDs: at most 32 bytes of letters, digits, `_`, `-`, `@` and `.` (case-sensitive).
+pub fn parse_member(raw: &str) -> Result<MemberId, String> {
+    let s = raw.trim();
+    if ids_invalid(s) {
+        return Err(format!(
+            "a Tencent UserID (1-32 characters of letters, digits, _ - @ .), found {raw:?}"
+        ));
+    }
+    Ok(MemberId(s.to_string()))
+}
+
+pub fn parse_group(raw: &str) -> Result<GroupId, String> {
+    let s = raw.trim();
+    if s.is_empty() || s.len() > 48 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "a Tencent GroupId (1-48 characters, no spaces), found {raw:?}"
+        ));
+    }
+    Ok(GroupId(s.to_string()))
+}
+
+/// The kind's keys, checked: `identifier` a UserID, `region` a known one (or `base_url` set).
+fn settings(input: &SettingsInput<'_>) -> Result<KindSettings, Vec<SettingError>> {
+    let s: Settings = spec::deserialize(&input.own).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    if let Err(m) = check_identifier(&s.identifier) {
+        errors.push(SettingError::at("identifier", m));
+    }
+    match &s.region {
+        Some(r) => {
+            if let Err(m) = region_domain(r) {
+                errors.push(SettingError::at("region", m));
+            }
+        }
+        None if input.common.base_url.is_none() => errors.push(SettingError::entry(
+            "set region (e.g. singapore) or base_url",
+        )),
+        None => {}
+    }
+    if errors.is_empty() {
+        Ok(KindSettings::new(s))
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_identifier(identifier: &str) -> Result<(), String> {
+    if ids_invalid(identifier) {
+        return Err(format!(
+            "must be a Tencent UserID (the app admin: 1-32 characters of letters, digits, _ - @ .), found {identifier:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The REST domain of a region name (any case).
+fn region_domain(region: &str) -> Result<&'static str, String> {
+    let r = region.trim().to_ascii_lowercase();
+    REGIONS
+        .iter()
+        .find(|(n, _)| *n == r)
+        .map(|(_, d)| *d)
+        .ok_or_else(|| {
+            let names: Vec<&str> = REGIONS.iter().map(|(n, _)| *n).collect();
+            format!("must be one of {}; found {r:?}", names.join(", "))
+        })
+}
 
 /// Tencent's own keys in a `providers:` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -156,7 +255,7 @@ impl GroupType {
 /// The per-call maxima in force for one instance: the kind's defaults, raised or lowered by
 /// the instance's `max_batch` (the documentation disagrees across versions, tencent.md §3).
 fn maxima(m: Option<MaxBatch>) -> BatchLimits {
-    let d = TENCENT_CAPS.max_batch;
+    let d = CAPS.max_batch;
     let m = m.unwrap_or_default();
     let mute = m.mute.unwrap_or(d.get(OpKind::Mute));
     let ban = m.ban.unwrap_or(d.get(OpKind::Ban));
@@ -250,36 +349,35 @@ pub struct Tencent {
 
 impl std::fmt::Debug for Tencent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tencent")
-            .field("instance", &self.instance)
-            .field("sdk_app_id", &self.sdk_app_id)
-            .field("identifier", &self.identifier)
-            .field("secret_key", &self.sigs.secret)
-            .field("page_size", &self.page_size)
-            .finish_non_exhaustive()
+        rest::debug_client(
+            f,
+            "Tencent",
+            &[
+                ("instance", &self.instance),
+                ("sdk_app_id", &self.sdk_app_id),
+                ("identifier", &self.identifier),
+                ("secret_key", &self.sigs.secret),
+                ("page_size", &self.page_size),
+            ],
+        )
     }
 }
 
 impl Tencent {
     /// Build the client of a `tencent` instance, resolving its secret key now.
     pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
-        let settings = settings_of(instance)?;
-        let key = settings.secret_key.resolve().map_err(|e| {
-            ProviderError::fatal(format!("provider {}: secret_key: {e}", instance.name))
-        })?;
+        let settings: &Settings = instance.settings()?;
+        let key = rest::resolve(&instance.name, "secret_key", &settings.secret_key)?;
         Self::with_key(instance, key)
     }
 
     /// Build the client with an already resolved key (the demo and tests hand one in).
     pub fn with_key(instance: &Instance, secret: Secret) -> Result<Self, ProviderError> {
-        let s = settings_of(instance)?;
+        let s: &Settings = instance.settings()?;
         let base = base_url(&instance.name, instance.common.base_url.as_deref(), s)?;
-        if ids_invalid(&s.identifier) {
-            return Err(ProviderError::fatal(format!(
-                "provider {}: identifier must be a Tencent UserID (the app admin), found {:?}",
-                instance.name, s.identifier
-            )));
-        }
+        check_identifier(&s.identifier).map_err(|m| {
+            ProviderError::fatal(format!("provider {}: identifier {m}", instance.name))
+        })?;
         let max_batch = maxima(s.max_batch);
         let sigs = Arc::new(Sigs {
             sdk_app_id: s.sdk_app_id,
@@ -307,20 +405,20 @@ impl Tencent {
     }
 
     fn url(&self, command: &str, sig: &str) -> String {
-        let mut url = self.base.clone();
-        {
-            // The base was checked to be a hierarchical http(s) URL in `base_url`.
-            let mut path = url.path_segments_mut().expect("base URL can have a path");
-            path.pop_if_empty();
-            path.extend(["v4", "group_open_http_svc", command]);
-        }
-        url.query_pairs_mut()
-            .append_pair("sdkappid", &self.sdk_app_id.to_string())
-            .append_pair("identifier", &self.identifier)
-            .append_pair("usersig", sig)
-            .append_pair("random", &rand::random::<u32>().to_string())
-            .append_pair("contenttype", "json");
-        url.into()
+        let app = self.sdk_app_id.to_string();
+        let random = rand::random::<u32>().to_string();
+        rest::url(
+            &self.base,
+            &["v4", "group_open_http_svc", command],
+            &[
+                ("sdkappid", &app),
+                ("identifier", &self.identifier),
+                ("usersig", sig),
+                ("random", &random),
+                ("contenttype", "json"),
+            ],
+        )
+        .into()
     }
 
     /// One command: the envelope's fields on `ErrorCode` 0, else the classified error. An
@@ -744,8 +842,14 @@ fn verdict<T>(r: Result<T, ProviderError>) -> Verdict<T> {
     }
 }
 
+/// Whether a text is not a Tencent UserID (surrounding spaces aside).
 fn ids_invalid(s: &str) -> bool {
-    crate::provider::ids::tencent(s).is_err()
+    let s = s.trim();
+    s.is_empty()
+        || s.len() > 32
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'@' || b == b'.')
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -773,34 +877,14 @@ fn json_headers() -> HeaderMap {
     h
 }
 
-fn settings_of(instance: &Instance) -> Result<&Settings, ProviderError> {
-    match &instance.settings {
-        KindSettings::Tencent(s) => Ok(s),
-        other => Err(ProviderError::fatal(format!(
-            "provider {}: expected tencent settings, found {}",
-            instance.name,
-            other.kind()
-        ))),
-    }
-}
-
-/// `common.base_url`, else `https://{the region's domain}`.
+/// `common.base_url`, else `https://{the region's domain}`. Validation checked the region
+/// with its position; an instance built by hand is checked here.
 fn base_url(name: &str, over: Option<&str>, s: &Settings) -> Result<reqwest::Url, ProviderError> {
     let raw = match (over, s.region.as_deref()) {
         (Some(u), _) => u.to_string(),
         (None, Some(r)) => {
-            let r = r.trim().to_ascii_lowercase();
-            let domain = REGIONS
-                .iter()
-                .find(|(n, _)| *n == r)
-                .map(|(_, d)| *d)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = REGIONS.iter().map(|(n, _)| *n).collect();
-                    ProviderError::fatal(format!(
-                        "provider {name}: region must be one of {}; found {r:?}",
-                        names.join(", ")
-                    ))
-                })?;
+            let domain = region_domain(r)
+                .map_err(|m| ProviderError::fatal(format!("provider {name}: region {m}")))?;
             format!("https://{domain}")
         }
         (None, None) => {
@@ -809,15 +893,7 @@ fn base_url(name: &str, over: Option<&str>, s: &Settings) -> Result<reqwest::Url
             )));
         }
     };
-    let url = reqwest::Url::parse(&raw).map_err(|e| {
-        ProviderError::fatal(format!("provider {name}: base_url is not a URL: {e}"))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(ProviderError::fatal(format!(
-            "provider {name}: base_url must be an http(s) URL"
-        )));
-    }
-    Ok(url)
+    rest::base_url(name, "base_url", &raw)
 }
 
 /// Pacing of one instance: its own settings, else 20 requests/s; backoff from 250 ms capped at
@@ -859,10 +935,11 @@ fn classify(
 ) -> Result<Value, ProviderError> {
     if r.status != 200 {
         let msg = format!("{label}: HTTP {}", r.status);
-        return Err(match r.status {
-            429 => ProviderError::throttled(msg, crate::provider::http::retry_after(&r.headers)),
-            408 | 500.. => ProviderError::transient(msg),
-            _ => ProviderError::fatal(msg),
+        return Err(ProviderError {
+            class: rest::class_of_status(r.status),
+            code: None,
+            message: msg,
+            retry_after: crate::provider::http::retry_after(&r.headers),
         });
     }
     let v: Value = r.json()?;
@@ -1044,7 +1121,7 @@ mod tests {
                 base_url: base_url.map(String::from),
                 ..CommonSettings::default()
             },
-            settings: KindSettings::Tencent(Settings {
+            settings: KindSettings::new(Settings {
                 sdk_app_id: 1_400_000_000,
                 identifier: "administrator".into(),
                 secret_key: SecretRef::Env("ROSTERD_TEST_UNUSED_TENCENT".into()),

@@ -32,9 +32,135 @@ use crate::config::secret::{Secret, SecretRef};
 use crate::ctx::Ctx;
 use crate::model::{Batch, GroupId, LiveGroup, MemberId, MemberOutcome, Op, OpKind, Role};
 use crate::provider::http::{Call, HttpClient, HttpOptions, Response, Verdict};
+use crate::provider::spec::{self, KindSpec, SettingError, SettingsInput};
 use crate::provider::{
-    Capabilities, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError, RequestCounts,
+    BatchLimits, Capabilities, ErrorClass, Instance, Kind, KindSettings, MuteSupport, Provider,
+    ProviderError, RequestCounts, rest,
 };
+
+/// WhatsApp through WAHA as a kind: everything rosterd knows about it.
+pub static SPEC: KindSpec = KindSpec {
+    kind: Kind::Waha,
+    caps: CAPS,
+    parse_member,
+    parse_group,
+    settings,
+    schema: spec::settings_schema::<Settings>,
+    connect: |i| Ok(std::sync::Arc::new(Waha::new(i)?)),
+    sandbox_client: crate::sandbox::waha::client,
+};
+
+const CAPS: Capabilities = Capabilities {
+    roles: &[Role::Admin, Role::Participant],
+    bans: false,
+    mutes: MuteSupport::No,
+    add_with_role: false,
+    transfer_owner: false,
+    // WhatsApp documents no per-call cap; 20 keeps one WEBJS call under ~20 s (waha.md §5).
+    max_batch: BatchLimits::ONE
+        .with(OpKind::Add, 20)
+        .with(OpKind::Remove, 20)
+        .with(OpKind::Promote, 20)
+        .with(OpKind::Demote, 20),
+    uniform_batch: crate::model::kind::never,
+    // Every repeated add notifies the group and counts towards anti-spam limits; only reads
+    // are retried blindly, writes are verified by re-reading instead.
+    idempotent: |k| !matches!(k, OpKind::Add),
+};
+
+/// WhatsApp members: a phone number (with `+`, spaces, dashes, dots or brackets) normalised
+/// to `<digits>@c.us`, or an explicit `<digits>@c.us`. A hidden `@lid` is refused: the
+/// client keys every member whose phone it can learn by that phone, so a manifest naming the
+/// lid would see that member as unlisted and remove it; members whose phone stays unknown
+/// are kept and reported without being named.
+pub fn parse_member(raw: &str) -> Result<MemberId, String> {
+    let s = raw.trim();
+    let expected = || {
+        format!(
+            "a phone number in international form (e.g. \"+49 151 2345678\") or a WhatsApp id \
+             (<digits>@c.us), found {raw:?}"
+        )
+    };
+    if let Some((user, server)) = s.split_once('@') {
+        let server = match server {
+            "c.us" | "s.whatsapp.net" => "c.us",
+            "lid" => {
+                return Err(format!(
+                    "a phone number, not a hidden WhatsApp id: {raw:?} is an @lid, which \
+                     names nobody rosterd can match safely; use the member's phone number \
+                     (members WAHA lists only under a lid are kept and reported)"
+                ));
+            }
+            _ => return Err(expected()),
+        };
+        if user.is_empty() || !user.bytes().all(|b| b.is_ascii_digit()) || user.len() > 20 {
+            return Err(expected());
+        }
+        return Ok(MemberId(format!("{user}@{server}")));
+    }
+    let mut digits = String::new();
+    for (i, c) in s.chars().enumerate() {
+        match c {
+            '0'..='9' => digits.push(c),
+            '+' if i == 0 => {}
+            ' ' | '-' | '.' | '(' | ')' => {}
+            _ => return Err(expected()),
+        }
+    }
+    if !(7..=15).contains(&digits.len()) || digits.starts_with('0') {
+        return Err(expected());
+    }
+    Ok(MemberId(format!("{digits}@c.us")))
+}
+
+pub fn parse_group(raw: &str) -> Result<GroupId, String> {
+    let s = raw.trim();
+    let ok = s.strip_suffix("@g.us").is_some_and(|user| {
+        !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+    });
+    if !ok {
+        return Err(format!(
+            "a WhatsApp group id (<digits>@g.us), found {raw:?}"
+        ));
+    }
+    Ok(GroupId(s.to_string()))
+}
+
+/// The kind's keys, checked: a `session` name that can be a path segment, and `base_url`
+/// (a common key) set, since a WAHA server has no public address.
+fn settings(input: &SettingsInput<'_>) -> Result<KindSettings, Vec<SettingError>> {
+    let s: Settings = spec::deserialize(&input.own).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    if let Err(m) = check_session(&s.session) {
+        errors.push(SettingError::at("session", m));
+    }
+    if input.common.base_url.is_none() {
+        errors.push(SettingError::entry(
+            "base_url is required: the WAHA server's address",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(KindSettings::new(s))
+    } else {
+        Err(errors)
+    }
+}
+
+/// A session name is one segment of every route: not empty, and nothing a path would split
+/// or hide (spaces, `/`, `?`, `#`, `%`, control characters).
+fn check_session(session: &str) -> Result<(), String> {
+    let s = session.trim();
+    if !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '?' | '#' | '%'))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "expected a WAHA session name (`default` on WAHA Core; no spaces, /, ?, # or %), found {session:?}"
+    ))
+}
 
 /// WAHA's own keys in a `providers:` entry (`base_url` is a common key and required here).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -151,36 +277,35 @@ pub struct Waha {
 
 impl std::fmt::Debug for Waha {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waha")
-            .field("instance", &self.instance)
-            .field("session", &self.session)
-            .field("api_key", &self.api_key)
-            .field("add_batch", &self.add_batch)
-            .finish_non_exhaustive()
+        rest::debug_client(
+            f,
+            "Waha",
+            &[
+                ("instance", &self.instance),
+                ("session", &self.session),
+                ("api_key", &self.api_key),
+                ("add_batch", &self.add_batch),
+            ],
+        )
     }
 }
 
 impl Waha {
     /// Build the client of a `waha` instance, resolving its API key now.
     pub fn new(instance: &Instance) -> Result<Self, ProviderError> {
-        let settings = settings_of(instance)?;
-        let key = settings.api_key.resolve().map_err(|e| {
-            ProviderError::fatal(format!("provider {}: api_key: {e}", instance.name))
-        })?;
+        let settings: &Settings = instance.settings()?;
+        let key = rest::resolve(&instance.name, "api_key", &settings.api_key)?;
         Self::with_key(instance, key)
     }
 
     /// Build the client with an already resolved key (the demo and tests hand one in).
     pub fn with_key(instance: &Instance, api_key: Secret) -> Result<Self, ProviderError> {
-        let settings = settings_of(instance)?;
+        let settings: &Settings = instance.settings()?;
         let base = base_url(&instance.name, instance.common.base_url.as_deref())?;
+        check_session(&settings.session).map_err(|m| {
+            ProviderError::fatal(format!("provider {}: session: {m}", instance.name))
+        })?;
         let session = settings.session.trim().to_string();
-        if session.is_empty() {
-            return Err(ProviderError::fatal(format!(
-                "provider {}: session must not be empty",
-                instance.name
-            )));
-        }
         let http = HttpClient::new(http_options(instance))?;
         Ok(Waha {
             instance: instance.name.clone(),
@@ -238,20 +363,8 @@ impl Waha {
     }
 
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> String {
-        let mut url = self.base.clone();
-        {
-            // The base was checked to be a hierarchical http(s) URL in `base_url`.
-            let mut path = url.path_segments_mut().expect("base URL can have a path");
-            path.pop_if_empty();
-            path.extend(segments);
-        }
-        if !query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in query {
-                q.append_pair(k, v);
-            }
-        }
-        url.into()
+        let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        rest::url(&self.base, segments, &query).into()
     }
 
     fn group_url(&self, group: &GroupId, tail: &[&str]) -> String {
@@ -264,21 +377,14 @@ impl Waha {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static("application/json"));
         // A key that cannot be a header value fails in `check_key`; its value is never echoed.
-        if let Ok(mut v) = HeaderValue::from_str(self.api_key.expose()) {
-            v.set_sensitive(true);
+        if let Some(v) = rest::sensitive_header(&self.api_key) {
             h.insert("x-api-key", v);
         }
         h
     }
 
     fn check_key(&self) -> Result<(), ProviderError> {
-        if HeaderValue::from_str(self.api_key.expose()).is_err() {
-            return Err(ProviderError::fatal(format!(
-                "provider {}: the api_key holds characters that cannot be sent in a header",
-                self.instance
-            )));
-        }
-        Ok(())
+        rest::check_header(&self.instance, "api_key", &self.api_key)
     }
 
     fn call(&self, method: Method, url: String, body: Option<Value>, kind: Option<OpKind>) -> Call {
@@ -542,31 +648,13 @@ impl Waha {
     }
 }
 
-fn settings_of(instance: &Instance) -> Result<&Settings, ProviderError> {
-    match &instance.settings {
-        KindSettings::Waha(s) => Ok(s),
-        other => Err(ProviderError::fatal(format!(
-            "provider {}: expected waha settings, found {}",
-            instance.name,
-            other.kind()
-        ))),
-    }
-}
-
 fn base_url(name: &str, raw: Option<&str>) -> Result<reqwest::Url, ProviderError> {
     let raw = raw.ok_or_else(|| {
         ProviderError::fatal(format!(
             "provider {name}: base_url is required: the WAHA server's address"
         ))
     })?;
-    let mut url = reqwest::Url::parse(raw).map_err(|e| {
-        ProviderError::fatal(format!("provider {name}: base_url is not a URL: {e}"))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(ProviderError::fatal(format!(
-            "provider {name}: base_url must be an http(s) URL"
-        )));
-    }
+    let mut url = rest::base_url(name, "base_url", raw)?;
     // Every route starts with /api/; a base that already ends in it would double it.
     if url.path().trim_end_matches('/').ends_with("/api") {
         let p = url
@@ -596,7 +684,7 @@ fn add_batch(instance: &Instance) -> usize {
         .common
         .batch_size
         .unwrap_or(DEFAULT_ADD_BATCH)
-        .clamp(1, crate::provider::WAHA_CAPS.max_batch.get(OpKind::Add))
+        .clamp(1, CAPS.max_batch.get(OpKind::Add))
 }
 
 fn is_success(status: u16) -> bool {
@@ -968,9 +1056,7 @@ pub fn classify_error(r: &Response, label: &str) -> ProviderError {
         500 if lower.contains("expected at least 1 children") => {
             (ErrorClass::Fatal, Some("no-such-member"))
         }
-        429 => (ErrorClass::Throttled, None),
-        s if s >= 500 || s == 408 => (ErrorClass::Transient, None),
-        _ => (ErrorClass::Fatal, None),
+        s => (rest::class_of_status(s), None),
     };
     let e = ProviderError {
         class,
@@ -1110,4 +1196,28 @@ impl Provider for Waha {
 pub fn default_add_time(n: usize, batch: Option<usize>) -> Duration {
     let calls = n.div_ceil(batch.unwrap_or(DEFAULT_ADD_BATCH).max(1));
     DEFAULT_INTERVAL * calls.saturating_sub(1) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waha_numbers_normalise_to_jids() {
+        assert_eq!(
+            parse_member("+49 151 2345678").unwrap().0,
+            "491512345678@c.us"
+        );
+        assert_eq!(
+            parse_member("+1 (555) 010-9999").unwrap().0,
+            "15550109999@c.us"
+        );
+        assert_eq!(
+            parse_member("491512345678@s.whatsapp.net").unwrap().0,
+            "491512345678@c.us"
+        );
+        assert!(parse_member("12345@lid").unwrap_err().contains("@lid"));
+        assert!(parse_member("alice").is_err());
+        assert!(parse_member("+49 151").is_err());
+    }
 }

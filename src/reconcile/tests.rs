@@ -49,7 +49,7 @@ fn targets(p: Arc<MemoryProvider>) -> BTreeMap<String, Target> {
         name: "cc".to_string(),
         kind: Kind::Cometchat,
         common: CommonSettings::default(),
-        settings: KindSettings::Cometchat(cometchat::Settings {
+        settings: KindSettings::new(cometchat::Settings {
             app_id: "app".to_string(),
             region: "eu".to_string(),
             api_key: SecretRef::Env("UNUSED".to_string()),

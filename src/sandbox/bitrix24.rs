@@ -1290,6 +1290,35 @@ fn deny_kick(legacy: bool) -> Failure {
     }
 }
 
+impl super::Emulator for Bitrix24Emulator {
+    type State = State;
+    const KIND: crate::model::Kind = crate::model::Kind::Bitrix24;
+    const PREFIX: &'static str = "";
+    const FIXED_PORT: u16 = 8082;
+    fn credentials(state: &State, base_url: &str) -> Vec<String> {
+        (credentials(state).iter())
+            .map(|c| c.replace("<base_url>", base_url))
+            .collect()
+    }
+}
+
+/// The client of a Bitrix24 instance pointed at the emulator: the seed's first webhook stands
+/// in for the instance's secret `webhook_url`.
+pub fn client(
+    instance: &mut crate::provider::Instance,
+    state: &super::SandboxState,
+) -> anyhow::Result<Arc<dyn crate::provider::Provider>> {
+    use anyhow::Context as _;
+    let (code, user) = (state.bitrix24.webhooks.iter().next())
+        .context("the sandbox state has no Bitrix24 webhook")?;
+    let base_url = (instance.common.base_url.as_deref())
+        .context("the instance is not pointed at the sandbox")?;
+    let url = crate::config::secret::Secret::new(format!("{base_url}/rest/{user}/{code}/"));
+    Ok(Arc::new(crate::provider::bitrix24::Bitrix24::with_webhook(
+        instance, url,
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -865,3 +865,39 @@ fn unban(app: &mut App, guid: &str, uid: &str) -> Answer {
         json!({ "success": true, "message": format!("The user with uid {uid} has been unbanned from the Group with {guid}.") }),
     )
 }
+
+impl super::Emulator for CometChatEmulator {
+    type State = State;
+    const KIND: crate::model::Kind = crate::model::Kind::Cometchat;
+    const PREFIX: &'static str = "/v3";
+    const FIXED_PORT: u16 = 8081;
+    fn credentials(state: &State, _base_url: &str) -> Vec<String> {
+        (state.apps.iter())
+            .map(|(app, a)| format!("app {app}: apikey {}", a.api_key))
+            .collect()
+    }
+}
+
+/// The client of a CometChat instance pointed at the emulator: the instance's `app_id` names
+/// the app in the seed, and a seed with one app serves any.
+pub fn client(
+    instance: &mut crate::provider::Instance,
+    state: &super::SandboxState,
+) -> anyhow::Result<Arc<dyn crate::provider::Provider>> {
+    use anyhow::Context as _;
+    let settings: &crate::provider::cometchat::Settings = instance.settings()?;
+    let apps = &state.cometchat.apps;
+    let app = apps
+        .get(&settings.app_id)
+        .or_else(|| (apps.len() == 1).then(|| apps.values().next()).flatten())
+        .with_context(|| {
+            format!(
+                "the sandbox state has no CometChat app {:?}",
+                settings.app_id
+            )
+        })?;
+    let key = crate::config::secret::Secret::new(app.api_key.clone());
+    Ok(Arc::new(crate::provider::cometchat::CometChat::with_key(
+        instance, key,
+    )?))
+}

@@ -3,8 +3,8 @@
 //!
 //! Every emulator is an axum router over shared state, served on 127.0.0.1 through a listener
 //! whose connections can be cut mid-request, so tests can inject real connection resets.
-//! Adding a provider's emulator is one field in [`SandboxState`], one in [`Ports`] and one
-//! `start_one` line in [`Sandbox::start`].
+//! Adding a provider's emulator is its module, an [`Emulator`] impl and one line in
+//! [`emulators!`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,17 +25,32 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::provider::Kind;
+use crate::model::Kind;
 
 pub mod bitrix24;
 pub mod cometchat;
 pub mod tencent;
 pub mod waha;
 
-pub use bitrix24::Bitrix24Emulator;
-pub use cometchat::CometChatEmulator;
-pub use tencent::TencentEmulator;
-pub use waha::WahaEmulator;
+/// What the sandbox needs to know of one emulator besides its `new(State)`, `router()` and
+/// `state()`: its kind, seed type, where it listens, and the made-up credentials it accepts. A
+/// new emulator implements this and takes one line in [`emulators!`].
+pub trait Emulator {
+    /// The seed and dump of the emulator's world.
+    type State: Clone
+        + Default
+        + PartialEq
+        + std::fmt::Debug
+        + Serialize
+        + serde::de::DeserializeOwned;
+    const KIND: Kind;
+    /// The path its routes start with (`/v3` for CometChat), part of the base URL.
+    const PREFIX: &'static str;
+    /// The port `rosterd sandbox` uses, matching the sample `manifests/rosterd.yaml`.
+    const FIXED_PORT: u16;
+    /// The credentials of the seed, one `name: value` per app, for `rosterd sandbox` to print.
+    fn credentials(state: &Self::State, base_url: &str) -> Vec<String>;
+}
 
 /// The emulators' wall clock: anchored once per process and advanced by tokio's clock, so a
 /// test on paused time moves the emulators' rate windows, buckets and mute ends with it, as a
@@ -50,18 +65,60 @@ pub fn now() -> std::time::SystemTime {
         .saturating_duration_since(at)
 }
 
-/// The seed (and dump) of every emulator, as one YAML or JSON document.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SandboxState {
-    #[serde(default)]
-    pub cometchat: cometchat::State,
-    #[serde(default)]
-    pub waha: waha::State,
-    #[serde(default)]
-    pub tencent: tencent::State,
-    #[serde(default)]
-    pub bitrix24: bitrix24::State,
+/// The sandbox's emulators, each as `field: EmulatorType`: the field names the emulator in
+/// [`SandboxState`] (the seed file's top-level key) and in [`Sandbox`]. They start in this
+/// order, which is the order `rosterd sandbox` and `rosterd demo` print them in.
+macro_rules! emulators {
+    ($($field:ident: $emu:ty),* $(,)?) => {
+        /// The seed (and dump) of every emulator, as one YAML or JSON document.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct SandboxState {
+            $(#[serde(default)] pub $field: <$emu as Emulator>::State,)*
+        }
+
+        /// The running emulators. Dropping it does not stop them; call [`Sandbox::shutdown`].
+        pub struct Sandbox {
+            $(pub $field: $emu,)*
+            endpoints: Vec<Endpoint>,
+            shutdown: CancellationToken,
+            tracker: TaskTracker,
+        }
+
+        impl Sandbox {
+            /// Start every emulator on 127.0.0.1, seeded from `state`. `shutdown` cancelled
+            /// stops them.
+            pub async fn start(
+                state: SandboxState,
+                ports: Ports,
+                shutdown: CancellationToken,
+            ) -> anyhow::Result<Sandbox> {
+                let tracker = TaskTracker::new();
+                let mut endpoints = Vec::new();
+                $(let $field = {
+                    let (listener, endpoint) = bind::<$emu>(&state.$field, ports).await?;
+                    let emulator = <$emu>::new(state.$field);
+                    serve_on(listener, emulator.router(), endpoint.kind, &shutdown, &tracker);
+                    endpoints.push(endpoint);
+                    emulator
+                };)*
+                tracker.close();
+                Ok(Sandbox { $($field,)* endpoints, shutdown, tracker })
+            }
+
+            /// The current state of every emulator.
+            pub fn dump(&self) -> SandboxState {
+                SandboxState { $($field: self.$field.state(),)* }
+            }
+        }
+    };
+}
+
+emulators! {
+    cometchat: cometchat::CometChatEmulator,
+    waha: waha::WahaEmulator,
+    tencent: tencent::TencentEmulator,
+    bitrix24: bitrix24::Bitrix24Emulator,
 }
 
 impl SandboxState {
@@ -89,30 +146,21 @@ impl SandboxState {
     }
 }
 
-/// Where each emulator listens; 0 picks an ephemeral port.
+/// Where the emulators listen: ephemeral ports, or each emulator's fixed port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
-    pub cometchat: u16,
-    pub waha: u16,
-    pub tencent: u16,
-    pub bitrix24: u16,
+    fixed: bool,
 }
 
 impl Ports {
     /// Every emulator on an ephemeral port (tests, `rosterd demo`).
-    pub const EPHEMERAL: Ports = Ports {
-        cometchat: 0,
-        waha: 0,
-        tencent: 0,
-        bitrix24: 0,
-    };
-    /// The fixed ports `rosterd sandbox` uses, matching the sample `manifests/rosterd.yaml`.
-    pub const FIXED: Ports = Ports {
-        cometchat: 8081,
-        waha: 8083,
-        tencent: 8084,
-        bitrix24: 8082,
-    };
+    pub const EPHEMERAL: Ports = Ports { fixed: false };
+    /// The fixed ports `rosterd sandbox` uses ([`Emulator::FIXED_PORT`]).
+    pub const FIXED: Ports = Ports { fixed: true };
+
+    fn of<E: Emulator>(self) -> u16 {
+        if self.fixed { E::FIXED_PORT } else { 0 }
+    }
 }
 
 /// One running emulator.
@@ -127,114 +175,7 @@ pub struct Endpoint {
     pub credentials: Vec<String>,
 }
 
-/// The running emulators. Dropping it does not stop them; call [`Sandbox::shutdown`].
-pub struct Sandbox {
-    pub cometchat: CometChatEmulator,
-    pub waha: WahaEmulator,
-    pub tencent: TencentEmulator,
-    pub bitrix24: Bitrix24Emulator,
-    endpoints: Vec<Endpoint>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-}
-
 impl Sandbox {
-    /// Start every emulator on 127.0.0.1, seeded from `state`. `shutdown` cancelled stops them.
-    pub async fn start(
-        state: SandboxState,
-        ports: Ports,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Sandbox> {
-        let tracker = TaskTracker::new();
-        let cometchat_keys = state
-            .cometchat
-            .apps
-            .iter()
-            .map(|(app, a)| format!("app {app}: apikey {}", a.api_key))
-            .collect();
-        let cometchat = CometChatEmulator::new(state.cometchat);
-        let mut endpoints = Vec::new();
-        endpoints.push(
-            start_one(
-                Kind::Cometchat,
-                "/v3",
-                cometchat.router(),
-                ports.cometchat,
-                cometchat_keys,
-                &shutdown,
-                &tracker,
-            )
-            .await?,
-        );
-        let waha_keys = vec![format!(
-            "session {}: X-Api-Key {}",
-            state.waha.session, state.waha.api_key
-        )];
-        let waha = WahaEmulator::new(state.waha);
-        endpoints.push(
-            start_one(
-                Kind::Waha,
-                "",
-                waha.router(),
-                ports.waha,
-                waha_keys,
-                &shutdown,
-                &tracker,
-            )
-            .await?,
-        );
-        let tencent_keys = state
-            .tencent
-            .apps
-            .iter()
-            .map(|(id, a)| {
-                format!(
-                    "sdk_app_id {id}: identifier {}, secret_key {}",
-                    a.admin, a.secret_key
-                )
-            })
-            .collect();
-        let tencent = TencentEmulator::new(state.tencent);
-        endpoints.push(
-            start_one(
-                Kind::Tencent,
-                "",
-                tencent.router(),
-                ports.tencent,
-                tencent_keys,
-                &shutdown,
-                &tracker,
-            )
-            .await?,
-        );
-        let b24_keys = bitrix24::credentials(&state.bitrix24);
-        let bitrix24 = Bitrix24Emulator::new(state.bitrix24);
-        let mut b24 = start_one(
-            Kind::Bitrix24,
-            "",
-            bitrix24.router(),
-            ports.bitrix24,
-            b24_keys,
-            &shutdown,
-            &tracker,
-        )
-        .await?;
-        b24.credentials = (b24.credentials.iter())
-            .map(|c| c.replace("<base_url>", &b24.base_url))
-            .collect();
-        endpoints.push(b24);
-        tracker.close();
-        Ok(Sandbox {
-            cometchat,
-            waha,
-            tencent,
-            bitrix24,
-            endpoints,
-            shutdown,
-            tracker,
-        })
-    }
-
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
     }
@@ -247,16 +188,6 @@ impl Sandbox {
             .map(|e| e.base_url.as_str())
     }
 
-    /// The current state of every emulator.
-    pub fn dump(&self) -> SandboxState {
-        SandboxState {
-            cometchat: self.cometchat.state(),
-            waha: self.waha.state(),
-            tencent: self.tencent.state(),
-            bitrix24: self.bitrix24.state(),
-        }
-    }
-
     /// Stop accepting, let requests in flight finish, and wait for the servers to end.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -264,19 +195,36 @@ impl Sandbox {
     }
 }
 
-async fn start_one(
-    kind: Kind,
-    prefix: &str,
-    router: Router,
-    port: u16,
-    credentials: Vec<String>,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<Endpoint> {
+/// Listen for one emulator on 127.0.0.1: the listener and the endpoint it will serve.
+async fn bind<E: Emulator>(
+    state: &E::State,
+    ports: Ports,
+) -> anyhow::Result<(TcpListener, Endpoint)> {
+    let kind = E::KIND;
+    let port = ports.of::<E>();
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{port} for the {kind} emulator"))?;
     let addr = listener.local_addr()?;
+    let base_url = format!("http://{addr}{}", E::PREFIX);
+    let credentials = E::credentials(state, &base_url);
+    let endpoint = Endpoint {
+        kind,
+        addr,
+        base_url,
+        credentials,
+    };
+    Ok((listener, endpoint))
+}
+
+/// Serve one emulator's routes until `shutdown` is cancelled, as a task of `tracker`.
+fn serve_on(
+    listener: TcpListener,
+    router: Router,
+    kind: Kind,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
     let token = shutdown.clone();
     let app = router.into_make_service_with_connect_info::<Conn>();
     tracker.spawn(async move {
@@ -287,12 +235,6 @@ async fn start_one(
             tracing::warn!(%kind, error = %e, "sandbox emulator stopped");
         }
     });
-    Ok(Endpoint {
-        kind,
-        addr,
-        base_url: format!("http://{addr}{prefix}"),
-        credentials,
-    })
 }
 
 /// Serve every emulator until `shutdown` is cancelled, seeded from `state_file` (or the demo

@@ -892,3 +892,40 @@ fn member_info(g: &Group, body: &Value, limits: Limits) -> Value {
 pub fn unix_secs(t: SystemTime) -> u64 {
     unix(t)
 }
+
+impl super::Emulator for TencentEmulator {
+    type State = State;
+    const KIND: crate::model::Kind = crate::model::Kind::Tencent;
+    const PREFIX: &'static str = "";
+    const FIXED_PORT: u16 = 8084;
+    fn credentials(state: &State, _base_url: &str) -> Vec<String> {
+        (state.apps.iter())
+            .map(|(id, a)| {
+                format!(
+                    "sdk_app_id {id}: identifier {}, secret_key {}",
+                    a.admin, a.secret_key
+                )
+            })
+            .collect()
+    }
+}
+
+/// The client of a Tencent instance pointed at the emulator, signing with the seed's key of
+/// the instance's `sdk_app_id`.
+pub fn client(
+    instance: &mut crate::provider::Instance,
+    state: &super::SandboxState,
+) -> anyhow::Result<Arc<dyn crate::provider::Provider>> {
+    use anyhow::Context as _;
+    let settings: &crate::provider::tencent::Settings = instance.settings()?;
+    let app = (state.tencent.apps.get(&settings.sdk_app_id)).with_context(|| {
+        format!(
+            "the sandbox state has no Tencent app {}",
+            settings.sdk_app_id
+        )
+    })?;
+    let key = crate::config::secret::Secret::new(app.secret_key.clone());
+    Ok(Arc::new(crate::provider::tencent::Tencent::with_key(
+        instance, key,
+    )?))
+}

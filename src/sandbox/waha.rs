@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::cometchat::LoggedRequest;
 use super::{Conn, Fault, FaultKind, Faults};
-use crate::provider::ids;
+use crate::provider::waha::parse_member;
 
 /// The most members a WhatsApp group holds.
 pub const MAX_MEMBERS: usize = 1024;
@@ -82,7 +82,7 @@ impl WaRole {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Me {
-    /// Its phone number (any spelling `ids::waha` accepts).
+    /// Its phone number (any spelling `provider::waha::parse_member` accepts).
     pub phone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lid: Option<String>,
@@ -189,7 +189,7 @@ impl Default for State {
 
 /// `+49 170 1` -> `491701@c.us`; ids that do not parse are kept as written.
 fn norm(raw: &str) -> String {
-    ids::waha(raw).map_or_else(|_| raw.trim().to_string(), |m| m.0)
+    parse_member(raw).map_or_else(|_| raw.trim().to_string(), |m| m.0)
 }
 
 impl State {
@@ -1059,4 +1059,31 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+impl super::Emulator for WahaEmulator {
+    type State = State;
+    const KIND: crate::model::Kind = crate::model::Kind::Waha;
+    const PREFIX: &'static str = "";
+    const FIXED_PORT: u16 = 8083;
+    fn credentials(state: &State, _base_url: &str) -> Vec<String> {
+        vec![format!(
+            "session {}: X-Api-Key {}",
+            state.session, state.api_key
+        )]
+    }
+}
+
+/// The client of a WAHA instance pointed at the emulator, with the seed's key.
+pub fn client(
+    instance: &mut crate::provider::Instance,
+    state: &super::SandboxState,
+) -> anyhow::Result<Arc<dyn crate::provider::Provider>> {
+    // WAHA's defaults pace writes at one per 10 s to keep a real account safe; the emulator
+    // needs none of that, and a throttle in it clears in milliseconds.
+    instance.common.interval = Some(Duration::ZERO);
+    let key = crate::config::secret::Secret::new(state.waha.api_key.clone());
+    let client = crate::provider::waha::Waha::with_key(instance, key)?
+        .with_throttle_cooldown(Duration::from_millis(100))?;
+    Ok(Arc::new(client))
 }

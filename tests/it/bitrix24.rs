@@ -2,18 +2,14 @@
 //! the request count of a large drift, throttling and the operating budget, OAuth refresh,
 //! inaccessible chats, and the webhook token never leaking.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use futures::FutureExt as _;
 use rosterd::config::secret::{Secret, SecretRef};
-use rosterd::model::{
-    Batch, DesiredGroup, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, RemovalLimit, Role,
-    Unlisted,
-};
+use rosterd::model::{DesiredGroup, GroupId, MemberId, MemberOutcome, Op, OpKind, Outcome, Role};
 use rosterd::provider::bitrix24::{Bitrix24, OAuth, Settings};
 use rosterd::provider::{
     CommonSettings, ErrorClass, Instance, Kind, KindSettings, Provider, ProviderError,
@@ -23,7 +19,9 @@ use rosterd::sandbox::bitrix24::{Bucket, Chat, OAuthApp, Operating, State};
 use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Captured, bounded, capture_logs, ctx, everything_shown, run_opts};
+use crate::support::{
+    self, Captured, applied_and_shown, batch, bounded, capture_logs, ctx, run_opts,
+};
 
 /// The webhook code of the test portal. It must never show up in any output.
 const HOOK: &str = "hk7f3a9c1e5b2d8f4a6c0e9b1d3f5a7c9e";
@@ -53,16 +51,11 @@ fn portal(chats: Vec<(u64, Chat)>, users: impl IntoIterator<Item = u64>) -> Stat
 }
 
 async fn sandbox(state: State) -> Sandbox {
-    Sandbox::start(
-        SandboxState {
-            bitrix24: state,
-            ..SandboxState::default()
-        },
-        Ports::EPHEMERAL,
-        CancellationToken::new(),
-    )
+    support::start(SandboxState {
+        bitrix24: state,
+        ..SandboxState::default()
+    })
     .await
-    .expect("sandbox starts")
 }
 
 fn base(sb: &Sandbox) -> String {
@@ -78,7 +71,7 @@ fn instance(rate: f64, burst: Option<u32>, oauth: Option<OAuth>) -> Instance {
             timeout: Some(Duration::from_secs(5)),
             ..CommonSettings::default()
         },
-        settings: KindSettings::Bitrix24(Settings {
+        settings: KindSettings::new(Settings {
             webhook_url: oauth
                 .is_none()
                 .then(|| SecretRef::Env("ROSTERD_IT_UNSET_B24_WEBHOOK".into())),
@@ -107,10 +100,7 @@ fn quick(c: Bitrix24) -> Bitrix24 {
 }
 
 fn targets_of(client: Bitrix24, rate: f64, burst: Option<u32>) -> BTreeMap<String, Target> {
-    BTreeMap::from([(
-        "b24".to_string(),
-        Target::new(instance(rate, burst, None), Arc::new(client)),
-    )])
+    support::one_target(instance(rate, burst, None), client)
 }
 
 fn mid(n: u64) -> MemberId {
@@ -118,24 +108,14 @@ fn mid(n: u64) -> MemberId {
 }
 
 fn desired(chat: u64, owner: Option<u64>, members: &[(u64, Role)]) -> DesiredGroup {
-    DesiredGroup {
-        name: format!("chat-{chat}"),
-        provider: "b24".into(),
-        kind: Kind::Bitrix24,
-        id: GroupId(chat.to_string()),
-        owner: owner.map(mid),
-        members: members.iter().map(|(m, r)| (mid(*m), *r)).collect(),
-        bans: None,
-        mutes: None,
-        unlisted: Unlisted::Remove,
-        max_removals: RemovalLimit::Count(100_000),
-        protected: BTreeSet::new(),
-        source: "tests/it".into(),
-    }
-}
-
-fn batch(kind: OpKind, ops: Vec<Op>) -> Batch {
-    Batch { kind, ops }
+    support::desired_of(
+        Kind::Bitrix24,
+        "b24",
+        format!("chat-{chat}"),
+        &chat.to_string(),
+        owner.map(mid),
+        members.iter().map(|(m, r)| (mid(*m), *r)),
+    )
 }
 
 fn op(kind: OpKind, m: u64) -> Op {
@@ -976,25 +956,14 @@ async fn bitrix24_webhook_token_never_appears_in_output_errors_plans_logs_or_aud
             ],
         );
         let missing = desired(99, None, &[(17, Role::Participant)]);
-        let dir = tempfile::tempdir().unwrap();
-        let audit_path = dir.path().join("audit.jsonl");
-        let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
         let targets = targets_of(quick(client(&sb)), 1000.0, None);
-        let report = reconcile::run(
-            &ctx(),
-            &[want, missing],
-            &targets,
-            &run_opts(true),
-            Some(&audit),
-        )
-        .await;
+        let (report, mut seen) = applied_and_shown(&[want, missing], &targets).await;
         assert_eq!(
             report.exit_code(true, false),
             3,
             "999 is skipped, 99 unreadable"
         );
 
-        let mut seen = everything_shown(&report, &audit_path);
         seen.extend([
             serde_json::to_string(&sb.bitrix24.requests()).unwrap(),
             format!("{:?} {:?}", targets["b24"].instance, client(&sb)),
@@ -1069,6 +1038,45 @@ async fn bitrix24_demo_applies_the_manifests_and_ends_in_sync() {
             "the webhook is never printed"
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+    })
+    .await;
+}
+
+/// Fifteen chats with a small drift each against a portal whose leaky bucket stays nearly
+/// full (size 2, draining 2/s), with the client at its default pace (2/s, burst 50): after
+/// the first throttle the pacer drops the burst to one and paces at the rate it saw accepted,
+/// so requests no longer leave in clumps after each pause. Prints the figures.
+#[tokio::test(start_paused = true)]
+async fn bitrix24_nearly_full_bucket_is_paced_without_clumps() {
+    bounded(600, async {
+        let ids: Vec<u64> = (101..116).collect();
+        let chats: Vec<(u64, Chat)> = ids.iter().map(|&id| (id, chat(ME, &[], &[17]))).collect();
+        let mut state = portal(chats, [18]);
+        state.bucket = Some(Bucket {
+            size: 2,
+            drain: 2.0,
+        });
+        let sb = sandbox(state).await;
+        let want: Vec<DesiredGroup> = ids
+            .iter()
+            .map(|&id| desired(id, None, &[(17, Role::Participant), (18, Role::Participant)]))
+            .collect();
+        let targets = targets_of(client_at(&sb, 2.0, None), 2.0, None);
+        let started = Instant::now();
+        let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let log = sb.bitrix24.requests();
+        let throttled = log.iter().filter(|r| r.status == 503).count();
+        let accepted = log.len() - throttled;
+        let bound = accepted as f64 / 2.0;
+        println!(
+            "bitrix24 15 chats vs a bucket of 2 draining 2/s: {elapsed:.2}s for {accepted} accepted \
+             requests (sustained bound {bound:.2}s, ratio {:.3}), {throttled} throttled",
+            elapsed / bound
+        );
+        assert!(elapsed <= 1.20 * bound, "{elapsed:.2}s vs bound {bound:.2}s");
+        sb.shutdown().await;
     })
     .await;
 }

@@ -249,3 +249,54 @@ fn cli_schema_prints_draft07_json() {
         "http://json-schema.org/draft-07/schema#"
     );
 }
+
+/// Settings the clients used to refuse only when built (at `plan`), now refused by `validate`
+/// at the position of the key: CometChat's region, Tencent's identifier, WAHA's session and
+/// Bitrix24's OAuth endpoint.
+#[test]
+fn cli_validate_points_at_every_wrong_provider_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = "manifests: groups/\nproviders:\n\
+        \x20 cc:\n    kind: cometchat\n    app_id: a\n    region: asia\n    api_key: { env: K }\n\
+        \x20 tim:\n    kind: tencent\n    sdk_app_id: 1\n    identifier: app admin\n    secret_key: { env: S }\n    region: singapore\n\
+        \x20 wa:\n    kind: waha\n    base_url: http://127.0.0.1:3000\n    session: a/b\n    api_key: { env: W }\n\
+        \x20 b:\n    kind: bitrix24\n    oauth:\n      client_id: c\n      endpoint: portal.bitrix24.com/rest/\n      client_secret: { env: S }\n      token_file: t.json\n";
+    std::fs::create_dir_all(dir.path().join("groups")).unwrap();
+    std::fs::write(dir.path().join("rosterd.yaml"), root).unwrap();
+    std::fs::write(
+        dir.path().join("groups/g.yaml"),
+        "group: g\nprovider: cc\nid: g\n",
+    )
+    .unwrap();
+    let a = Command::cargo_bin("rosterd")
+        .unwrap()
+        .args(["validate", "--config"])
+        .arg(dir.path().join("rosterd.yaml"))
+        .env("NO_COLOR", "1")
+        .assert();
+    assert_eq!(code(&a), 1, "{}", text(&a));
+    let out = text(&a).replace(&format!("{}/", dir.path().display()), "");
+    let positions: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(": error: "))
+        .map(|l| l.split(": error: ").next().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        [
+            "rosterd.yaml:6:13",
+            "rosterd.yaml:11:17",
+            "rosterd.yaml:17:14",
+            "rosterd.yaml:23:17"
+        ],
+        "{out}"
+    );
+    for key in [
+        "cc (cometchat): region:",
+        "tim (tencent): identifier:",
+        "wa (waha): session:",
+        "b (bitrix24): oauth.endpoint:",
+    ] {
+        assert!(out.contains(key), "{key} in {out}");
+    }
+}

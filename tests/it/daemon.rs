@@ -198,6 +198,13 @@ async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_
         );
         let metrics = d.get("/metrics").await.1;
         assert!(metrics.contains("rosterd_manifest_errors 1"), "{metrics}");
+        // The pace the instance runs at (its configured rate; nothing throttled it).
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("rosterd_pace_requests_per_second{provider=\"cc\"}")),
+            "{metrics}"
+        );
 
         // Drift made in the service is corrected from the last valid version on the next run.
         sb.cometchat.with_state(|s| {

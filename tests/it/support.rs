@@ -1,13 +1,19 @@
-//! Fixtures shared by the integration tests: a sandbox seeded with a small world, provider
-//! instances pointed at it, and a time bound for every test.
+//! The fixture kit of the integration tests: a sandbox on ephemeral ports, provider instances
+//! pointed at it, targets, desired groups and batches of any kind, a run context, a time bound
+//! for every test, and the captures the secret tests search. Each provider's module adds only
+//! its own world (seed state) and client builder.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
 use rosterd::config::secret::{Secret, SecretRef};
+use rosterd::model::{
+    Batch, DesiredGroup, GroupId, MemberId, Op, OpKind, RemovalLimit, Role, Unlisted,
+};
 use rosterd::provider::cometchat::{CometChat, Settings};
-use rosterd::provider::{CommonSettings, Instance, Kind, KindSettings};
+use rosterd::provider::{CommonSettings, Instance, Kind, KindSettings, Provider};
+use rosterd::reconcile::Target;
 use rosterd::sandbox::cometchat::{App, Group, Scope, State};
 use rosterd::sandbox::{Ports, Sandbox, SandboxState};
 use tokio_util::sync::CancellationToken;
@@ -54,38 +60,100 @@ pub fn group(owner: Option<&str>, members: &[(&str, Scope)], banned: &[&str]) ->
     }
 }
 
-/// Start a sandbox on ephemeral ports.
-pub async fn sandbox(cometchat: State) -> Sandbox {
-    Sandbox::start(
-        SandboxState {
-            cometchat,
-            ..SandboxState::default()
-        },
-        Ports::EPHEMERAL,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("sandbox starts")
+/// Start a sandbox of the given emulator states on ephemeral ports.
+pub async fn start(state: SandboxState) -> Sandbox {
+    Sandbox::start(state, Ports::EPHEMERAL, CancellationToken::new())
+        .await
+        .expect("sandbox starts")
 }
 
-/// A `cometchat` instance named `cc` pointed at the sandbox, with a generous rate so tests
-/// are paced by the emulator, not by the default 5/s.
-pub fn cc_instance(sb: &Sandbox, rate: Option<f64>) -> Instance {
+/// Start a sandbox whose CometChat emulator holds `cometchat`.
+pub async fn sandbox(cometchat: State) -> Sandbox {
+    start(SandboxState {
+        cometchat,
+        ..SandboxState::default()
+    })
+    .await
+}
+
+/// An instance named `name` of `kind` with `settings`, pointed at the sandbox's emulator of
+/// its kind (where it has one), with a generous rate so tests are paced by the emulator, not by
+/// the provider's default, and a 5 s timeout.
+pub fn instance_of(sb: &Sandbox, name: &str, kind: Kind, settings: KindSettings) -> Instance {
     Instance {
-        name: "cc".into(),
-        kind: Kind::Cometchat,
+        name: name.into(),
+        kind,
         common: CommonSettings {
-            base_url: sb.base_url(Kind::Cometchat).map(String::from),
-            rate: Some(rate.unwrap_or(1000.0)),
+            base_url: sb.base_url(kind).map(String::from),
+            rate: Some(1000.0),
             timeout: Some(Duration::from_secs(5)),
             ..CommonSettings::default()
         },
-        settings: KindSettings::Cometchat(Settings {
+        settings,
+    }
+}
+
+/// The targets of a run: one instance and its client.
+pub fn one_target(
+    instance: Instance,
+    provider: impl Provider + 'static,
+) -> BTreeMap<String, Target> {
+    BTreeMap::from([(
+        instance.name.clone(),
+        Target::new(instance, std::sync::Arc::new(provider)),
+    )])
+}
+
+/// A desired group of instance `provider` (of `kind`): `members` as given, unlisted members
+/// removed, no bans or mutes managed, no removal cap (tests set their own drift).
+pub fn desired_of(
+    kind: Kind,
+    provider: &str,
+    name: String,
+    id: &str,
+    owner: Option<MemberId>,
+    members: impl IntoIterator<Item = (MemberId, Role)>,
+) -> DesiredGroup {
+    DesiredGroup {
+        name,
+        provider: provider.into(),
+        kind,
+        id: GroupId(id.to_string()),
+        owner,
+        members: members.into_iter().collect(),
+        bans: None,
+        mutes: None,
+        unlisted: Unlisted::Remove,
+        max_removals: RemovalLimit::Count(100_000),
+        protected: BTreeSet::new(),
+        source: "tests/it".into(),
+    }
+}
+
+pub fn gid(s: &str) -> GroupId {
+    GroupId(s.to_string())
+}
+
+pub fn batch(kind: OpKind, ops: Vec<Op>) -> Batch {
+    Batch { kind, ops }
+}
+
+/// A `cometchat` instance named `cc` pointed at the sandbox; `rate` replaces the test rate.
+pub fn cc_instance(sb: &Sandbox, rate: Option<f64>) -> Instance {
+    let mut i = instance_of(
+        sb,
+        "cc",
+        Kind::Cometchat,
+        KindSettings::new(Settings {
             app_id: "itapp".into(),
             region: "eu".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_COMETCHAT_KEY".into()),
         }),
+    );
+    if let Some(r) = rate {
+        i.common.rate = Some(r);
     }
+    i
 }
 
 /// A client of the sandbox's CometChat emulator with the test key.
@@ -104,37 +172,31 @@ pub fn users(prefix: &str, n: usize) -> Vec<String> {
 pub fn desired(
     id: &str,
     owner: Option<&str>,
-    members: &[(&str, rosterd::model::Role)],
+    members: &[(&str, Role)],
     bans: Option<&[&str]>,
-) -> rosterd::model::DesiredGroup {
-    use rosterd::model::*;
+) -> DesiredGroup {
     let norm = |s: &str| {
         Kind::Cometchat
             .normalize_member(s)
             .expect("a valid CometChat id")
     };
-    DesiredGroup {
-        name: format!("{id}-group"),
-        provider: "cc".into(),
-        kind: Kind::Cometchat,
-        id: GroupId(id.to_string()),
-        owner: owner.map(norm),
-        members: members.iter().map(|(m, r)| (norm(m), *r)).collect(),
-        bans: bans.map(|b| b.iter().map(|m| norm(m)).collect()),
-        mutes: None,
-        unlisted: Unlisted::Remove,
-        max_removals: RemovalLimit::Count(100_000),
-        protected: BTreeSet::new(),
-        source: "tests/it".into(),
-    }
+    let mut d = desired_of(
+        Kind::Cometchat,
+        "cc",
+        format!("{id}-group"),
+        id,
+        owner.map(norm),
+        members.iter().map(|(m, r)| (norm(m), *r)),
+    );
+    d.bans = bans.map(|b| b.iter().map(|m| norm(m)).collect());
+    d
 }
 
 /// The reconcile targets: instance `cc` against the sandbox, with the given client rate.
-pub fn cc_targets(sb: &Sandbox, rate: Option<f64>) -> BTreeMap<String, rosterd::reconcile::Target> {
+pub fn cc_targets(sb: &Sandbox, rate: Option<f64>) -> BTreeMap<String, Target> {
     let instance = cc_instance(sb, rate);
     let client = CometChat::with_key(&instance, Secret::new(CC_KEY)).expect("client builds");
-    let target = rosterd::reconcile::Target::new(instance, std::sync::Arc::new(client));
-    BTreeMap::from([("cc".to_string(), target)])
+    one_target(instance, client)
 }
 
 /// The context of a test run: the wall-clock time now (advancing with tokio's clock, so paused
@@ -183,6 +245,21 @@ pub fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
         .with_ansi(false)
         .finish();
     (logs, tracing::subscriber::set_default(subscriber))
+}
+
+/// Apply `groups` with an audit log, and return the report with everything the run shows a
+/// user ([`everything_shown`]).
+pub async fn applied_and_shown(
+    groups: &[DesiredGroup],
+    targets: &BTreeMap<String, Target>,
+) -> (rosterd::reconcile::Report, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.jsonl");
+    let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
+    let report =
+        rosterd::reconcile::run(&ctx(), groups, targets, &run_opts(true), Some(&audit)).await;
+    let shown = everything_shown(&report, &audit_path);
+    (report, shown)
 }
 
 /// Everything a run shows a user, as text: the plan in its three renderings, the report (Debug

@@ -11,15 +11,14 @@ use rosterd::ctx::Ctx;
 use rosterd::model::*;
 use rosterd::plan::render;
 use rosterd::provider::tencent::{MaxBatch, Settings, Tencent};
-use rosterd::provider::{CommonSettings, ErrorClass, Instance, Kind, KindSettings, Provider};
+use rosterd::provider::{ErrorClass, Instance, Kind, KindSettings, Provider};
 use rosterd::reconcile::{self, GroupStatus, Report, RunOptions, Target};
 use rosterd::sandbox::tencent::{
     App, FOREVER, Group, GroupType, Limits, MemberRole, RateLimit, State,
 };
-use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
-use tokio_util::sync::CancellationToken;
+use rosterd::sandbox::{Fault, FaultKind, Sandbox, SandboxState};
 
-use crate::support::{bounded, users};
+use crate::support::{bounded, desired_of, gid, instance_of, one_target, start, users};
 
 const APP: u64 = 1_400_000_042;
 /// The app's key. It must never show up in any output.
@@ -43,10 +42,6 @@ fn ctx() -> Ctx {
 
 fn mid(s: &str) -> MemberId {
     MemberId::new(s)
-}
-
-fn gid(s: &str) -> GroupId {
-    GroupId(s.to_string())
 }
 
 fn group(ty: GroupType, owner: Option<&str>, members: &[(&str, MemberRole)]) -> Group {
@@ -80,38 +75,28 @@ fn world(accounts: &[String], groups: Vec<(&str, Group)>, limits: Limits) -> Sta
 
 /// A sandbox whose Tencent emulator's clock stands at `T`.
 async fn sandbox(state: State) -> Sandbox {
-    let sb = Sandbox::start(
-        SandboxState {
-            tencent: state,
-            ..SandboxState::default()
-        },
-        Ports::EPHEMERAL,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("sandbox starts");
+    let sb = start(SandboxState {
+        tencent: state,
+        ..SandboxState::default()
+    })
+    .await;
     sb.tencent.set_now(Some(at(T)));
     sb
 }
 
 fn instance(sb: &Sandbox, max_batch: Option<MaxBatch>) -> Instance {
-    Instance {
-        name: "tim".into(),
-        kind: Kind::Tencent,
-        common: CommonSettings {
-            base_url: sb.base_url(Kind::Tencent).map(String::from),
-            rate: Some(1000.0),
-            timeout: Some(Duration::from_secs(5)),
-            ..CommonSettings::default()
-        },
-        settings: KindSettings::Tencent(Settings {
+    instance_of(
+        sb,
+        "tim",
+        Kind::Tencent,
+        KindSettings::new(Settings {
             sdk_app_id: APP,
             identifier: "administrator".into(),
             secret_key: SecretRef::Env("ROSTERD_IT_UNSET_TENCENT_KEY".into()),
             region: None,
             max_batch,
         }),
-    }
+    )
 }
 
 fn client(inst: &Instance, key: &str) -> Tencent {
@@ -120,8 +105,8 @@ fn client(inst: &Instance, key: &str) -> Tencent {
 
 fn targets(sb: &Sandbox, max_batch: Option<MaxBatch>) -> BTreeMap<String, Target> {
     let inst = instance(sb, max_batch);
-    let provider = Arc::new(client(&inst, KEY));
-    BTreeMap::from([("tim".to_string(), Target::new(inst, provider))])
+    let provider = client(&inst, KEY);
+    one_target(inst, provider)
 }
 
 fn opts(apply: bool) -> RunOptions {
@@ -133,20 +118,14 @@ fn opts(apply: bool) -> RunOptions {
 }
 
 fn desired(id: &str, owner: Option<&str>, members: &[(&str, Role)]) -> DesiredGroup {
-    DesiredGroup {
-        name: format!("{id}-group"),
-        provider: "tim".into(),
-        kind: Kind::Tencent,
-        id: gid(id),
-        owner: owner.map(mid),
-        members: members.iter().map(|(m, r)| (mid(m), *r)).collect(),
-        bans: None,
-        mutes: None,
-        unlisted: Unlisted::Remove,
-        max_removals: RemovalLimit::Count(100_000),
-        protected: BTreeSet::new(),
-        source: "tests/it/tencent.rs".into(),
-    }
+    desired_of(
+        Kind::Tencent,
+        "tim",
+        format!("{id}-group"),
+        id,
+        owner.map(mid),
+        members.iter().map(|(m, r)| (mid(m), *r)),
+    )
 }
 
 fn write_calls(sb: &Sandbox) -> usize {
@@ -670,9 +649,9 @@ async fn tencent_wrong_key_is_an_auth_error_without_any_secret() {
 
         // The right key for a non-admin identifier is refused too.
         let mut inst2 = inst.clone();
-        if let KindSettings::Tencent(s) = &mut inst2.settings {
-            s.identifier = "alice".into();
-        }
+        let mut s = inst.settings.get::<Settings>().unwrap().clone();
+        s.identifier = "alice".into();
+        inst2.settings = KindSettings::new(s);
         let e = client(&inst2, KEY)
             .fetch(&ctx(), &gid("@TGS#auth"))
             .await
@@ -1090,6 +1069,65 @@ async fn tencent_repeated_bad_usersigs_lock_the_app_and_the_client_stops_at_once
         assert_clean(&e.message);
         sb.tencent.set_now(Some(at(T + 61)));
         assert!(good.fetch(&ctx(), &gid("@TGS#lock")).await.is_ok());
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// Tencent at its default pace (20 requests/s) against a service that allows 5/s: the pacer
+/// learns the limit from the first throttle and stays just under it, probing up slowly. Prints
+/// the figures (`--no-capture`); BENCHMARKS quotes them.
+#[tokio::test(start_paused = true)]
+async fn tencent_default_pace_against_a_slower_service_learns_its_limit() {
+    bounded(600, async {
+        let promoted = users("a", 150);
+        let mut accounts = promoted.clone();
+        accounts.push("boss".into());
+        let live: Vec<(&str, MemberRole)> = promoted
+            .iter()
+            .map(|a| (a.as_str(), MemberRole::Member))
+            .collect();
+        let g = group(GroupType::Public, Some("boss"), &live);
+        let sb = sandbox(world(&accounts, vec![("@TGS#pace", g)], Limits::default())).await;
+        sb.tencent.set_rate_limit(Some(RateLimit {
+            requests: 5,
+            per: Duration::from_secs(1),
+        }));
+        let mut inst = instance(&sb, None);
+        inst.common.rate = None;
+        let c = client(&inst, KEY);
+        let t = one_target(inst, c);
+        let want: Vec<(&str, Role)> = promoted
+            .iter()
+            .map(|a| (a.as_str(), Role::Admin))
+            .collect();
+        let d = desired("@TGS#pace", Some("boss"), &want);
+        let started = tokio::time::Instant::now();
+        let report =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(report.groups[0].status, GroupStatus::Applied, "{report:#?}");
+        let log = sb.tencent.requests();
+        let throttled = log
+            .iter()
+            .filter(|r| r.fault.as_deref() == Some("throttled"))
+            .count();
+        let accepted = log.len() - throttled;
+        let bound = accepted as f64 / 5.0;
+        let pace = t["tim"].provider.requests().pace.unwrap();
+        println!(
+            "tencent default pace vs 5/s: {elapsed:.2}s for {accepted} accepted requests \
+             (bound {bound:.2}s, ratio {:.3}), {throttled} of {} throttled ({:.1}%), pace now {pace:.2}/s",
+            elapsed / bound,
+            log.len(),
+            100.0 * throttled as f64 / log.len() as f64
+        );
+        assert!(elapsed <= 1.10 * bound, "{elapsed:.2}s vs bound {bound:.2}s");
+        assert!(
+            throttled as f64 <= 0.05 * log.len() as f64,
+            "{throttled} of {} throttled",
+            log.len()
+        );
         sb.shutdown().await;
     })
     .await;

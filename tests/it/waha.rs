@@ -2,23 +2,19 @@
 //! engine's response shapes (GOWS, NOWEB, WEBJS) and both participant listings.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use rosterd::config::secret::{Secret, SecretRef};
-use rosterd::model::{
-    Batch, DesiredGroup, GroupId, MemberId, Op, OpKind, Outcome, RemovalLimit, Role, Unlisted,
-};
+use rosterd::model::{Batch, DesiredGroup, GroupId, MemberId, Op, OpKind, Outcome, Role, Unlisted};
 use rosterd::provider::waha::{self, Settings, Waha};
 use rosterd::provider::{CommonSettings, ErrorClass, Instance, Kind, KindSettings, Provider};
 use rosterd::reconcile::{self, GroupStatus, Report, Target};
 use rosterd::sandbox::waha::{Engine, Group, Lid, Me, Overlimit, State, WaRole};
-use rosterd::sandbox::{Fault, FaultKind, Ports, Sandbox, SandboxState};
-use tokio_util::sync::CancellationToken;
+use rosterd::sandbox::{Fault, FaultKind, Sandbox, SandboxState};
 
-use crate::support::{bounded, capture_logs, ctx, everything_shown, run_opts};
+use crate::support::{self, applied_and_shown, bounded, capture_logs, ctx, run_opts};
 
 /// The emulator's key. It must never show up in any output.
 const KEY: &str = "waha-it-key-7f3c9e1d5b2a4f608e1c";
@@ -67,37 +63,28 @@ fn world(engine: Engine, groups: Vec<(&str, Vec<(String, WaRole)>)>) -> State {
 }
 
 pub(crate) async fn start(state: State) -> Sandbox {
-    Sandbox::start(
-        SandboxState {
-            waha: state,
-            ..SandboxState::default()
-        },
-        Ports::EPHEMERAL,
-        CancellationToken::new(),
-    )
+    support::start(SandboxState {
+        waha: state,
+        ..SandboxState::default()
+    })
     .await
-    .expect("sandbox starts")
 }
 
 /// A `waha` instance named `wa` pointed at the sandbox, unpaced unless `tweak` says otherwise.
+/// Instance `wa`, with no interval between writes unless `tweak` sets one.
 fn instance(sb: &Sandbox, tweak: impl FnOnce(&mut CommonSettings)) -> Instance {
-    let mut common = CommonSettings {
-        base_url: sb.base_url(Kind::Waha).map(String::from),
-        interval: Some(Duration::ZERO),
-        rate: Some(1000.0),
-        timeout: Some(Duration::from_secs(5)),
-        ..CommonSettings::default()
-    };
-    tweak(&mut common);
-    Instance {
-        name: "wa".into(),
-        kind: Kind::Waha,
-        common,
-        settings: KindSettings::Waha(Settings {
+    let mut inst = support::instance_of(
+        sb,
+        "wa",
+        Kind::Waha,
+        KindSettings::new(Settings {
             session: "default".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_WAHA_KEY".into()),
         }),
-    }
+    );
+    inst.common.interval = Some(Duration::ZERO);
+    tweak(&mut inst.common);
+    inst
 }
 
 fn client(inst: &Instance) -> Waha {
@@ -108,7 +95,7 @@ fn client(inst: &Instance) -> Waha {
 }
 
 fn targets_of(inst: Instance, c: Waha) -> BTreeMap<String, Target> {
-    BTreeMap::from([("wa".to_string(), Target::new(inst, Arc::new(c)))])
+    support::one_target(inst, c)
 }
 
 fn targets(sb: &Sandbox) -> BTreeMap<String, Target> {
@@ -119,20 +106,16 @@ fn targets(sb: &Sandbox) -> BTreeMap<String, Target> {
 
 /// A desired group of instance `wa`, no removal cap.
 fn desired(id: &str, members: &[(&str, Role)], unlisted: Unlisted) -> DesiredGroup {
-    DesiredGroup {
-        name: format!("wa-{}", &id[..id.len().min(18)]),
-        provider: "wa".into(),
-        kind: Kind::Waha,
-        id: GroupId(id.to_string()),
-        owner: None,
-        members: members.iter().map(|(m, r)| (mid(m), *r)).collect(),
-        bans: None,
-        mutes: None,
-        unlisted,
-        max_removals: RemovalLimit::Count(100_000),
-        protected: BTreeSet::new(),
-        source: "tests/it/waha.rs".into(),
-    }
+    let mut d = support::desired_of(
+        Kind::Waha,
+        "wa",
+        format!("wa-{}", &id[..id.len().min(18)]),
+        id,
+        None,
+        members.iter().map(|(m, r)| (mid(m), *r)),
+    );
+    d.unlisted = unlisted;
+    d
 }
 
 /// The emulator's roster of a group keyed by phone (`@lid` members through the server's lid
@@ -1252,7 +1235,7 @@ async fn waha_unknown_session_and_wrong_key_are_fatal() {
     bounded(30, async {
         let sb = start(drifted(Engine::Gows, true)).await;
         let mut inst = instance(&sb, |_| {});
-        inst.settings = KindSettings::Waha(Settings {
+        inst.settings = KindSettings::new(Settings {
             session: "other".into(),
             api_key: SecretRef::Env("ROSTERD_IT_UNSET_WAHA_KEY".into()),
         });
@@ -1401,19 +1384,14 @@ async fn waha_api_key_never_appears_in_output_errors_plans_logs_or_audit() {
             &[(OWNER, Role::Admin)],
             Unlisted::Keep,
         );
-        let dir = tempfile::tempdir().unwrap();
-        let audit_path = dir.path().join("audit.jsonl");
-        let audit = rosterd::audit::AuditLog::open(&audit_path).unwrap();
         let inst = instance(&sb, |_| {});
         let c = client(&inst);
         let debug_client = format!("{c:?}");
         let t = targets_of(inst, c);
 
-        let report =
-            reconcile::run(&ctx(), &[want, missing], &t, &run_opts(true), Some(&audit)).await;
+        let (report, mut seen) = applied_and_shown(&[want, missing], &t).await;
         assert_eq!(report.exit_code(true, false), 3, "{report:#?}");
 
-        let mut seen = everything_shown(&report, &audit_path);
         seen.extend([
             serde_json::to_string(&sb.waha.requests()).unwrap(),
             format!("{:?}", t["wa"].instance),
