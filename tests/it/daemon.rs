@@ -671,7 +671,7 @@ async fn the_endpoints_answer_while_a_large_tree_is_rescanned() {
         }
         for (path, code, took) in answered {
             assert_eq!(code, 200, "{path}");
-            assert!(took < Duration::from_millis(500), "{path} took {took:?}");
+            assert!(took < Duration::from_secs(1), "{path} took {took:?}");
         }
         // The rescan ends and is folded in.
         let end = Instant::now() + Duration::from_secs(60);
