@@ -45,10 +45,16 @@ pub struct Metrics {
     pub pace: Family<ProviderLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub drift: Family<GroupLabel, Gauge>,
     pub last_success: Family<GroupLabel, Gauge>,
+    /// Start of the current failure streak; absent while the group's last run did not fail.
+    pub failing_since: Family<GroupLabel, Gauge>,
     pub manifest_errors: Gauge,
     pub groups: Gauge,
     pub rescans: Family<ReasonLabel, Counter>,
     pub file_reads: Counter,
+    /// The resync period in force, so alert rules can speak in resyncs.
+    pub resync: Gauge,
+    /// 1 while /readyz answers 200 (set when /metrics is scraped).
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -62,10 +68,13 @@ impl Default for Metrics {
             pace: Family::default(),
             drift: Family::default(),
             last_success: Family::default(),
+            failing_since: Family::default(),
             manifest_errors: Gauge::default(),
             groups: Gauge::default(),
             rescans: Family::default(),
             file_reads: Counter::default(),
+            resync: Gauge::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +113,11 @@ impl Default for Metrics {
             m.last_success.clone(),
         );
         registry.register(
+            "group_failing_since_timestamp_seconds",
+            "Unix time of the first failed run in the group's current streak of failed runs",
+            m.failing_since.clone(),
+        );
+        registry.register(
             "manifest_errors",
             "Problems in the files right now",
             m.manifest_errors.clone(),
@@ -123,11 +137,31 @@ impl Default for Metrics {
             "Files read by rescans (configuration, people and manifests)",
             m.file_reads.clone(),
         );
+        registry.register(
+            "resync_seconds",
+            "The full reconcile period in force",
+            m.resync.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when the configuration is loaded and every provider in use answered a read",
+            m.ready.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// A group no longer managed leaves no series behind, so no alert fires for it.
+    pub fn forget_group(&self, group: &str) {
+        let label = GroupLabel {
+            group: group.to_string(),
+        };
+        self.drift.remove(&label);
+        self.last_success.remove(&label);
+        self.failing_since.remove(&label);
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut s = String::new();

@@ -28,6 +28,7 @@ use crate::provider::{Instance, RequestCounts};
 use crate::reconcile::{self, GroupStatus, Progress, RunOptions, Target};
 
 pub mod metrics;
+pub mod page;
 pub mod scheduler;
 pub mod server;
 pub mod state;
@@ -78,6 +79,10 @@ pub struct GroupState {
     pub running: bool,
     #[serde(skip)]
     pub failures: u32,
+    /// The plan of the last run that read the group (from its first read), for the status
+    /// page's detail view; kept out of /status, which stays a summary.
+    #[serde(skip)]
+    pub last_plan: Option<crate::plan::GroupPlan>,
 }
 
 /// State shared by the control loop, the workers and the HTTP server.
@@ -172,6 +177,7 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
         anyhow::bail!("cannot start: the configuration is invalid\n{errors}");
     };
     let listen = opts.listen.unwrap_or(ctx.listen);
+    let resync = opts.resync.unwrap_or(ctx.resync);
     // Work stops first; the HTTP server stays up until the workers are done.
     let work_stop = shutdown.child_token();
     let shared = Arc::new(Shared {
@@ -184,6 +190,7 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
         audit: RwLock::new(None),
         counted: Mutex::new(BTreeMap::new()),
     });
+    shared.metrics.resync.set(resync.as_secs() as i64);
     let server_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -205,7 +212,7 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
     update_file_metrics(&shared);
     count_rescan(&shared, Reason::Start);
     shared.metrics.file_reads.inc_by(start_reads);
-    let mut sched = Scheduler::new(opts.resync.unwrap_or(ctx.resync));
+    let mut sched = Scheduler::new(resync);
     let worker = Worker {
         shared: shared.clone(),
         tracker: tracker.clone(),
@@ -261,15 +268,13 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
                         && let Some(ctx) = tree.context()
                     {
                         sched.set_period(ctx.resync);
+                        shared.metrics.resync.set(ctx.resync.as_secs() as i64);
                     }
                 }
                 for g in &r.dropped {
                     sched.remove(g);
                     shared.status.write().expect("lock").remove(g);
-                    shared
-                        .metrics
-                        .drift
-                        .remove(&GroupLabel { group: g.clone() });
+                    shared.metrics.forget_group(g);
                 }
                 update_file_metrics(&shared);
                 let mut new = Vec::new();
@@ -594,6 +599,10 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) -> Finished {
         })
         .set(drift as i64);
     record(shared, &name, Some((g.status, drift)), error);
+    // A run whose read failed keeps the previous plan: the page shows the last one there was.
+    if let (Some(plan), Some(e)) = (g.plan, shared.status.write().expect("lock").get_mut(&name)) {
+        e.last_plan = Some(plan);
+    }
     match g.status {
         GroupStatus::Applied | GroupStatus::InSync => Finished::Ok,
         GroupStatus::Blocked => Finished::Blocked,
@@ -620,17 +629,24 @@ fn record(
         .reconciles
         .get_or_create(&ResultLabel { result: label })
         .inc();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let label = GroupLabel {
+        group: name.to_string(),
+    };
     if matches!(status, Some(GroupStatus::Applied | GroupStatus::InSync)) {
-        let secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()) as i64;
-        shared
-            .metrics
-            .last_success
-            .get_or_create(&GroupLabel {
-                group: name.to_string(),
-            })
-            .set(secs);
+        shared.metrics.last_success.get_or_create(&label).set(secs);
+    }
+    if status.is_none() || status == Some(GroupStatus::Failed) {
+        // The start of a failure streak, kept while the group goes on failing: the alert on
+        // "failing longer than N resyncs" compares it with the resync period.
+        let g = shared.metrics.failing_since.get_or_create(&label);
+        if g.get() == 0 {
+            g.set(secs);
+        }
+    } else {
+        shared.metrics.failing_since.remove(&label);
     }
     let mut st = shared.status.write().expect("lock");
     let e = st.entry(name.to_string()).or_default();

@@ -1,6 +1,7 @@
 //! The daemon's HTTP endpoints (loopback by default): `/healthz` (alive), `/readyz`
 //! (configuration loaded and every provider in use reached once), `/metrics` (Prometheus text),
-//! `/status` (JSON per group: last run, result, pending drift, last error; no secrets).
+//! `/status` (JSON per group: last run, result, pending drift, last error; no secrets), and the
+//! status page for people (`/`, `/group?name=`, see `page.rs`).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use super::{Shared, page};
 
 /// Serve until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
@@ -22,6 +23,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/", get(page::index))
+        .route("/group", get(page::group))
         .with_state(shared);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -43,6 +46,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    s.metrics.ready.set(i64::from(s.ready().is_ok()));
     (
         [(
             header::CONTENT_TYPE,

@@ -651,7 +651,7 @@ fn reqwest_client() -> reqwest::Client {
 
 // ---- Round trips through the reconcile engine -------------------------------------------------
 
-use rosterd::reconcile::{self, GroupStatus};
+use rosterd::reconcile::GroupStatus;
 
 /// The emulator's roster of a group as rosterd roles, for comparing with a manifest.
 fn emulated_roster(
@@ -714,14 +714,7 @@ async fn cometchat_round_trip_with_drift_of_every_kind_converges_and_then_writes
         );
         let targets = cc_targets(&sb, None);
 
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         assert_eq!(report.groups[0].status, GroupStatus::Applied);
@@ -745,23 +738,9 @@ async fn cometchat_round_trip_with_drift_of_every_kind_converges_and_then_writes
 
         // A second plan finds nothing, and a second apply sends no write at all.
         sb.cometchat.clear_log();
-        let again = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(false),
-            None,
-        )
-        .await;
+        let again = plan_only(std::slice::from_ref(&want), &targets).await;
         assert!(again.plan().is_empty(), "{:#?}", again.plan());
-        let again = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let again = apply(std::slice::from_ref(&want), &targets).await;
         assert_eq!(again.exit_code(true, false), 0);
         assert_eq!(again.groups[0].status, GroupStatus::InSync);
         assert!(
@@ -814,14 +793,7 @@ async fn cometchat_large_drift_takes_the_minimum_number_of_write_calls() {
         let sb = sandbox(state).await;
         let targets = cc_targets(&sb, None);
 
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let plan = report.groups[0].plan.as_ref().unwrap();
@@ -863,14 +835,7 @@ async fn cometchat_add_of_sixty_ids_reports_the_requests_the_emulator_logged() {
         members.push(("alice", Role::Admin));
         let want = desired("g", Some("alice"), &members, Some(&[]));
         let targets = cc_targets(&sb, None);
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &targets,
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         assert_eq!(sb.cometchat.writes().len(), 3);
         assert_eq!(report.calls(), 3);
@@ -891,7 +856,7 @@ async fn cometchat_large_drift_at_ten_requests_per_second() {
         let targets = cc_targets(&sb, Some(10.0));
 
         let started = Instant::now();
-        let report = reconcile::run(&ctx(), std::slice::from_ref(&want), &targets, &run_opts(true), None).await;
+        let report = apply(std::slice::from_ref(&want), &targets).await;
         let elapsed = started.elapsed();
 
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
@@ -905,12 +870,13 @@ async fn cometchat_large_drift_at_ten_requests_per_second() {
             throttled
         );
         assert_eq!(sb.cometchat.writes().len(), 95);
-        // 95 writes and 6 reads at 10/s: exactly 100 gaps of 0.1 s (on paused time, to the
-        // millisecond tokio's timers round to), and the client's pace is never throttled.
-        assert_eq!(log.len(), 101);
+        // 95 writes and 4 reads (group, members and bans to plan; only the members to verify)
+        // at 10/s: exactly 98 gaps of 0.1 s (on paused time, to the millisecond tokio's timers
+        // round to), and the client's pace is never throttled.
+        assert_eq!(log.len(), 99);
         assert_eq!(throttled, 0);
         assert!(
-            elapsed >= Duration::from_secs(10) && elapsed < Duration::from_millis(10_100),
+            elapsed >= Duration::from_millis(9_800) && elapsed < Duration::from_millis(9_900),
             "{elapsed:?}"
         );
         sb.shutdown().await;
@@ -938,14 +904,7 @@ async fn cometchat_unknown_user_fails_alone_and_the_run_exits_3() {
             ],
             None,
         );
-        let report = reconcile::run(
-            &ctx(),
-            std::slice::from_ref(&want),
-            &cc_targets(&sb, None),
-            &run_opts(true),
-            None,
-        )
-        .await;
+        let report = apply(std::slice::from_ref(&want), &cc_targets(&sb, None)).await;
 
         assert_eq!(report.exit_code(true, false), 3);
         let failed: Vec<_> = report.groups[0]
@@ -1067,6 +1026,76 @@ async fn cometchat_demo_applies_the_manifests_and_ends_in_sync() {
             "the key is never printed"
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+    })
+    .await;
+}
+
+/// 100 groups, each with one add, one removal and one promotion, against an emulator limited to
+/// 10 requests/s with the client paced at 10/s: 3 reads to plan, 3 writes, and a verify that
+/// re-reads only the member listing — 7 requests a group, where 9 were needed before. On
+/// paused time; prints the figures.
+#[tokio::test(start_paused = true)]
+async fn cometchat_hundred_small_drifts_read_only_what_the_writes_changed() {
+    bounded(600, async {
+        let mut groups = Vec::new();
+        let mut want = Vec::new();
+        let mut all_users = vec!["alice".to_string()];
+        for i in 0..100 {
+            let (stay, gone, new) = (format!("s{i:03}"), format!("r{i:03}"), format!("n{i:03}"));
+            all_users.extend([stay.clone(), gone.clone(), new.clone()]);
+            let gid = format!("g{i:03}");
+            groups.push((
+                gid.clone(),
+                group(
+                    Some("alice"),
+                    &[
+                        ("alice", Scope::Admin),
+                        (stay.as_str(), Scope::Participant),
+                        (gone.as_str(), Scope::Participant),
+                    ],
+                    &[],
+                ),
+            ));
+            want.push(desired(
+                &gid,
+                Some("alice"),
+                &[
+                    ("alice", Role::Admin),
+                    (stay.as_str(), Role::Moderator),
+                    (new.as_str(), Role::Participant),
+                ],
+                Some(&[]),
+            ));
+        }
+        let mut state = cc_state(
+            all_users,
+            groups.iter().map(|(g, grp)| (g.as_str(), grp.clone())).collect(),
+        );
+        state.rate_limit = Some(RateLimit::per_second(10));
+        let sb = sandbox(state).await;
+        let targets = cc_targets(&sb, Some(10.0));
+        let started = Instant::now();
+        let report = apply(&want, &targets).await;
+        let elapsed = started.elapsed();
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let log = sb.cometchat.requests();
+        let throttled = log.iter().filter(|r| r.status == 429).count();
+        let writes = sb.cometchat.writes().len();
+        println!(
+            "cometchat 100 groups x (1 add, 1 removal, 1 promotion) at 10 req/s: {:.2}s, {} requests ({} reads, {writes} writes), {throttled} throttled",
+            elapsed.as_secs_f64(),
+            log.len(),
+            log.len() - writes
+        );
+        assert_eq!(writes, 300);
+        assert_eq!(log.len(), 700, "3 reads to plan, 3 writes, 1 read to verify");
+        assert_eq!(throttled, 0);
+        // A second run finds every group in sync and costs only its plan reads.
+        let before = sb.cometchat.requests().len();
+        let again = apply(&want, &targets).await;
+        assert!(again.plan().is_empty(), "{:#?}", again.plan());
+        assert_eq!(sb.cometchat.requests().len() - before, 300);
+        sb.shutdown().await;
     })
     .await;
 }

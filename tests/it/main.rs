@@ -5,6 +5,8 @@ mod cli;
 mod cometchat;
 mod daemon;
 mod daemon_waha;
+mod deploy;
+mod page;
 mod support;
 mod tencent;
 mod waha;

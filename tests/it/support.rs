@@ -247,6 +247,22 @@ pub fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
     (logs, tracing::subscriber::set_default(subscriber))
 }
 
+/// Apply `groups` (mass removals allowed) on the test context.
+pub async fn apply(
+    groups: &[DesiredGroup],
+    targets: &BTreeMap<String, Target>,
+) -> rosterd::reconcile::Report {
+    rosterd::reconcile::run(&ctx(), groups, targets, &run_opts(true), None).await
+}
+
+/// Plan `groups` without applying them, on the test context.
+pub async fn plan_only(
+    groups: &[DesiredGroup],
+    targets: &BTreeMap<String, Target>,
+) -> rosterd::reconcile::Report {
+    rosterd::reconcile::run(&ctx(), groups, targets, &run_opts(false), None).await
+}
+
 /// Apply `groups` with an audit log, and return the report with everything the run shows a
 /// user ([`everything_shown`]).
 pub async fn applied_and_shown(
