@@ -1,12 +1,14 @@
 //! The daemon's figures (issue: daemon benchmarks). Not a criterion loop: each figure is one
 //! bounded scenario against the CometChat emulator on 127.0.0.1, printed as a line.
 //!
-//! Run: `cargo bench --bench daemon` (about a minute). Figures:
+//! Run: `cargo bench --bench daemon` (about two minutes), or `cargo bench --bench daemon --
+//! idle resync` for some. Figures:
 //! 1. edit -> first write: time from a manifest write to the first write call the emulator sees;
 //! 2. convergence of 100 groups under a provider rate limit vs (write calls / rate) and vs
 //!    (all requests / rate);
 //! 3. idle RSS and CPU of `rosterd run` with 1,000 groups in sync (a child process, measured
-//!    from /proc), next to the RSS of `rosterd validate` on the same tree (the loaded state).
+//!    from /proc), next to the RSS of `rosterd validate` on the same tree (the loaded state);
+//! 4. reads per second over one resync period of 1,000 groups in sync (flat, not a burst).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -65,11 +67,22 @@ fn world(groups: usize, members_live: &[&str], rate: Option<RateLimit>) -> State
 }
 
 fn tree(dir: &Path, base: &str, groups: usize, rate: &str, members: impl Fn(usize) -> String) {
+    tree_resync(dir, base, groups, rate, "1h", members)
+}
+
+fn tree_resync(
+    dir: &Path,
+    base: &str,
+    groups: usize,
+    rate: &str,
+    resync: &str,
+    members: impl Fn(usize) -> String,
+) {
     std::fs::create_dir_all(dir.join("groups")).unwrap();
     std::fs::write(dir.join("key"), KEY).unwrap();
     std::fs::write(
         dir.join("rosterd.yaml"),
-        format!("manifests: groups/\nresync: 1h\nlisten: 127.0.0.1:0\nproviders:\n  cc:\n    kind: cometchat\n    app_id: bench\n    region: eu\n    api_key: {{ file: key }}\n    base_url: {base}\n    rate: {rate}\n"),
+        format!("manifests: groups/\nresync: {resync}\nlisten: 127.0.0.1:0\nproviders:\n  cc:\n    kind: cometchat\n    app_id: bench\n    region: eu\n    api_key: {{ file: key }}\n    base_url: {base}\n    rate: {rate}\n"),
     )
     .unwrap();
     let mut text = String::new();
@@ -305,13 +318,14 @@ async fn idle_with_a_thousand_groups() {
         "initial pass did not finish"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // 60 s: two safety rescans (every 30 s) fall inside the window.
     let (t0, c0) = (Instant::now(), cpu_ticks(pid));
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
     let ticks = cpu_ticks(pid) - c0;
     let cpu = ticks as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
     let rss = rss_kb(pid);
     println!(
-        "idle with 1,000 groups: RSS {:.1} MB (`rosterd validate` of the same tree peaks at {:.1} MB: +{:.1} MB), CPU {:.2}% over 20 s",
+        "idle with 1,000 groups: RSS {:.1} MB (`rosterd validate` of the same tree peaks at {:.1} MB: +{:.1} MB), CPU {:.2}% over 60 s",
         rss as f64 / 1024.0,
         loaded_kb as f64 / 1024.0,
         (rss as f64 - loaded_kb as f64) / 1024.0,
@@ -321,16 +335,86 @@ async fn idle_with_a_thousand_groups() {
     let _ = child.wait();
 }
 
+/// Reads per second over one resync period of 1,000 groups in sync (`rosterd run` child
+/// process, resync 30 s): each group has its own phase, so the reads come flat, not in a burst.
+async fn resync_reads_of_a_thousand_groups() {
+    let period = 30u64;
+    let sb = sandbox(world(1000, &["alice", "bob"], None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    tree_resync(
+        dir.path(),
+        sb.base_url(Kind::Cometchat).unwrap(),
+        1000,
+        "1000/s",
+        &format!("{period}s"),
+        |_| "bob".into(),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rosterd"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("rosterd.yaml"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        wait(120, || sb.cometchat.requests().len() >= 3000).await,
+        "initial pass did not finish"
+    );
+    let initial = started.elapsed();
+    // The first period overlaps the initial pass (groups whose phase comes early resync while
+    // later ones still have their first run): count the second period, a steady one.
+    tokio::time::sleep(Duration::from_secs(period).saturating_sub(initial)).await;
+    let mut counts = Vec::new();
+    let mut last = sb.cometchat.requests().len();
+    for _ in 0..period {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sb.cometchat.requests().len();
+        counts.push(now - last);
+        last = now;
+    }
+    let total: usize = counts.iter().sum();
+    let mean = total as f64 / period as f64;
+    let mut sorted = counts.clone();
+    sorted.sort();
+    println!(
+        "resync of 1,000 groups in sync over their second period ({period} s; the initial pass took {:.1} s): {total} reads, per second min {} / median {} / max {} (mean {mean:.0}; max/mean {:.2}); every second: {counts:?}",
+        initial.as_secs_f64(),
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+        sorted[sorted.len() - 1] as f64 / mean
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful either: run once.
+    // `cargo bench --bench daemon [-- name...]`: every scenario, or those whose name contains
+    // one of the words given (edit, hundred, idle, resync).
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let pick = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        edit_to_first_write().await;
-        hundred_groups_under_a_rate_limit().await;
-        hundred_groups_under_a_write_pace().await;
-        idle_with_a_thousand_groups().await;
+        if pick("edit") {
+            edit_to_first_write().await;
+        }
+        if pick("hundred-rate") {
+            hundred_groups_under_a_rate_limit().await;
+        }
+        if pick("hundred-pace") {
+            hundred_groups_under_a_write_pace().await;
+        }
+        if pick("idle") {
+            idle_with_a_thousand_groups().await;
+        }
+        if pick("resync") {
+            resync_reads_of_a_thousand_groups().await;
+        }
     });
 }

@@ -15,6 +15,7 @@ pub fn schema() -> Value {
     let common = json!({
         "base_url": {"type": "string", "description": "Replaces the provider's public address"},
         "batch_size": {"type": "integer", "minimum": 1},
+        "concurrency": {"type": "integer", "minimum": 1, "description": "Groups reconciled at the same time (default 4)"},
         "interval": {"type": "string", "description": "Pause between write calls (humantime)"},
         "rate": {"type": ["string", "number"], "description": "Requests per time, e.g. 10/s"},
         "timeout": {"type": "string", "description": "Per request (humantime)"},

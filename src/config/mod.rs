@@ -51,6 +51,8 @@ pub struct Context {
     pub max_removals: RemovalLimit,
     /// The manifest files, sorted.
     pub manifest_files: Vec<PathBuf>,
+    /// The folders named by `manifests:` (scanned recursively; the daemon watches them).
+    pub manifest_dirs: Vec<PathBuf>,
     pub people_file: Option<PathBuf>,
     /// Instances whose entry has errors (already reported): groups using them are skipped
     /// rather than reported again as "unknown provider".
@@ -230,10 +232,12 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
         raw::OneOrMany::Many(v) => v.clone(),
     };
     let mut manifest_files = BTreeSet::new();
+    let mut manifest_dirs = Vec::new();
     for e in &entries {
         let p = rel(e);
         if p.is_dir() {
             scan(&p, &mut manifest_files);
+            manifest_dirs.push(p);
         } else if p.is_file() {
             manifest_files.insert(p);
         } else {
@@ -309,6 +313,7 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
         unlisted,
         max_removals,
         manifest_files: manifest_files.into_iter().collect(),
+        manifest_dirs,
         people_file,
     };
     ctx.names = ctx
@@ -398,9 +403,10 @@ pub fn parse_rate(s: &str) -> Option<f64> {
     (r.is_finite() && r > 0.0).then_some(r)
 }
 
-const COMMON_KEYS: [&str; 7] = [
+const COMMON_KEYS: [&str; 8] = [
     "base_url",
     "batch_size",
+    "concurrency",
     "interval",
     "rate",
     "timeout",
@@ -476,6 +482,18 @@ fn instance(
                 file,
                 *at,
                 format!("provider {name}: batch_size: expected a positive integer, found {v}"),
+            )),
+        }
+    }
+    if let Some((v, at)) = map.get("concurrency") {
+        match v.as_u64() {
+            Some(n) if n >= 1 => common.concurrency = Some(n as usize),
+            _ => diags.push(Diagnostic::new(
+                file,
+                *at,
+                format!(
+                    "provider {name}: concurrency: expected a positive integer (groups at a time), found {v}"
+                ),
             )),
         }
     }

@@ -398,6 +398,34 @@ fn restriction_rules_with_bad_globs_or_unknown_instances_are_errors() {
     );
 }
 
+#[test]
+fn concurrency_is_a_positive_integer_on_the_instance_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = |c: &str| {
+        format!(
+            "manifests: groups/\nproviders:\n  cc:\n    kind: cometchat\n    app_id: a\n    region: eu\n    api_key: {{ env: K }}\n    concurrency: {c}\n"
+        )
+    };
+    let group = (
+        "groups/g.yaml",
+        "group: g\nprovider: cc\nid: g\nadmins: [x]\n",
+    );
+    for bad in ["0", "two", "-1"] {
+        let cfg = write(dir.path(), &[("rosterd.yaml", &root(bad)), group]);
+        let d = load(&cfg).unwrap_err();
+        assert_eq!(d.len(), 1, "{d}");
+        assert_eq!((d.0[0].line, d.0[0].column), (8, 18), "{d}");
+        assert!(
+            d.to_string()
+                .contains("provider cc: concurrency: expected a positive integer"),
+            "{d}"
+        );
+    }
+    let cfg = write(dir.path(), &[("rosterd.yaml", &root("12")), group]);
+    let c = load(&cfg).unwrap();
+    assert_eq!(c.instances["cc"].common.concurrency, Some(12));
+}
+
 /// The diagnostics of a tree whose rosterd.yaml declares `providers` (and one group per
 /// instance name in `groups`), with the folder removed from their paths.
 fn settings_mistakes(providers: &str, groups: &str) -> String {

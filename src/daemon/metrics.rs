@@ -25,6 +25,11 @@ pub struct ProviderLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabel {
     pub group: String,
 }
@@ -44,6 +49,8 @@ pub struct Metrics {
     pub failing_since: Family<GroupLabel, Gauge>,
     pub manifest_errors: Gauge,
     pub groups: Gauge,
+    pub rescans: Family<ReasonLabel, Counter>,
+    pub file_reads: Counter,
     /// The resync period in force, so alert rules can speak in resyncs.
     pub resync: Gauge,
     /// 1 while /readyz answers 200 (set when /metrics is scraped).
@@ -64,6 +71,8 @@ impl Default for Metrics {
             failing_since: Family::default(),
             manifest_errors: Gauge::default(),
             groups: Gauge::default(),
+            rescans: Family::default(),
+            file_reads: Counter::default(),
             resync: Gauge::default(),
             ready: Gauge::default(),
             registry: Registry::default(),
@@ -117,6 +126,16 @@ impl Default for Metrics {
             "managed_groups",
             "Groups declared by the files in force",
             m.groups.clone(),
+        );
+        registry.register(
+            "rescans",
+            "Rescans of the files, by what caused them (start, watch, poll, signal)",
+            m.rescans.clone(),
+        );
+        registry.register(
+            "file_reads",
+            "Files read by rescans (configuration, people and manifests)",
+            m.file_reads.clone(),
         );
         registry.register(
             "resync_seconds",

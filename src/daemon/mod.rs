@@ -1,10 +1,14 @@
 //! `rosterd run`: the daemon. Watches the files, keeps the last valid version of each, and
 //! reconciles groups on change and on a resync timer (SPEC §6).
 //!
-//! One control loop owns the scheduling state: a group is never reconciled twice at once, and
-//! triggers that arrive while it runs coalesce into one more run afterwards (the kube-rs
-//! runner's rule). Work runs in tracked tasks, bounded per provider instance; on shutdown no new
-//! work starts, the write call in flight completes, and later calls are refused unsent.
+//! One control loop owns the scheduling state ([`scheduler::Scheduler`]: single flight per group,
+//! coalesced re-runs, one keyed timer per group for its retry or its next resync) and turns
+//! events into work: rescans of the files run on a blocking task (one at a time, a request
+//! meanwhile makes one more), group runs in tracked tasks, bounded per provider instance. A
+//! provider client lives as long as its instance's settings: edits of people.yaml or manifests,
+//! and changes to other instances, keep it with its pacing, cooldowns, serial-write gate and
+//! learned state. On shutdown no new work starts, every wait ends, the write call in flight
+//! completes, and later calls are refused unsent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -19,18 +23,20 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::ctx::{Clock, Ctx};
-use crate::model::DesiredGroup;
-use crate::provider::RequestCounts;
-use crate::reconcile::{self, GroupStatus, RunOptions, Target};
+use crate::model::{DesiredGroup, OpKind};
+use crate::provider::{Instance, RequestCounts};
+use crate::reconcile::{self, GroupStatus, Progress, RunOptions, Target};
 
 pub mod metrics;
 pub mod page;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod watch;
 
-use metrics::{GroupLabel, Metrics, OpLabels, ProviderLabel, ResultLabel};
-use state::Tree;
+use metrics::{GroupLabel, Metrics, OpLabels, ProviderLabel, ReasonLabel, ResultLabel};
+use scheduler::{Finished, Run, Scheduler};
+use state::{Scan, Tree};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -85,9 +91,9 @@ pub struct Shared {
     pub status: RwLock<BTreeMap<String, GroupState>>,
     pub metrics: Metrics,
     /// Provider instances that answered a read at least once.
-    pub reached: Mutex<BTreeSet<String>>,
+    pub reached: Arc<Mutex<BTreeSet<String>>>,
     targets: RwLock<BTreeMap<String, Target>>,
-    audit: RwLock<Option<Arc<AuditLog>>>,
+    audit: RwLock<Option<(PathBuf, Arc<AuditLog>)>>,
     /// Request counts already added to the metrics, per instance.
     counted: Mutex<BTreeMap<String, RequestCounts>>,
     /// Cancelled when the daemon stops taking work.
@@ -97,11 +103,13 @@ pub struct Shared {
 impl Shared {
     /// Configuration loaded and every provider instance in use reached once.
     pub fn ready(&self) -> Result<(), String> {
-        let tree = self.tree.lock().expect("lock");
-        if tree.context().is_none() {
-            return Err("configuration not loaded".into());
-        }
-        let used: BTreeSet<String> = tree.groups().values().map(|g| g.provider.clone()).collect();
+        let used: BTreeSet<String> = {
+            let tree = self.tree.lock().expect("lock");
+            if tree.context().is_none() {
+                return Err("configuration not loaded".into());
+            }
+            tree.groups().values().map(|g| g.provider.clone()).collect()
+        };
         let reached = self.reached.lock().expect("lock");
         let missing: Vec<&String> = used.iter().filter(|p| !reached.contains(*p)).collect();
         if missing.is_empty() {
@@ -119,18 +127,46 @@ impl Shared {
     }
 }
 
+/// What asked for a rescan of the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Start,
+    Watch,
+    Poll,
+    Signal,
+}
+
+impl Reason {
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Start => "start",
+            Reason::Watch => "watch",
+            Reason::Poll => "poll",
+            Reason::Signal => "signal",
+        }
+    }
+}
+
 enum Event {
-    Reload,
-    Resync,
-    Trigger(String),
-    Done(String),
+    Rescan(Reason),
+    Scanned(Box<Scan>),
+    Done(String, Finished),
 }
 
 /// Run the daemon until `shutdown` is cancelled. Returns an error only when the configuration
 /// cannot be loaded at start or the listen address cannot be bound.
 pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut tree = Tree::new(&opts.config);
-    tree.reload();
+    let (tree, start_reads) = {
+        let config = opts.config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tree = Tree::new(&config);
+            let scan = tree.basis().scan();
+            let reads = scan.reads as u64;
+            tree.apply(scan);
+            (tree, reads)
+        })
+        .await?
+    };
     let Some(ctx) = tree.context().cloned() else {
         let errors = tree
             .errors()
@@ -149,7 +185,7 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
         tree: Mutex::new(tree),
         status: RwLock::new(BTreeMap::new()),
         metrics: Metrics::default(),
-        reached: Mutex::new(BTreeSet::new()),
+        reached: Arc::new(Mutex::new(BTreeSet::new())),
         targets: RwLock::new(BTreeMap::new()),
         audit: RwLock::new(None),
         counted: Mutex::new(BTreeMap::new()),
@@ -163,86 +199,116 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
     let server = tokio::spawn(server::serve(listener, shared.clone(), server_stop.clone()));
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let _watcher = watch::start(&opts.config, &ctx, opts.debounce, {
+    let mut watcher = watch::Watch::start(&opts.config, &ctx, opts.debounce, {
         let tx = tx.clone();
         move || {
-            let _ = tx.send(Event::Reload);
+            let _ = tx.send(Event::Rescan(Reason::Watch));
         }
     });
-    spawn_timers(&tracker, &tx, &work_stop, resync, opts.poll);
+    spawn_poll(&tracker, &tx, &work_stop, opts.poll);
     spawn_signals(&tracker, &tx, &shutdown);
 
-    rebuild_targets(&shared);
+    sync_targets(&shared);
     update_file_metrics(&shared);
-    for name in shared.tree.lock().expect("lock").groups().keys() {
-        let _ = tx.send(Event::Trigger(name.clone()));
+    count_rescan(&shared, Reason::Start);
+    shared.metrics.file_reads.inc_by(start_reads);
+    let mut sched = Scheduler::new(resync);
+    let worker = Worker {
+        shared: shared.clone(),
+        tracker: tracker.clone(),
+        tx: tx.clone(),
+    };
+    let names: Vec<String> = shared
+        .tree
+        .lock()
+        .expect("lock")
+        .groups()
+        .keys()
+        .cloned()
+        .collect();
+    for r in sched.add(names) {
+        worker.start(&mut sched, r);
     }
 
-    // The control loop: single flight per group, coalesced re-runs.
-    let mut running: BTreeSet<String> = BTreeSet::new();
-    let mut again: BTreeSet<String> = BTreeSet::new();
+    // The control loop: the scheduler decides, the workers do.
+    let mut scanning = false;
+    let mut rescan_owed = false;
     loop {
-        let ev = tokio::select! {
+        enum Next {
+            Event(Event),
+            Due(Run),
+        }
+        let next = tokio::select! {
+            biased;
             _ = work_stop.cancelled() => break,
-            ev = rx.recv() => match ev { Some(ev) => ev, None => break },
+            ev = rx.recv() => match ev { Some(ev) => Next::Event(ev), None => break },
+            run = sched.due() => Next::Due(run),
         };
-        match ev {
-            Event::Reload => {
-                let r = shared.tree.lock().expect("lock").reload();
+        match next {
+            Next::Due(run) => worker.start(&mut sched, run),
+            Next::Event(Event::Rescan(reason)) => {
+                count_rescan(&shared, reason);
+                if scanning {
+                    rescan_owed = true;
+                } else {
+                    scanning = true;
+                    worker.scan();
+                }
+            }
+            Next::Event(Event::Scanned(scan)) => {
+                shared.metrics.file_reads.inc_by(scan.reads as u64);
+                let r = shared.tree.lock().expect("lock").apply(*scan);
                 if r.context_changed {
-                    rebuild_targets(&shared);
+                    sync_targets(&shared);
+                    let tree = shared.tree.lock().expect("lock");
+                    if let (Some(w), Some(ctx)) = (watcher.as_mut(), tree.context()) {
+                        w.follow(&opts.config, ctx);
+                    }
+                    if opts.resync.is_none()
+                        && let Some(ctx) = tree.context()
+                    {
+                        sched.set_period(ctx.resync);
+                        shared.metrics.resync.set(ctx.resync.as_secs() as i64);
+                    }
                 }
                 for g in &r.dropped {
+                    sched.remove(g);
                     shared.status.write().expect("lock").remove(g);
                     shared.metrics.forget_group(g);
                 }
                 update_file_metrics(&shared);
+                let mut new = Vec::new();
                 for g in r.changed {
-                    let _ = tx.send(Event::Trigger(g));
-                }
-            }
-            Event::Resync => {
-                for g in shared.tree.lock().expect("lock").groups().keys() {
-                    let _ = tx.send(Event::Trigger(g.clone()));
-                }
-            }
-            Event::Trigger(g) => {
-                if running.contains(&g) {
-                    again.insert(g);
-                    continue;
-                }
-                let Some(desired) = shared.tree.lock().expect("lock").groups().get(&g).cloned()
-                else {
-                    continue; // no longer managed
-                };
-                running.insert(g.clone());
-                set_running(&shared, &g, true);
-                let (shared2, tx2) = (shared.clone(), tx.clone());
-                tracker.spawn(async move {
-                    reconcile_group(&shared2, desired).await;
-                    let _ = tx2.send(Event::Done(g));
-                });
-            }
-            Event::Done(g) => {
-                running.remove(&g);
-                set_running(&shared, &g, false);
-                if again.remove(&g) {
-                    let _ = tx.send(Event::Trigger(g));
-                } else if let Some(delay) = retry_delay(&shared, &g, resync) {
-                    let tx2 = tx.clone();
-                    let stop = work_stop.clone();
-                    tracker.spawn(async move {
-                        tokio::select! {
-                            _ = stop.cancelled() => {}
-                            _ = tokio::time::sleep(delay) => { let _ = tx2.send(Event::Trigger(g)); }
+                    if sched.knows(&g) {
+                        if let Some(run) = sched.changed(&g) {
+                            worker.start(&mut sched, run);
                         }
-                    });
+                    } else {
+                        new.push(g);
+                    }
+                }
+                for run in sched.add(new) {
+                    worker.start(&mut sched, run);
+                }
+                scanning = rescan_owed;
+                if rescan_owed {
+                    rescan_owed = false;
+                    worker.scan();
+                }
+            }
+            Next::Event(Event::Done(g, how)) => {
+                if sched.knows(&g) {
+                    set_running(&shared, &g, false);
+                }
+                if let Some(run) = sched.finished(&g, how) {
+                    worker.start(&mut sched, run);
                 }
             }
         }
     }
 
     tracing::info!("stopping: no new work; waiting for groups in flight");
+    drop(watcher);
     tracker.close();
     if tokio::time::timeout(opts.grace, tracker.wait())
         .await
@@ -255,30 +321,76 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Re
     Ok(())
 }
 
-fn spawn_timers(
+/// Starts the work the control loop decides on, in tracked tasks that report back.
+struct Worker {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Worker {
+    /// Start one group's run, unless the group is no longer in force.
+    fn start(&self, sched: &mut Scheduler, run: Run) {
+        let desired = self
+            .shared
+            .tree
+            .lock()
+            .expect("lock")
+            .groups()
+            .get(&run.group)
+            .cloned();
+        let Some(desired) = desired else {
+            sched.remove(&run.group);
+            return;
+        };
+        tracing::debug!(group = %run.group, cause = ?run.cause, "run");
+        set_running(&self.shared, &run.group, true);
+        let (shared, tx) = (self.shared.clone(), self.tx.clone());
+        self.tracker.spawn(async move {
+            let how = reconcile_group(&shared, desired).await;
+            let _ = tx.send(Event::Done(run.group, how));
+        });
+    }
+
+    /// Read and hash the files on a blocking task; the tree's lock is held only to take the
+    /// basis and, back on the control loop, to fold the result in.
+    fn scan(&self) {
+        let basis = self.shared.tree.lock().expect("lock").basis();
+        let tx = self.tx.clone();
+        self.tracker.spawn(async move {
+            match tokio::task::spawn_blocking(move || basis.scan()).await {
+                Ok(scan) => {
+                    let _ = tx.send(Event::Scanned(Box::new(scan)));
+                }
+                Err(e) => tracing::error!(error = %e, "rescan failed"),
+            }
+        });
+    }
+}
+
+fn count_rescan(shared: &Shared, reason: Reason) {
+    shared
+        .metrics
+        .rescans
+        .get_or_create(&ReasonLabel {
+            reason: reason.label().into(),
+        })
+        .inc();
+}
+
+/// The safety rescan: a lost or overflowed watch only delays a change by this much.
+fn spawn_poll(
     tracker: &TaskTracker,
     tx: &mpsc::UnboundedSender<Event>,
     stop: &CancellationToken,
-    resync: Duration,
     poll: Duration,
 ) {
-    let (tx1, stop1) = (tx.clone(), stop.clone());
-    tracker.spawn(async move {
-        loop {
-            // ±10% jitter so many daemons (or many restarts) do not resync in step.
-            let jitter = 0.9 + rand::random::<f64>() * 0.2;
-            tokio::select! {
-                _ = stop1.cancelled() => return,
-                _ = tokio::time::sleep(resync.mul_f64(jitter)) => { let _ = tx1.send(Event::Resync); }
-            }
-        }
-    });
-    let (tx2, stop2) = (tx.clone(), stop.clone());
+    let (tx, stop) = (tx.clone(), stop.clone());
     tracker.spawn(async move {
         loop {
             tokio::select! {
-                _ = stop2.cancelled() => return,
-                _ = tokio::time::sleep(poll) => { let _ = tx2.send(Event::Reload); }
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(poll) => { let _ = tx.send(Event::Rescan(Reason::Poll)); }
             }
         }
     });
@@ -303,7 +415,7 @@ fn spawn_signals(
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); let _ = tx.send(Event::Reload); }
+                    _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); let _ = tx.send(Event::Rescan(Reason::Signal)); }
                     _ = term.recv() => { tracing::info!("SIGTERM: stopping"); stop.cancel(); return; }
                     _ = int.recv() => { tracing::info!("SIGINT: stopping"); stop.cancel(); return; }
                 }
@@ -316,15 +428,46 @@ fn spawn_signals(
     }
 }
 
-/// Build the provider clients of the configuration in force. An instance whose client cannot
-/// be built (a missing secret) keeps its groups failing with that error until fixed.
-fn rebuild_targets(shared: &Shared) {
+/// Whether a client built for `old` serves `new` as well: every setting but the concurrency
+/// bound (which lives in the target, not the client) is the same.
+fn same_client(old: &Instance, new: &Instance) -> bool {
+    let mut old = old.clone();
+    old.common.concurrency = new.common.concurrency;
+    old == *new
+}
+
+/// Bring the provider clients in line with the configuration in force, instance by instance:
+/// a client whose settings did not change is kept — with its pacing, cooldowns, serial-write
+/// gate, learned state and counters — so runs in flight and new runs share it. A changed
+/// `concurrency:` alone gives the target a new bound and keeps the client (runs already in
+/// flight finish under the old bound). An instance whose client cannot be built (a missing
+/// secret) keeps its groups failing with that error until fixed.
+fn sync_targets(shared: &Shared) {
     let tree = shared.tree.lock().expect("lock");
     let Some(ctx) = tree.context() else { return };
-    let mut targets = BTreeMap::new();
+    let mut targets = shared.targets.write().expect("lock");
+    let mut counted = shared.counted.lock().expect("lock");
+    targets.retain(|name, _| ctx.instances.contains_key(name));
     for (name, instance) in &ctx.instances {
+        let kept = targets.get(name).and_then(|t| {
+            if !same_client(&t.instance, instance) {
+                None
+            } else if t.instance.common.concurrency == instance.common.concurrency {
+                Some(t.clone())
+            } else {
+                Some(Target::new(instance.clone(), t.provider.clone()))
+            }
+        });
+        if let Some(t) = kept {
+            targets.insert(name.clone(), t);
+            continue;
+        }
+        targets.remove(name);
+        // A new client counts from zero.
+        counted.remove(name);
         match crate::provider::build(instance) {
             Ok(provider) => {
+                tracing::info!(provider = %name, "provider client built");
                 targets.insert(name.clone(), Target::new(instance.clone(), provider));
             }
             Err(e) => {
@@ -332,29 +475,57 @@ fn rebuild_targets(shared: &Shared) {
             }
         }
     }
-    *shared.targets.write().expect("lock") = targets;
-    let audit = ctx
-        .audit_log
-        .as_ref()
-        .and_then(|p| match AuditLog::open(p) {
-            Ok(a) => Some(Arc::new(a)),
-            Err(e) => {
-                tracing::error!(file = %p.display(), error = %e, "cannot open the audit log");
-                None
-            }
-        });
-    *shared.audit.write().expect("lock") = audit;
+    let mut audit = shared.audit.write().expect("lock");
+    if audit.as_ref().map(|(p, _)| p) != ctx.audit_log.as_ref() {
+        *audit = ctx
+            .audit_log
+            .as_ref()
+            .and_then(|p| match AuditLog::open(p) {
+                Ok(a) => Some((p.clone(), Arc::new(a))),
+                Err(e) => {
+                    tracing::error!(file = %p.display(), error = %e, "cannot open the audit log");
+                    None
+                }
+            });
+    }
+}
+
+/// Tells the daemon which providers answered a read, as soon as they do — not when the run
+/// (a long paced apply, maybe) finishes.
+struct Reads {
+    reached: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Progress for Reads {
+    fn calls_planned(&self, _: usize) {}
+    fn call_done(&self, _: &str, _: OpKind) {}
+    fn waiting(&self, why: &str, d: Duration) {
+        tracing::info!(wait = ?d, "waiting: {why}");
+    }
+    fn finish(&self) {}
+    fn group_read(&self, _group: &str, provider: &str) {
+        let mut reached = self.reached.lock().expect("lock");
+        if !reached.contains(provider) {
+            tracing::info!(provider, "provider reached");
+            reached.insert(provider.to_string());
+        }
+    }
 }
 
 /// One run of one group: the same road as `rosterd apply`, bounded per provider instance.
-async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
+async fn reconcile_group(shared: &Shared, desired: DesiredGroup) -> Finished {
     let target = shared
         .targets
         .read()
         .expect("lock")
         .get(&desired.provider)
         .cloned();
-    let audit = shared.audit.read().expect("lock").clone();
+    let audit = shared
+        .audit
+        .read()
+        .expect("lock")
+        .as_ref()
+        .map(|(_, a)| a.clone());
     let name = desired.name.clone();
     let Some(target) = target else {
         record(
@@ -366,10 +537,13 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
                 desired.provider
             )),
         );
-        return;
+        return Finished::Failed;
     };
     let opts = RunOptions {
         apply: true,
+        progress: Some(Arc::new(Reads {
+            reached: shared.reached.clone(),
+        })),
         ..RunOptions::default()
     };
     // Once the daemon stops, the request in flight completes and no later one is sent, so
@@ -381,13 +555,6 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
     let g =
         reconcile::reconcile_group(&ctx, &desired, Some(&target), &opts, audit.as_deref()).await;
 
-    if g.plan.is_some() {
-        shared
-            .reached
-            .lock()
-            .expect("lock")
-            .insert(desired.provider.clone());
-    }
     let m = &shared.metrics;
     for o in &g.outcomes {
         let outcome = match &o.outcome {
@@ -435,6 +602,11 @@ async fn reconcile_group(shared: &Shared, desired: DesiredGroup) {
     // A run whose read failed keeps the previous plan: the page shows the last one there was.
     if let (Some(plan), Some(e)) = (g.plan, shared.status.write().expect("lock").get_mut(&name)) {
         e.last_plan = Some(plan);
+    }
+    match g.status {
+        GroupStatus::Applied | GroupStatus::InSync => Finished::Ok,
+        GroupStatus::Blocked => Finished::Blocked,
+        GroupStatus::Failed | GroupStatus::Changes => Finished::Failed,
     }
 }
 
@@ -497,18 +669,6 @@ fn set_running(shared: &Shared, name: &str, running: bool) {
         .entry(name.to_string())
         .or_default()
         .running = running;
-}
-
-/// A failed group is retried with exponential backoff (5 s doubling, at most the resync
-/// period); a blocked one waits for a file change or the next resync.
-fn retry_delay(shared: &Shared, name: &str, resync: Duration) -> Option<Duration> {
-    let st = shared.status.read().expect("lock");
-    let s = st.get(name)?;
-    if s.result != Some(GroupStatus::Failed) || s.failures == 0 {
-        return None;
-    }
-    let base = Duration::from_secs(5).saturating_mul(1 << s.failures.min(10).saturating_sub(1));
-    Some(base.min(resync))
 }
 
 fn count_requests(shared: &Shared, provider: &str, now: RequestCounts) {

@@ -28,7 +28,8 @@ pub struct Reload {
     pub changed: BTreeSet<String>,
     /// Groups no longer declared: stop managing them (nothing is removed).
     pub dropped: BTreeSet<String>,
-    /// rosterd.yaml or people.yaml changed and validated: provider clients may need rebuilding.
+    /// rosterd.yaml or people.yaml changed and validated (provider clients are rebuilt only
+    /// for instances whose own settings changed).
     pub context_changed: bool,
 }
 
@@ -50,6 +51,75 @@ fn hash_file(path: &Path) -> Option<u64> {
     Some(h.finish())
 }
 
+/// What a rescan starts from: the configuration in force and the hash of every manifest. Taken
+/// from the [`Tree`] under its lock in a moment; the scan itself needs no lock.
+#[derive(Debug, Clone)]
+pub struct Basis {
+    config_path: PathBuf,
+    ctx: Option<Context>,
+    hashes: BTreeMap<PathBuf, u64>,
+}
+
+/// One manifest file as a scan found it.
+#[derive(Debug)]
+struct Scanned {
+    path: PathBuf,
+    hash: u64,
+    /// Its validation, when its contents (or the configuration) changed since the basis.
+    validated: Option<Result<Vec<DesiredGroup>, Diagnostics>>,
+}
+
+/// What a rescan read, ready to fold into the [`Tree`].
+#[derive(Debug)]
+pub struct Scan {
+    ctx: Result<Context, Diagnostics>,
+    files: Vec<Scanned>,
+    /// Files read (rosterd.yaml and people.yaml count as read by the configuration load).
+    pub reads: usize,
+}
+
+impl Basis {
+    /// Read and hash every file, validating only what changed. Blocking file I/O: the daemon
+    /// runs this on a blocking task so its HTTP endpoints keep answering.
+    pub fn scan(self) -> Scan {
+        let loaded = config::load_context(&self.config_path);
+        let mut reads = 1;
+        let fresh = match &loaded {
+            Ok(ctx) => {
+                reads += usize::from(ctx.people_file.is_some());
+                self.ctx.as_ref() != Some(ctx)
+            }
+            Err(_) => false,
+        };
+        // A configuration that failed keeps the previous one, and its manifests, in force.
+        let ctx = match &loaded {
+            Ok(c) => Some(c),
+            Err(_) => self.ctx.as_ref(),
+        };
+        let mut files = Vec::new();
+        for path in ctx.map_or(&[][..], |c| &c.manifest_files[..]) {
+            reads += 1;
+            let Some(hash) = hash_file(path) else {
+                continue; // vanished between the scan and the read: the next event rescans
+            };
+            // Instances or people changed: every manifest must be validated again.
+            let unchanged = !fresh && self.hashes.get(path) == Some(&hash);
+            let validated = (!unchanged)
+                .then(|| config::load_manifest_file(path, ctx.expect("a context lists the files")));
+            files.push(Scanned {
+                path: path.clone(),
+                hash,
+                validated,
+            });
+        }
+        Scan {
+            ctx: loaded,
+            files,
+            reads,
+        }
+    }
+}
+
 impl Tree {
     pub fn new(config_path: &Path) -> Self {
         Tree {
@@ -65,15 +135,30 @@ impl Tree {
     /// Re-read every file and fold the valid parts in. Cheap when nothing changed: unchanged
     /// manifests are recognised by their contents and not validated again.
     pub fn reload(&mut self) -> Reload {
+        let scan = self.basis().scan();
+        self.apply(scan)
+    }
+
+    /// What a scan of the files needs to know of the tree.
+    pub fn basis(&self) -> Basis {
+        Basis {
+            config_path: self.config_path.clone(),
+            ctx: self.ctx.clone(),
+            hashes: self
+                .files
+                .iter()
+                .map(|(p, f)| (p.clone(), f.hash))
+                .collect(),
+        }
+    }
+
+    /// Fold a scan in (no I/O).
+    pub fn apply(&mut self, scan: Scan) -> Reload {
         let mut out = Reload::default();
-        match config::load_context(&self.config_path) {
+        match scan.ctx {
             Ok(ctx) => {
                 if self.ctx.as_ref() != Some(&ctx) {
                     out.context_changed = true;
-                    // Instances or people changed: every manifest must be validated again.
-                    for f in self.files.values_mut() {
-                        f.hash = 0;
-                    }
                     self.ctx = Some(ctx);
                 }
                 self.ctx_error = None;
@@ -88,11 +173,11 @@ impl Tree {
                 self.ctx_error = Some(d);
             }
         }
-        let Some(ctx) = self.ctx.clone() else {
+        let Some(ctx) = self.ctx.as_ref() else {
             return out;
         };
 
-        let present: BTreeSet<PathBuf> = ctx.manifest_files.iter().cloned().collect();
+        let present: BTreeSet<&PathBuf> = ctx.manifest_files.iter().collect();
         let gone: Vec<PathBuf> = self
             .files
             .keys()
@@ -103,22 +188,17 @@ impl Tree {
             tracing::info!(file = %p.display(), "manifest file removed: its groups are no longer managed");
             self.files.remove(&p);
         }
-        for path in &ctx.manifest_files {
-            let Some(hash) = hash_file(path) else {
-                continue; // vanished between the scan and the read: the next event rescans
-            };
-            let entry = self.files.entry(path.clone()).or_default();
-            if entry.hash == hash {
-                continue;
-            }
-            entry.hash = hash;
-            match config::load_manifest_file(path, &ctx) {
-                Ok(groups) => {
+        for f in scan.files {
+            let entry = self.files.entry(f.path.clone()).or_default();
+            entry.hash = f.hash;
+            match f.validated {
+                None => {}
+                Some(Ok(groups)) => {
                     entry.groups = groups;
                     entry.error = None;
                 }
-                Err(d) => {
-                    tracing::error!(file = %path.display(), "manifest invalid; its last valid version stays in force\n{d}");
+                Some(Err(d)) => {
+                    tracing::error!(file = %f.path.display(), "manifest invalid; its last valid version stays in force\n{d}");
                     entry.error = Some(d);
                 }
             }

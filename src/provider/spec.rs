@@ -71,6 +71,8 @@ pub struct CommonSettings {
     pub base_url: Option<String>,
     /// Members per write call, already capped at the provider's maximum per kind of call.
     pub batch_size: Option<usize>,
+    /// Groups of this instance reconciled at the same time (default 4).
+    pub concurrency: Option<usize>,
     /// Pause between write calls.
     pub interval: Option<Duration>,
     /// Cap on requests per second (reads and writes).

@@ -38,12 +38,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// The target of `instance`, at most [`DEFAULT_CONCURRENCY`] groups at a time.
+    /// The target of `instance`, at most its `concurrency:` (default [`DEFAULT_CONCURRENCY`])
+    /// groups at a time.
     pub fn new(instance: Instance, provider: Arc<dyn Provider>) -> Self {
+        let n = instance.common.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
         Target {
             instance,
             provider,
-            permits: Arc::new(Semaphore::new(DEFAULT_CONCURRENCY)),
+            permits: Arc::new(Semaphore::new(n.max(1))),
         }
     }
 
@@ -306,7 +308,12 @@ async fn plan_one(
         return (report, None);
     };
     let live = match target.provider.fetch(ctx, &g.id).await {
-        Ok(live) => live,
+        Ok(live) => {
+            if let Some(p) = &opts.progress {
+                p.group_read(&g.name, &g.provider);
+            }
+            live
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the group; nothing planned or applied");
             report.error = Some(format!("cannot read group {}: {e}", g.id));

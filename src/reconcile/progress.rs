@@ -14,6 +14,8 @@ pub trait Progress: Send + Sync {
     fn call_done(&self, group: &str, kind: OpKind);
     fn waiting(&self, why: &str, d: Duration);
     fn finish(&self);
+    /// A group's live state was read: its provider answered (the daemon's readiness).
+    fn group_read(&self, _group: &str, _provider: &str) {}
 }
 
 /// The display for this process: a status line on a terminal, log lines otherwise.

@@ -281,16 +281,22 @@ async fn admins_are_replaced_when_every_admin_add_succeeds() {
     assert_eq!(admins, vec![&m("new1")]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn groups_of_one_instance_respect_the_concurrency_bound() {
+/// `n` groups that each need one add, on a provider that takes 20 ms per call.
+fn slow_groups(n: usize) -> (Arc<MemoryProvider>, Vec<DesiredGroup>) {
     let p = Arc::new(MemoryProvider::new(Kind::Cometchat).with_latency(Duration::from_millis(20)));
-    let groups: Vec<DesiredGroup> = (0..8)
+    let groups = (0..n)
         .map(|i| {
             let name = format!("g{i}");
             p.set_group(&name, live("alice", &[("alice", Role::Admin)]));
             desired(&name, &[("alice", Role::Admin), ("bob", Role::Participant)])
         })
         .collect();
+    (p, groups)
+}
+
+#[tokio::test(start_paused = true)]
+async fn groups_of_one_instance_respect_the_concurrency_bound() {
+    let (p, groups) = slow_groups(8);
     let t: BTreeMap<String, Target> = targets(p.clone())
         .into_iter()
         .map(|(k, t)| (k, t.with_concurrency(2)))
@@ -303,6 +309,24 @@ async fn groups_of_one_instance_respect_the_concurrency_bound() {
         p.max_in_flight()
     );
     assert!(p.max_in_flight() >= 2, "groups ran concurrently");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_concurrency_of_an_instance_comes_from_its_settings() {
+    for (configured, bound) in [(None, DEFAULT_CONCURRENCY), (Some(3), 3)] {
+        let (p, groups) = slow_groups(12);
+        let t: BTreeMap<String, Target> = targets(p.clone())
+            .into_iter()
+            .map(|(k, t)| {
+                let mut inst = t.instance.clone();
+                inst.common.concurrency = configured;
+                (k, Target::new(inst, t.provider))
+            })
+            .collect();
+        let report = run(&ctx(), &groups, &t, &apply_opts(), None).await;
+        assert_eq!(report.exit_code(true, false), 0);
+        assert_eq!(p.max_in_flight(), bound, "{configured:?}");
+    }
 }
 
 #[tokio::test]

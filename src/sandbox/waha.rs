@@ -18,7 +18,7 @@
 //! - the session gate answers at once instead of waiting ~15 s first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -275,6 +275,27 @@ struct Inner {
     log: Mutex<Vec<LoggedRequest>>,
     faults: Faults,
     window: Mutex<Window>,
+    /// Write requests being handled right now, and the most ever at once: one linked account
+    /// must never see two writes overlap.
+    writes_in_flight: AtomicUsize,
+    max_writes_in_flight: AtomicUsize,
+}
+
+/// Counts one write request in flight for as long as it is handled.
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn enter(inner: &'a Inner) -> Self {
+        let now = inner.writes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.max_writes_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A handle on one WAHA emulator; clones share the same state.
@@ -290,6 +311,8 @@ impl WahaEmulator {
                 state: Mutex::new(state.normalized()),
                 log: Mutex::new(Vec::new()),
                 faults: Faults::default(),
+                writes_in_flight: AtomicUsize::new(0),
+                max_writes_in_flight: AtomicUsize::new(0),
                 window: Mutex::new(Window { index: 0, adds: 0 }),
             }),
         }
@@ -321,6 +344,11 @@ impl WahaEmulator {
     /// Every request so far, oldest first.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         lock(&self.inner.log).clone()
+    }
+
+    /// The most write requests that were ever being handled at the same time.
+    pub fn max_writes_in_flight(&self) -> usize {
+        self.inner.max_writes_in_flight.load(Ordering::SeqCst)
     }
 
     /// The write calls the server carried out or refused on their merits (not throttled or
@@ -509,6 +537,7 @@ async fn handle(AxState(emu): AxState<WahaEmulator>, req: Request) -> Response {
             }
         }
     };
+    let _in_flight = (method != Method::GET).then(|| InFlight::enter(&emu.inner));
     let mut entry = LoggedRequest {
         method: method.to_string(),
         path: path.clone(),

@@ -33,6 +33,15 @@ pub fn write_root(dir: &Path, sb: &Sandbox, manifests: &str) -> PathBuf {
     dir.join("rosterd.yaml")
 }
 
+/// A tree with `groups/team.yaml` wanting bob beside alice.
+fn team_tree(sb: &Sandbox) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_root(dir.path(), sb, "groups/");
+    std::fs::create_dir(dir.path().join("groups")).unwrap();
+    std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+    (dir, cfg)
+}
+
 fn manifest(members: &[&str]) -> String {
     format!(
         "group: team\nprovider: cc\nid: team\nadmins: [alice]\nparticipants: [{}]\nmax_removals: 100\n",
@@ -76,16 +85,30 @@ pub struct Daemon {
 }
 
 pub fn start(config: &Path, resync: Duration) -> Daemon {
+    start_debounced(config, resync, Duration::from_millis(200))
+}
+
+/// A daemon whose safety rescan never comes within a test.
+fn start_debounced(config: &Path, resync: Duration, debounce: Duration) -> Daemon {
     let port = free_port();
     let mut opts = DaemonOptions::new(config);
     opts.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    opts.debounce = Duration::from_millis(200);
+    opts.debounce = debounce;
     opts.poll = Duration::from_secs(3600);
     opts.resync = Some(resync);
     opts.grace = Duration::from_secs(10);
     let stop = CancellationToken::new();
     let handle = tokio::spawn(run(opts, stop.clone()));
     Daemon { stop, handle, port }
+}
+
+/// Send SIGHUP to this test process (the daemon under test handles it).
+fn sighup() {
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
 }
 
 impl Daemon {
@@ -135,10 +158,7 @@ fn removed(sb: &Sandbox, who: &str) -> bool {
 async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_file() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let (dir, cfg) = team_tree(&sb);
         let d = start(&cfg, Duration::from_secs(1));
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
@@ -226,10 +246,7 @@ async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_
 async fn daemon_removes_nobody_when_a_manifest_is_deleted() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let (dir, cfg) = team_tree(&sb);
         let d = start(&cfg, Duration::from_millis(300));
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
@@ -307,10 +324,7 @@ async fn daemon_sees_atomic_saves_and_configmap_symlink_swaps() {
 async fn daemon_coalesces_quick_edits_into_one_run() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_root(dir.path(), &sb, "groups/");
-        std::fs::create_dir(dir.path().join("groups")).unwrap();
-        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let (dir, cfg) = team_tree(&sb);
         let d = start(&cfg, Duration::from_secs(3600));
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
@@ -550,6 +564,172 @@ async fn daemon_status_names_a_failed_member_as_the_manifest_does() {
             status.contains("1 operation(s) failed: add ghosty (ghost)"),
             "{status}"
         );
+        d.stop().await;
+    })
+    .await
+}
+
+/// The value of one sample in the Prometheus text, 0 when absent.
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_reads_no_file_and_an_edit_writes_only_after_the_debounce() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let (dir, cfg) = team_tree(&sb);
+        let debounce = Duration::from_millis(400);
+        let d = start_debounced(&cfg, Duration::from_secs(3600), debounce);
+        until(15, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        let before = d.get("/metrics").await.1;
+        let reads = sample(&before, "rosterd_file_reads_total");
+        assert_eq!(
+            reads, 3,
+            "one scan at start: rosterd.yaml, people.yaml, team.yaml"
+        );
+
+        // Someone reads every file (opens, reads, closes) and touches their metadata: no
+        // content changed, so no rescan and no file read, over several debounce periods.
+        for f in ["rosterd.yaml", "people.yaml", "key", "groups/team.yaml"] {
+            let p = dir.path().join(f);
+            std::fs::read(&p).unwrap();
+            let perms = std::fs::metadata(&p).unwrap().permissions();
+            std::fs::set_permissions(&p, perms).unwrap();
+        }
+        tokio::time::sleep(debounce * 4).await;
+        let idle = d.get("/metrics").await.1;
+        assert_eq!(sample(&idle, "rosterd_file_reads_total"), reads, "{idle}");
+        assert_eq!(
+            sample(&idle, "rosterd_rescans_total{reason=\"watch\"}"),
+            0,
+            "{idle}"
+        );
+
+        // An edit: one rescan, and its first write only once the debounce has passed.
+        let writes = sb.cometchat.writes().len();
+        let edited = Instant::now();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol"]),
+        )
+        .unwrap();
+        until(15, "the edit's first write", || {
+            sb.cometchat.writes().len() > writes
+        })
+        .await;
+        let first_write = edited.elapsed();
+        assert!(
+            first_write >= debounce,
+            "the first write came {first_write:?} after the edit, before the debounce"
+        );
+        tokio::time::sleep(debounce * 3).await;
+        let after = d.get("/metrics").await.1;
+        assert_eq!(
+            sample(&after, "rosterd_rescans_total{reason=\"watch\"}"),
+            1,
+            "{after}"
+        );
+        assert_eq!(sample(&after, "rosterd_file_reads_total"), reads + 3);
+        d.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_at_once_with_nothing_else_reading_the_files() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let (dir, cfg) = team_tree(&sb);
+        // Neither the watcher (an hour's debounce) nor the safety rescan reads the files here.
+        let d = start_debounced(&cfg, Duration::from_secs(3600), Duration::from_secs(3600));
+        until(15, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            manifest(&["bob", "carol"]),
+        )
+        .unwrap();
+        sighup();
+        until(15, "the edit applied after SIGHUP", || {
+            members(&sb) == ["alice", "bob", "carol"]
+        })
+        .await;
+        let m = d.get("/metrics").await.1;
+        assert_eq!(
+            sample(&m, "rosterd_rescans_total{reason=\"signal\"}"),
+            1,
+            "{m}"
+        );
+        assert_eq!(
+            sample(&m, "rosterd_rescans_total{reason=\"watch\"}"),
+            0,
+            "{m}"
+        );
+        d.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_answer_while_a_large_tree_is_rescanned() {
+    bounded(120, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_root(dir.path(), &sb, "groups/");
+        // A large people.yaml makes every configuration load slow.
+        let mut people = String::from("people:\n");
+        for i in 0..20_000 {
+            people.push_str(&format!("  person{i:06}: {{ cometchat: user{i:06} }}\n"));
+        }
+        std::fs::write(dir.path().join("people.yaml"), people).unwrap();
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(dir.path().join("groups/team.yaml"), manifest(&["bob"])).unwrap();
+        let d = start_debounced(&cfg, Duration::from_secs(3600), Duration::from_secs(3600));
+        until(60, "initial convergence", || {
+            members(&sb) == ["alice", "bob"]
+        })
+        .await;
+        let reads = sample(&d.get("/metrics").await.1, "rosterd_file_reads_total");
+        sighup();
+        let started = Instant::now();
+        let mut answered = Vec::new();
+        for path in ["/status", "/readyz", "/metrics", "/healthz"] {
+            let t = Instant::now();
+            let (code, body) = d.get(path).await;
+            answered.push((path, code, t.elapsed()));
+            if path == "/metrics" {
+                assert_eq!(
+                    sample(&body, "rosterd_rescans_total{reason=\"signal\"}"),
+                    1,
+                    "the rescan started"
+                );
+                assert_eq!(
+                    sample(&body, "rosterd_file_reads_total"),
+                    reads,
+                    "... and had not finished ({:?} after SIGHUP)",
+                    started.elapsed()
+                );
+            }
+        }
+        for (path, code, took) in answered {
+            assert_eq!(code, 200, "{path}");
+            assert!(took < Duration::from_secs(1), "{path} took {took:?}");
+        }
+        // The rescan ends and is folded in.
+        let end = Instant::now() + Duration::from_secs(60);
+        while sample(&d.get("/metrics").await.1, "rosterd_file_reads_total") == reads {
+            assert!(Instant::now() < end, "the rescan never finished");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         d.stop().await;
     })
     .await

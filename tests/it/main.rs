@@ -5,6 +5,7 @@ mod bound;
 mod cli;
 mod cometchat;
 mod daemon;
+mod daemon_waha;
 mod deploy;
 mod import;
 mod page;

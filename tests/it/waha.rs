@@ -62,7 +62,7 @@ fn world(engine: Engine, groups: Vec<(&str, Vec<(String, WaRole)>)>) -> State {
     }
 }
 
-async fn start(state: State) -> Sandbox {
+pub(crate) async fn start(state: State) -> Sandbox {
     support::start(SandboxState {
         waha: state,
         ..SandboxState::default()
