@@ -350,6 +350,18 @@ async fn status_page_in_a_headless_browser_shows_groups_errors_and_drift_and_esc
             .click()
             .await
             .unwrap();
+        // The click does not wait for the form's navigation: wait until the filtered page is
+        // the one loaded, or the rows read may belong to the page being left.
+        c.wait()
+            .for_url(&format!("{base}/?provider=cc&state=").parse().unwrap())
+            .await
+            .unwrap();
+        c.wait()
+            .for_element(Locator::Css(
+                "select[name=provider] option[value=cc][selected]",
+            ))
+            .await
+            .unwrap();
         let mut cc = listed(&c).await;
         cc.sort();
         assert_eq!(cc, ["eng-announce", "eng-oncall", "support-desk"]);
