@@ -249,6 +249,14 @@ async fn open_group(c: &Client, base: &str, row: &str) {
         .click()
         .await
         .unwrap();
+    // The click does not wait for the navigation it starts.
+    for _ in 0..200 {
+        if c.current_url().await.is_ok_and(|u| u.path() == "/group") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the group page did not open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
