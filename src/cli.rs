@@ -156,7 +156,7 @@ pub async fn run(cli: Cli) -> u8 {
             match crate::daemon::run(opts, tokio_util::sync::CancellationToken::new()).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    crate::eprintln_masked!("error: {e:#}");
                     exit::ERROR
                 }
             }
@@ -176,17 +176,17 @@ pub async fn run(cli: Cli) -> u8 {
             match crate::sandbox::run_sandbox(state, token).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    crate::eprintln_masked!("error: {e:#}");
                     exit::ERROR
                 }
             }
         }
         Command::Demo { manifests } => {
-            let mut out = std::io::stdout();
+            let mut out = crate::redact::Redacting::new(std::io::stdout());
             match crate::demo::demo(&manifests, &mut out, stdout_color()).await {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    crate::eprintln_masked!("error: {e:#}");
                     exit::ERROR
                 }
             }
@@ -197,6 +197,7 @@ pub async fn run(cli: Cli) -> u8 {
 fn validate(path: &Path) -> u8 {
     match config::load(path) {
         Ok(cfg) => {
+            print_warnings(&cfg);
             let members: usize = cfg.groups.iter().map(|g| g.members.len()).sum();
             println!(
                 "{}: valid ({} provider instances, {} groups, {} members)",
@@ -208,10 +209,17 @@ fn validate(path: &Path) -> u8 {
             exit::OK
         }
         Err(diags) => {
-            eprint!("{diags}");
-            eprintln!("{} error(s); nothing was written", diags.0.len());
+            eprint!("{}", crate::redact::mask(&diags.to_string()));
+            crate::eprintln_masked!("{} error(s); nothing was written", diags.0.len());
             exit::ERROR
         }
+    }
+}
+
+/// Warnings go to stderr; they never change the exit code.
+fn print_warnings(cfg: &Config) {
+    for w in &cfg.warnings {
+        crate::eprintln_masked!("{w}");
     }
 }
 
@@ -225,25 +233,28 @@ enum Mode {
 /// Load, select, build the clients, run the engine, print, and compute the exit code.
 async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) -> u8 {
     let cfg = match config::load(&sel.config.config) {
-        Ok(c) => c,
+        Ok(c) => {
+            print_warnings(&c);
+            c
+        }
         Err(diags) => {
-            eprint!("{diags}");
-            eprintln!("{} error(s); nothing was written", diags.0.len());
+            eprint!("{}", crate::redact::mask(&diags.to_string()));
+            crate::eprintln_masked!("{} error(s); nothing was written", diags.0.len());
             return exit::ERROR;
         }
     };
     let groups = match select(&cfg, &sel.groups) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::eprintln_masked!("error: {e}");
             return exit::ERROR;
         }
     };
     let targets = match build_targets(&cfg, &groups) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("nothing was written");
+            crate::eprintln_masked!("error: {e}");
+            crate::eprintln_masked!("nothing was written");
             return exit::ERROR;
         }
     };
@@ -251,7 +262,7 @@ async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) ->
         (Some(path), Mode::Apply) => match crate::audit::AuditLog::open(path) {
             Ok(a) => Some(a),
             Err(e) => {
-                eprintln!("error: cannot open audit log {}: {e}", path.display());
+                crate::eprintln_masked!("error: cannot open audit log {}: {e}", path.display());
                 return exit::ERROR;
             }
         },
@@ -291,7 +302,9 @@ fn interrupt_token() -> tokio_util::sync::CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: no further request is sent; Ctrl-C again to quit at once");
+            crate::eprintln_masked!(
+                "interrupted: no further request is sent; Ctrl-C again to quit at once"
+            );
             t.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(130);
@@ -356,7 +369,8 @@ pub fn build_targets(
 pub fn print_report(report: &Report, format: Format, applied: bool) {
     let plan = report.plan();
     let color = stdout_color();
-    let mut out = anstream::AutoStream::never(std::io::stdout().lock());
+    let mut out =
+        crate::redact::Redacting::new(anstream::AutoStream::never(std::io::stdout().lock()));
     let text = match format {
         Format::Text => {
             let mut s = render::text(&plan, color);

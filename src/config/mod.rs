@@ -34,6 +34,18 @@ pub struct Config {
     pub groups: Vec<DesiredGroup>,
     /// Every file read, rosterd.yaml first.
     pub files: Vec<PathBuf>,
+    /// Problems that do not stop a run: manifest files that define no group.
+    pub warnings: Vec<String>,
+}
+
+/// The warning for a manifest file that defines no group: a truncated file or a bad merge
+/// would otherwise pass as "0 groups" without a word. Nothing is removed for it either way.
+pub fn no_group_warning(file: &Path) -> String {
+    format!(
+        "{}:1:1: warning: the file defines no group (it is empty, or holds only comments or \
+         `---`); nothing in it is managed",
+        file.display()
+    )
 }
 
 /// What manifests are validated against: instances, people, teams and defaults.
@@ -74,8 +86,12 @@ pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
     let (ctx, mut diags) = build_context(config_path)?;
     let mut groups: Vec<DesiredGroup> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut warnings = Vec::new();
     for file in &ctx.manifest_files {
         let (gs, names, d) = manifest(file, &ctx);
+        if names.is_empty() && d.is_empty() {
+            warnings.push(no_group_warning(file));
+        }
         diags.extend(d);
         // Names are checked for uniqueness whether or not the group validated.
         for (name, at) in names {
@@ -106,6 +122,7 @@ pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
         instances: ctx.instances.clone(),
         groups,
         files,
+        warnings,
     })
 }
 

@@ -77,7 +77,16 @@ impl SecretRef {
         if value.is_empty() {
             return Err(format!("secret {self:?} is empty"));
         }
-        Ok(Secret(SecretString::from(value)))
+        // Shorter values could not be masked in every output (see `crate::redact`).
+        if value.len() < crate::redact::MIN_LEN {
+            return Err(format!(
+                "secret {self:?} is {} characters long; rosterd needs at least {} to keep it \
+                 out of every output",
+                value.chars().count(),
+                crate::redact::MIN_LEN
+            ));
+        }
+        Ok(Secret::new(value))
     }
 }
 
@@ -87,8 +96,12 @@ impl SecretRef {
 pub struct Secret(SecretString);
 
 impl Secret {
+    /// Every secret made is registered with the redactor, so no output shows it (values
+    /// shorter than [`crate::redact::MIN_LEN`] excepted).
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(SecretString::from(value.into()))
+        let value = value.into();
+        crate::redact::register(&value);
+        Secret(SecretString::from(value))
     }
     pub fn expose(&self) -> &str {
         self.0.expose_secret()

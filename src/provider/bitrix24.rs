@@ -1089,6 +1089,10 @@ fn webhook_base(name: &str, raw: &str, over: Option<&str>) -> Result<String, Pro
         return Err(shape());
     }
     let path = format!("/{}/", segs.join("/"));
+    // The token is the credential, and the path carries it: both are masked at every exit.
+    crate::redact::register(segs[n - 1]);
+    crate::redact::register(&path);
+    crate::redact::register(raw.trim());
     let origin = match over {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => {

@@ -301,6 +301,8 @@ impl Sigs {
             now,
             USERSIG_TTL,
         );
+        // A derived credential: masked at every exit like the key it comes from.
+        crate::redact::register(&value);
         *cache = Some(CachedSig {
             value: value.clone(),
             renew_at: now + USERSIG_TTL - USERSIG_RENEW,

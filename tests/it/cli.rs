@@ -300,3 +300,42 @@ fn cli_validate_points_at_every_wrong_provider_setting() {
         assert!(out.contains(key), "{key} in {out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_files_that_define_no_group_warn_by_name_and_exit_0() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tree(dir.path(), &sb, MANIFEST, "");
+        let empties = [
+            ("empty.yaml", ""),
+            ("dashes.yaml", "---\n"),
+            ("comments.yaml", "# truncated\n---\n# by a bad merge\n"),
+        ];
+        for (name, body) in empties {
+            std::fs::write(dir.path().join("groups").join(name), body).unwrap();
+        }
+        for args in [
+            &["validate"][..],
+            &["plan"][..],
+            &["apply", "--allow-mass-removal"][..],
+        ] {
+            let a = rosterd(&cfg, args);
+            let o = a.get_output();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(code(&a), 0, "{args:?}: {}", text(&a));
+            for (name, _) in empties {
+                assert!(
+                    stderr.lines().any(|l| l.contains(name)
+                        && l.contains(":1:1: warning: the file defines no group")),
+                    "{args:?} does not warn about {name}:\n{stderr}"
+                );
+            }
+            assert!(
+                !stderr.contains("team.yaml:1:1: warning"),
+                "{args:?}: {stderr}"
+            );
+        }
+    })
+    .await
+}

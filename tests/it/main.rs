@@ -4,6 +4,7 @@ mod bitrix24;
 mod cli;
 mod cometchat;
 mod daemon;
+mod redact;
 mod support;
 mod tencent;
 mod waha;
