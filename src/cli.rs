@@ -54,6 +54,12 @@ pub enum Format {
     Markdown,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiagFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Path to rosterd.yaml.
@@ -81,7 +87,13 @@ pub struct Selection {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load and validate every file; no network.
-    Validate(ConfigArg),
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// `json`: the diagnostics as a JSON document on stdout, for tools.
+        #[arg(long, value_enum, default_value_t = DiagFormat::Text)]
+        format: DiagFormat,
+    },
     /// Show what apply would change.
     Plan {
         #[command(flatten)]
@@ -128,7 +140,7 @@ pub fn stdout_color() -> bool {
 /// Run one command; returns the process exit code.
 pub async fn run(cli: Cli) -> u8 {
     match cli.command {
-        Command::Validate(c) => validate(&c.config),
+        Command::Validate { config, format } => validate(&config.config, format),
         Command::Plan {
             sel,
             detailed_exitcode,
@@ -194,8 +206,25 @@ pub async fn run(cli: Cli) -> u8 {
     }
 }
 
-fn validate(path: &Path) -> u8 {
-    match config::load(path) {
+fn validate(path: &Path, format: DiagFormat) -> u8 {
+    let result = config::load(path);
+    if format == DiagFormat::Json {
+        let (diags, warnings) = match &result {
+            Ok(cfg) => (serde_json::json!([]), cfg.warnings.clone()),
+            Err(d) => (d.to_json(), Vec::new()),
+        };
+        let doc = serde_json::json!({
+            "valid": result.is_ok(), "diagnostics": diags, "warnings": warnings,
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("JSON") + "\n";
+        print!("{}", crate::redact::mask(&text));
+        return if result.is_ok() {
+            exit::OK
+        } else {
+            exit::ERROR
+        };
+    }
+    match result {
         Ok(cfg) => {
             print_warnings(&cfg);
             let members: usize = cfg.groups.iter().map(|g| g.members.len()).sum();
@@ -209,11 +238,23 @@ fn validate(path: &Path) -> u8 {
             exit::OK
         }
         Err(diags) => {
-            eprint!("{}", crate::redact::mask(&diags.to_string()));
-            crate::eprintln_masked!("{} error(s); nothing was written", diags.0.len());
+            print_diagnostics(&diags);
             exit::ERROR
         }
     }
+}
+
+/// File errors on stderr: source frames on a terminal (unless NO_COLOR), else one plain
+/// `file:line:col: error: …` line each, as CI logs and editors' problem matchers expect.
+fn print_diagnostics(diags: &config::Diagnostics) {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let text = if std::io::stderr().is_terminal() && !no_color {
+        diags.framed(true)
+    } else {
+        diags.to_string()
+    };
+    eprint!("{}", crate::redact::mask(&text));
+    eprintln!("{} error(s); nothing was written", diags.0.len());
 }
 
 /// Warnings go to stderr; they never change the exit code.
@@ -238,8 +279,7 @@ async fn reconcile_cmd(sel: &Selection, mode: Mode, allow_mass_removal: bool) ->
             c
         }
         Err(diags) => {
-            eprint!("{}", crate::redact::mask(&diags.to_string()));
-            crate::eprintln_masked!("{} error(s); nothing was written", diags.0.len());
+            print_diagnostics(&diags);
             return exit::ERROR;
         }
     };

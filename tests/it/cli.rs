@@ -339,3 +339,38 @@ async fn cli_files_that_define_no_group_warn_by_name_and_exit_0() {
     })
     .await
 }
+
+#[test]
+fn cli_validate_json_lists_every_diagnostic_with_its_position() {
+    let a = Command::cargo_bin("rosterd")
+        .unwrap()
+        .args([
+            "validate",
+            "--format",
+            "json",
+            "--config",
+            "tests/fixtures/ten-mistakes/rosterd.yaml",
+        ])
+        .assert();
+    assert_eq!(code(&a), 1);
+    let doc: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    let diags = doc["diagnostics"].as_array().unwrap();
+    assert!(diags.len() >= 10, "{doc}");
+    for d in diags {
+        assert!(d["file"].as_str().unwrap().ends_with(".yaml"), "{d}");
+        assert!(d["line"].as_u64().unwrap() >= 1 && d["column"].as_u64().unwrap() >= 1);
+        assert_eq!(d["severity"], "error");
+    }
+    // Not a terminal: the plain one-line form, never a frame.
+    let plain = Command::cargo_bin("rosterd")
+        .unwrap()
+        .args([
+            "validate",
+            "--config",
+            "tests/fixtures/ten-mistakes/rosterd.yaml",
+        ])
+        .assert();
+    let err = String::from_utf8_lossy(&plain.get_output().stderr).into_owned();
+    assert!(!err.contains('│') && !err.contains('╭'), "{err}");
+}
