@@ -116,8 +116,16 @@ pub enum Command {
     /// The daemon: watch the files, reconcile on change and every `resync`, serve /healthz
     /// /readyz /metrics /status.
     Run(ConfigArg),
-    /// Print the JSON Schema (draft-07) of rosterd.yaml, people.yaml and group manifests.
-    Schema,
+    /// Print the JSON Schema (draft-07) of one kind of file, or write all three to a folder.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["kind", "out"])))]
+    Schema {
+        /// The file kind whose schema is printed on stdout.
+        #[arg(long, value_enum)]
+        kind: Option<crate::schema::FileKind>,
+        /// Write rosterd.schema.json, people.schema.json and manifest.schema.json here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Serve local emulators of the providers on loopback.
     Sandbox {
         /// Seed state (YAML or JSON); default: empty apps.
@@ -173,11 +181,7 @@ pub async fn run(cli: Cli) -> u8 {
                 }
             }
         }
-        Command::Schema => {
-            let s = serde_json::to_string_pretty(&crate::schema::schema()).expect("schema is JSON");
-            println!("{s}");
-            exit::OK
-        }
+        Command::Schema { kind, out } => schema_cmd(kind, out.as_deref()),
         Command::Sandbox { state } => {
             let token = tokio_util::sync::CancellationToken::new();
             let t = token.clone();
@@ -242,6 +246,26 @@ fn validate(path: &Path, format: DiagFormat) -> u8 {
             exit::ERROR
         }
     }
+}
+
+fn schema_cmd(kind: Option<crate::schema::FileKind>, out: Option<&Path>) -> u8 {
+    use crate::schema::{FileKind, schema_for};
+    let pretty = |k| serde_json::to_string_pretty(&schema_for(k)).expect("schema is JSON") + "\n";
+    if let Some(k) = kind {
+        print!("{}", pretty(k));
+    }
+    if let Some(dir) = out {
+        for k in FileKind::ALL {
+            let path = dir.join(k.file_name());
+            let written =
+                std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, pretty(k)));
+            if let Err(e) = written {
+                crate::eprintln_masked!("error: cannot write {}: {e}", path.display());
+                return exit::ERROR;
+            }
+        }
+    }
+    exit::OK
 }
 
 /// File errors on stderr: source frames on a terminal (unless NO_COLOR), else one plain

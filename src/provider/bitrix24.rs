@@ -123,6 +123,7 @@ pub struct Settings {
     /// `https://portal/rest/<user>/<token>/` — a secret: the token is in the path.
     #[serde(default)]
     pub webhook_url: Option<SecretRef>,
+    /// Instead of a webhook: `{ endpoint, client_id, client_secret, token_file }`.
     #[serde(default)]
     pub oauth: Option<OAuth>,
     /// The portal's leaky-bucket size: requests allowed at once before `rate` applies
