@@ -36,6 +36,8 @@ pub struct Metrics {
     pub operations: Family<OpLabels, Counter>,
     pub api_requests: Family<ProviderLabel, Counter>,
     pub throttled: Family<ProviderLabel, Counter>,
+    /// The pace each instance learned from its provider's throttle signals.
+    pub pace: Family<ProviderLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub drift: Family<GroupLabel, Gauge>,
     pub last_success: Family<GroupLabel, Gauge>,
     pub manifest_errors: Gauge,
@@ -50,6 +52,7 @@ impl Default for Metrics {
             operations: Family::default(),
             api_requests: Family::default(),
             throttled: Family::default(),
+            pace: Family::default(),
             drift: Family::default(),
             last_success: Family::default(),
             manifest_errors: Gauge::default(),
@@ -75,6 +78,11 @@ impl Default for Metrics {
             "throttled",
             "Throttle answers obeyed, by provider",
             m.throttled.clone(),
+        );
+        registry.register(
+            "pace_requests_per_second",
+            "Requests per second each provider instance paces itself at, as learned from throttle signals (never above its configured rate)",
+            m.pace.clone(),
         );
         registry.register(
             "drift_operations",

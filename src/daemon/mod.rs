@@ -516,6 +516,9 @@ fn count_requests(shared: &Shared, provider: &str, now: RequestCounts) {
         .throttled
         .get_or_create(&label)
         .inc_by(now.throttled.saturating_sub(before.throttled));
+    if let Some(pace) = now.pace {
+        shared.metrics.pace.get_or_create(&label).set(pace);
+    }
 }
 
 fn update_file_metrics(shared: &Shared) {

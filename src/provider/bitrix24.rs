@@ -13,9 +13,8 @@
 //! [`crate::provider::http`]; this module only classifies and says how long to wait.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +34,9 @@ use crate::provider::{
     BatchLimits, Capabilities, ErrorClass, Instance, Kind, KindSettings, MuteSupport, Provider,
     ProviderError, RequestCounts, rest,
 };
+
+mod pack;
+mod read;
 
 /// Bitrix24 chats as a kind: everything rosterd knows about it.
 pub static SPEC: KindSpec = KindSpec {
@@ -173,6 +175,11 @@ pub struct Bitrix24 {
     me: tokio::sync::OnceCell<MemberId>,
     /// Whether `im.chat.setManager` exists on this portal: 0 unknown, 1 yes, 2 no.
     managers: AtomicU8,
+    /// Chat reads waiting to ride in the next read request.
+    reads: Mutex<Vec<read::Waiting>>,
+    /// Per chat: its state as the re-reads inside its last write request showed it, taken by
+    /// the verifying [`Provider::refetch`] instead of reading the chat again.
+    verified: Mutex<HashMap<u64, LiveGroup>>,
     /// Per method: the unix time its operating budget next frees up, from the last answers.
     operating_reset: Mutex<HashMap<String, f64>>,
 }
@@ -300,6 +307,8 @@ impl Bitrix24 {
             me: tokio::sync::OnceCell::new(),
             managers: AtomicU8::new(0),
             operating_reset: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
+            reads: Mutex::new(Vec::new()),
         })
     }
 
@@ -556,189 +565,45 @@ impl Bitrix24 {
         .await
     }
 
-    async fn add(
+    /// A chat's live state from its dialog and member list. A member list without the owner
+    /// is refused: it is the silent empty of a chat we lost access to (or a broken answer).
+    fn live_group(
         &self,
-        ctx: &Ctx,
         chat: u64,
-        ops: &[Op],
-    ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        let mut out = Vec::with_capacity(ops.len());
-        for request in ops.chunks(MAX_ADDS_PER_REQUEST) {
-            let mut cmds = Vec::new();
-            let mut cmd_of: HashMap<&MemberId, String> = HashMap::new();
-            for (i, chunk) in request.chunks(ADD_IDS_PER_COMMAND).enumerate() {
-                let key = format!("add_{i}");
-                let mut text = format!("im.chat.user.add?CHAT_ID={chat}");
-                for op in chunk {
-                    let _ = write!(text, "&USERS[]={}", user_id(&op.member)?);
-                    cmd_of.insert(&op.member, key.clone());
-                }
-                // Sent explicitly: its default changed between doc revisions (bitrix24.md §3).
-                text.push_str("&HIDE_HISTORY=N");
-                cmds.push(Cmd::new(key, "im.chat.user.add", text));
-            }
-            cmds.push(Cmd::new(
-                "verify".into(),
-                "im.chat.user.list",
-                format!("im.chat.user.list?CHAT_ID={chat}"),
-            ));
-            let res = self.batch(ctx, &cmds, true, "add").await?;
-            let listed = match res.ok.get("verify").map(parse_ids) {
-                Some(Ok(ids)) => Some(ids),
-                _ => self.list_members(ctx, chat).await.ok(),
-            };
-            for op in request {
-                let key = &cmd_of[&op.member];
-                let id = user_id(&op.member)?;
-                out.push(if let Some((code, desc)) = res.errors.get(key) {
-                    MemberOutcome::failed(op.member.clone(), code.clone(), desc.clone())
+        dialog: &Dialog,
+        ids: &BTreeSet<u64>,
+        me: MemberId,
+    ) -> Result<LiveGroup, ProviderError> {
+        if !ids.contains(&dialog.owner) {
+            return Err(ProviderError::fatal(format!(
+                "provider {}: chat {chat}: the member list ({} ids, dialog counts {}) does not \
+                 hold the owner {}; refusing to plan from a partial read",
+                self.instance,
+                ids.len(),
+                dialog
+                    .user_counter
+                    .map_or("?".to_string(), |n| n.to_string()),
+                dialog.owner
+            )));
+        }
+        let members = ids
+            .iter()
+            .map(|id| {
+                let role = if *id == dialog.owner || dialog.managers.contains(id) {
+                    Role::Admin
                 } else {
-                    match &listed {
-                        Some(l) if l.contains(&id) => MemberOutcome::done(op.member.clone()),
-                        Some(_) => MemberOutcome::failed(
-                            op.member.clone(),
-                            "NOT_ADDED",
-                            "Bitrix24 accepted the add but the user is not in the chat: the id \
-                             is unknown, inactive or outside the acting user's extranet scope",
-                        ),
-                        None => MemberOutcome::failed(
-                            op.member.clone(),
-                            "UNVERIFIED",
-                            "the add was sent but the chat could not be re-listed to verify it",
-                        ),
-                    }
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    async fn remove(
-        &self,
-        ctx: &Ctx,
-        chat: u64,
-        ops: &[Op],
-    ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        let me = self.me(ctx).await?;
-        let mut out = Vec::with_capacity(ops.len());
-        for request in ops.chunks(MAX_COMMANDS) {
-            let mut cmds = Vec::new();
-            for op in request {
-                // The planner never removes the acting user; this is the last line of defence.
-                if op.member == me {
-                    continue;
-                }
-                let id = user_id(&op.member)?;
-                cmds.push(Cmd::new(
-                    format!("del_{id}"),
-                    "im.chat.user.delete",
-                    format!("im.chat.user.delete?CHAT_ID={chat}&USER_ID={id}"),
-                ));
-            }
-            let res = if cmds.is_empty() {
-                BatchResult::default()
-            } else {
-                self.batch(ctx, &cmds, true, "remove").await?
-            };
-            // Legacy portals answer every delete failure with WRONG_REQUEST, "not a member"
-            // included; only a re-read can tell which it was.
-            let legacy = res
-                .errors
-                .values()
-                .any(|(c, _)| c.eq_ignore_ascii_case("WRONG_REQUEST"));
-            let listed = if legacy {
-                Some(self.list_members(ctx, chat).await?)
-            } else {
-                None
-            };
-            for op in request {
-                if op.member == me {
-                    out.push(MemberOutcome::failed(
-                        op.member.clone(),
-                        "SELF",
-                        "rosterd's own identity is never removed",
-                    ));
-                    continue;
-                }
-                let id = user_id(&op.member)?;
-                let key = format!("del_{id}");
-                out.push(match res.errors.get(&key) {
-                    None if res.ok.contains_key(&key) => MemberOutcome::done(op.member.clone()),
-                    // No word on this member: the engine reports it as failed.
-                    None => continue,
-                    Some((c, _)) if c.eq_ignore_ascii_case("USER_NOT_FOUND") => {
-                        MemberOutcome::already(op.member.clone())
-                    }
-                    Some((c, d)) if c.eq_ignore_ascii_case("WRONG_REQUEST") => match &listed {
-                        Some(l) if !l.contains(&id) => MemberOutcome::already(op.member.clone()),
-                        _ => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
-                    },
-                    Some((c, d)) => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    async fn set_managers(
-        &self,
-        ctx: &Ctx,
-        chat: u64,
-        kind: OpKind,
-        ops: &[Op],
-    ) -> Result<Vec<MemberOutcome>, ProviderError> {
-        if self.managers.load(Ordering::Relaxed) == 2 {
-            return Err(self.no_managers());
-        }
-        let mut out = Vec::with_capacity(ops.len());
-        for request in ops.chunks(MAX_MANAGER_CHANGES) {
-            let mut cmds = Vec::new();
-            for op in request {
-                let id = user_id(&op.member)?;
-                let flag = manager_flag(kind, op)?;
-                cmds.push(Cmd::new(
-                    format!("mgr_{id}"),
-                    "im.chat.setManager",
-                    format!("im.chat.setManager?CHAT_ID={chat}&USER_ID={id}&IS_MANAGER={flag}"),
-                ));
-            }
-            cmds.push(dialog_cmd(chat));
-            let res = self.batch(ctx, &cmds, true, kind.as_str()).await?;
-            let missing = res
-                .errors
-                .values()
-                .any(|(c, _)| c.eq_ignore_ascii_case("ERROR_METHOD_NOT_FOUND"));
-            if missing {
-                self.managers.store(2, Ordering::Relaxed);
-                return Err(self.no_managers());
-            }
-            self.managers.store(1, Ordering::Relaxed);
-            let dialog = res.ok.get("verify").map(Dialog::parse);
-            for op in request {
-                let id = user_id(&op.member)?;
-                let want = manager_flag(kind, op)? == "Y";
-                out.push(match (res.errors.get(&format!("mgr_{id}")), &dialog) {
-                    (Some((c, d)), _) => {
-                        MemberOutcome::failed(op.member.clone(), c.clone(), d.clone())
-                    }
-                    (None, Some(Ok(d))) if d.managers.contains(&id) == want => {
-                        MemberOutcome::done(op.member.clone())
-                    }
-                    (None, Some(Ok(_))) => MemberOutcome::failed(
-                        op.member.clone(),
-                        "NOT_CHANGED",
-                        "setManager answered true but the manager list did not change (the user \
-                         is not a member, or the acting user is not the chat owner)",
-                    ),
-                    (None, _) => MemberOutcome::failed(
-                        op.member.clone(),
-                        "UNVERIFIED",
-                        "the change was sent but the chat could not be re-read to verify it",
-                    ),
-                });
-            }
-        }
-        Ok(out)
+                    Role::Participant
+                };
+                (MemberId(id.to_string()), role)
+            })
+            .collect();
+        Ok(LiveGroup {
+            members,
+            owner: Some(MemberId(dialog.owner.to_string())),
+            bans: None,
+            me: Some(me),
+            ..LiveGroup::default()
+        })
     }
 
     fn no_managers(&self) -> ProviderError {
@@ -748,37 +613,6 @@ impl Bitrix24 {
             self.instance
         ))
         .with_code("ERROR_METHOD_NOT_FOUND")
-    }
-
-    async fn transfer(
-        &self,
-        ctx: &Ctx,
-        chat: u64,
-        op: &Op,
-    ) -> Result<MemberOutcome, ProviderError> {
-        let id = user_id(&op.member)?;
-        let cmds = [
-            Cmd::new(
-                "owner".into(),
-                "im.chat.setOwner",
-                format!("im.chat.setOwner?CHAT_ID={chat}&USER_ID={id}"),
-            ),
-            dialog_cmd(chat),
-        ];
-        let res = self.batch(ctx, &cmds, true, "transfer owner").await?;
-        // The re-read decides: a repeat after a retried batch answers WRONG_REQUEST (we are no
-        // longer the owner) although the transfer holds.
-        Ok(match res.ok.get("verify").map(Dialog::parse) {
-            Some(Ok(d)) if d.owner == id => MemberOutcome::done(op.member.clone()),
-            _ => match res.errors.get("owner") {
-                Some((c, d)) => MemberOutcome::failed(op.member.clone(), c.clone(), d.clone()),
-                None => MemberOutcome::failed(
-                    op.member.clone(),
-                    "NOT_CHANGED",
-                    "setOwner answered but the chat's owner did not change",
-                ),
-            },
-        })
     }
 }
 
@@ -794,14 +628,6 @@ impl Cmd {
     fn new(key: String, method: &'static str, text: String) -> Self {
         Cmd { key, method, text }
     }
-}
-
-fn dialog_cmd(chat: u64) -> Cmd {
-    Cmd::new(
-        "verify".into(),
-        "im.dialog.get",
-        format!("im.dialog.get?DIALOG_ID=chat{chat}"),
-    )
 }
 
 /// A `batch` answer: results and errors per command key, and per-command timings.
@@ -1186,77 +1012,28 @@ fn http_options(instance: &Instance, burst: Option<u32>) -> HttpOptions {
 impl Provider for Bitrix24 {
     async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError> {
         let chat = chat_id(group)?;
-        let me = self.me(ctx).await?;
-        // The dialog goes first: for a chat we cannot see, the member list answers `[]`.
-        let cmds = [
-            Cmd::new(
-                "dialog".into(),
-                "im.dialog.get",
-                format!("im.dialog.get?DIALOG_ID=chat{chat}"),
-            ),
-            Cmd::new(
-                "users".into(),
-                "im.chat.user.list",
-                format!("im.chat.user.list?CHAT_ID={chat}"),
-            ),
-        ];
-        let res = self.batch(ctx, &cmds, false, "read chat").await?;
-        let unreadable = |key: &str, what: &str| -> ProviderError {
-            match res.errors.get(key) {
-                Some((c, d)) => ProviderError::fatal(format!(
-                    "provider {}: chat {chat} cannot be read ({what}: {c}: {d}); the acting user \
-                     {me} must be a member of it, and the chat must exist",
-                    self.instance
-                ))
-                .with_code(c.clone()),
-                None => ProviderError::transient(format!(
-                    "provider {}: chat {chat}: the batch returned no {what} answer",
-                    self.instance
-                )),
-            }
-        };
-        let dialog = Dialog::parse(
-            res.ok
-                .get("dialog")
-                .ok_or_else(|| unreadable("dialog", "im.dialog.get"))?,
-        )?;
-        let ids = parse_ids(
-            res.ok
-                .get("users")
-                .ok_or_else(|| unreadable("users", "im.chat.user.list"))?,
-        )?;
-        // A member list without the owner is the silent empty of a chat we lost access to
-        // between the two commands (or a broken answer): never plan from it.
-        if !ids.contains(&dialog.owner) {
-            return Err(ProviderError::fatal(format!(
-                "provider {}: chat {chat}: the member list ({} ids, dialog counts {}) does not \
-                 hold the owner {}; refusing to plan from a partial read",
-                self.instance,
-                ids.len(),
-                dialog
-                    .user_counter
-                    .map_or("?".to_string(), |n| n.to_string()),
-                dialog.owner
-            )));
+        self.read_chat(ctx, chat).await
+    }
+
+    /// The group as verified by the re-reads inside the last request of its writes, where
+    /// they were answered; else read again.
+    async fn refetch(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        _before: &LiveGroup,
+        _touched: &BTreeSet<OpKind>,
+    ) -> Result<LiveGroup, ProviderError> {
+        let chat = chat_id(group)?;
+        let verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&chat);
+        match verified {
+            Some(live) => Ok(live),
+            None => self.fetch(ctx, group).await,
         }
-        let members = ids
-            .iter()
-            .map(|id| {
-                let role = if *id == dialog.owner || dialog.managers.contains(id) {
-                    Role::Admin
-                } else {
-                    Role::Participant
-                };
-                (MemberId(id.to_string()), role)
-            })
-            .collect();
-        Ok(LiveGroup {
-            members,
-            owner: Some(MemberId(dialog.owner.to_string())),
-            bans: None,
-            me: Some(me),
-            ..LiveGroup::default()
-        })
     }
 
     async fn apply(
@@ -1266,25 +1043,25 @@ impl Provider for Bitrix24 {
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError> {
         let chat = chat_id(group)?;
-        match batch.kind {
-            OpKind::Add => self.add(ctx, chat, &batch.ops).await,
-            OpKind::Remove => self.remove(ctx, chat, &batch.ops).await,
-            OpKind::Promote | OpKind::Demote => {
-                self.set_managers(ctx, chat, batch.kind, &batch.ops).await
-            }
-            OpKind::TransferOwner => {
-                let mut out = Vec::with_capacity(batch.ops.len());
-                for op in &batch.ops {
-                    out.push(self.transfer(ctx, chat, op).await?);
-                }
-                Ok(out)
-            }
-            kind @ (OpKind::Ban | OpKind::Unban | OpKind::Mute | OpKind::Unmute) => {
-                Err(ProviderError::fatal(format!(
-                    "provider {}: Bitrix24 chats have no bans or member mutes ({kind})",
-                    self.instance
-                )))
-            }
+        self.pack(ctx, chat, std::slice::from_ref(batch))
+            .await
+            .pop()
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    fn packs_batches(&self) -> bool {
+        true
+    }
+
+    async fn apply_all(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        batches: &[Batch],
+    ) -> Vec<Result<Vec<MemberOutcome>, ProviderError>> {
+        match chat_id(group) {
+            Ok(chat) => self.pack(ctx, chat, batches).await,
+            Err(e) => batches.iter().map(|_| Err(e.clone())).collect(),
         }
     }
 

@@ -241,6 +241,45 @@ impl CometChat {
             .map_err(|e| e.with_code("AUTH_ERR_APIKEY_NOT_FOUND"))
     }
 
+    /// The group's owner, unless it is the system's placeholder.
+    async fn owner(&self, ctx: &Ctx, guid: &str) -> Result<Option<MemberId>, ProviderError> {
+        let url = self.url(&["groups", guid], &[]);
+        Ok(self
+            .http
+            .call(
+                ctx,
+                self.call(Method::GET, url, None, false, "get group"),
+                |r| ok_json::<DataEnvelope<GroupData>>(r).map(|g| g.data.owner),
+            )
+            .await?
+            .map(|o| o.to_ascii_lowercase())
+            .filter(|o| !o.is_empty() && o != SYSTEM_OWNER)
+            .map(MemberId))
+    }
+
+    async fn members(
+        &self,
+        ctx: &Ctx,
+        guid: &str,
+    ) -> Result<BTreeMap<MemberId, Role>, ProviderError> {
+        let mut members = BTreeMap::new();
+        for item in self.list_all(ctx, guid, "members", "list members").await? {
+            let uid = item.uid.to_ascii_lowercase();
+            let role = parse_role(item.scope.as_deref(), &uid)?;
+            members.insert(MemberId(uid), role);
+        }
+        Ok(members)
+    }
+
+    async fn bans(&self, ctx: &Ctx, guid: &str) -> Result<BTreeSet<MemberId>, ProviderError> {
+        Ok(self
+            .list_all(ctx, guid, "bannedusers", "list banned users")
+            .await?
+            .into_iter()
+            .map(|i| MemberId(i.uid.to_ascii_lowercase()))
+            .collect())
+    }
+
     /// Every page of a listing, until a page comes back shorter than asked for. `pagination.total`
     /// is not trusted: the provider's own examples show 0 next to data (cometchat.md §6.8).
     async fn list_all(
@@ -600,37 +639,45 @@ impl Provider for CometChat {
     async fn fetch(&self, ctx: &Ctx, group: &GroupId) -> Result<LiveGroup, ProviderError> {
         self.check_key()?;
         let guid = group.as_str();
-        let url = self.url(&["groups", guid], &[]);
-        let owner = self
-            .http
-            .call(
-                ctx,
-                self.call(Method::GET, url, None, false, "get group"),
-                |r| ok_json::<DataEnvelope<GroupData>>(r).map(|g| g.data.owner),
-            )
-            .await?
-            .map(|o| o.to_ascii_lowercase())
-            .filter(|o| !o.is_empty() && o != SYSTEM_OWNER)
-            .map(MemberId);
-
-        let mut members = BTreeMap::new();
-        for item in self.list_all(ctx, guid, "members", "list members").await? {
-            let uid = item.uid.to_ascii_lowercase();
-            let role = parse_role(item.scope.as_deref(), &uid)?;
-            members.insert(MemberId(uid), role);
-        }
-        let bans: BTreeSet<MemberId> = self
-            .list_all(ctx, guid, "bannedusers", "list banned users")
-            .await?
-            .into_iter()
-            .map(|i| MemberId(i.uid.to_ascii_lowercase()))
-            .collect();
         Ok(LiveGroup {
-            members,
-            owner,
-            bans: Some(bans),
+            owner: self.owner(ctx, guid).await?,
+            members: self.members(ctx, guid).await?,
+            bans: Some(self.bans(ctx, guid).await?),
             ..LiveGroup::default()
         })
+    }
+
+    /// Only what the writes could change: the member listing after member writes (a ban
+    /// kicks, an owner transfer re-scopes), the ban list after bans and unbans, the group
+    /// object after an owner transfer.
+    async fn refetch(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        before: &LiveGroup,
+        touched: &BTreeSet<OpKind>,
+    ) -> Result<LiveGroup, ProviderError> {
+        self.check_key()?;
+        let guid = group.as_str();
+        let any = |kinds: &[OpKind]| kinds.iter().any(|k| touched.contains(k));
+        let mut after = before.clone();
+        if any(&[OpKind::TransferOwner]) {
+            after.owner = self.owner(ctx, guid).await?;
+        }
+        if any(&[
+            OpKind::Add,
+            OpKind::Remove,
+            OpKind::Promote,
+            OpKind::Demote,
+            OpKind::Ban,
+            OpKind::TransferOwner,
+        ]) {
+            after.members = self.members(ctx, guid).await?;
+        }
+        if any(&[OpKind::Ban, OpKind::Unban]) {
+            after.bans = Some(self.bans(ctx, guid).await?);
+        }
+        Ok(after)
     }
 
     async fn apply(

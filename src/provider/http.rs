@@ -13,18 +13,17 @@
 //! `usersig` query carry credentials.
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use governor::Quota;
 use governor::nanos::Nanos;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 
+use super::pace::Pacer;
 use super::{ErrorClass, ProviderError, RequestCounts};
 use crate::ctx::{Cancelled, Ctx};
 use crate::reconcile::LONG_WAIT;
@@ -267,13 +266,6 @@ impl governor::clock::Clock for TokioClock {
     }
 }
 
-type Limiter = governor::RateLimiter<
-    governor::state::NotKeyed,
-    governor::state::InMemoryState,
-    TokioClock,
-    governor::middleware::NoOpMiddleware<TokioInstant>,
->;
-
 /// Called with every long wait the layer makes (reason, length), e.g. by the CLI's progress
 /// line.
 pub type WaitObserver = Arc<dyn Fn(&str, Duration) + Send + Sync>;
@@ -302,7 +294,8 @@ fn cancelled(label: &str) -> ProviderError {
 pub struct HttpClient {
     opts: HttpOptions,
     client: reqwest::Client,
-    limiter: Option<Limiter>,
+    /// The rate cap, learned from throttle signals (never above the configured `rate`).
+    pacer: Option<Pacer>,
     renew: OnceLock<Arc<dyn Renew>>,
     /// No request of this instance goes out before this instant (set by throttle signals).
     cooldown: std::sync::Mutex<Option<Instant>>,
@@ -331,25 +324,16 @@ impl HttpClient {
     /// Build the client, its connection pool and its rate limiter.
     pub fn new(opts: HttpOptions) -> Result<Self, ProviderError> {
         let client = build_reqwest(&opts)?;
-        let limiter = match opts.rate {
-            Some(rate) if rate.is_finite() && rate > 0.0 => {
-                let burst = NonZeroU32::new(opts.burst.max(1)).expect("max(1) is non-zero");
-                let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))
-                    .ok_or_else(|| ProviderError::fatal("rate must be positive"))?
-                    .allow_burst(burst);
-                Some(governor::RateLimiter::direct_with_clock(quota, TokioClock))
-            }
-            Some(_) => {
-                return Err(ProviderError::fatal(
-                    "rate must be a positive number per second",
-                ));
-            }
+        let pacer = match opts.rate {
+            Some(rate) => Some(Pacer::new(&opts.instance, rate, opts.burst).ok_or_else(|| {
+                ProviderError::fatal("rate must be a positive number per second")
+            })?),
             None => None,
         };
         Ok(HttpClient {
             opts,
             client,
-            limiter,
+            pacer,
             renew: OnceLock::new(),
             cooldown: std::sync::Mutex::new(None),
             throttle_streak: AtomicU32::new(0),
@@ -373,6 +357,11 @@ impl HttpClient {
     /// The settings the client was built with.
     pub fn options(&self) -> &HttpOptions {
         &self.opts
+    }
+
+    /// The pace in force, requests per second (`None` when the instance has no rate cap).
+    pub fn pace(&self) -> Option<f64> {
+        self.pacer.as_ref().map(Pacer::rate)
     }
 
     /// The wait in progress, if any: how long is left and why.
@@ -422,6 +411,9 @@ impl HttpClient {
             let next = match verdict {
                 Verdict::Done(v) => {
                     self.throttle_streak.store(0, Ordering::Relaxed);
+                    if let Some(p) = &self.pacer {
+                        p.accepted();
+                    }
                     return Ok(v);
                 }
                 Verdict::Split { error, .. } => Next::Fail(error),
@@ -544,6 +536,9 @@ impl HttpClient {
             Verdict::Fatal(e) => Next::Fail(e),
             Verdict::Throttled { error, after } => {
                 self.throttled.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &self.pacer {
+                    p.throttled();
+                }
                 *throttles += 1;
                 if *throttles > MAX_THROTTLED {
                     return Next::Fail(error);
@@ -634,9 +629,8 @@ impl HttpClient {
             }
             *last = Some(Instant::now());
         }
-        if let Some(limiter) = &self.limiter {
-            while let Err(not_until) = limiter.check() {
-                let wait = not_until.wait_time_from(TokioClock.now_instant());
+        if let Some(pacer) = &self.pacer {
+            while let Some(wait) = pacer.check() {
                 self.sleep(ctx, wait, "rate cap", call.label).await?;
             }
         }
@@ -736,13 +730,8 @@ impl HttpClient {
             writes: self.writes.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            pace: self.pace(),
         }
-    }
-}
-
-impl TokioClock {
-    fn now_instant(self) -> TokioInstant {
-        governor::clock::Clock::now(&self)
     }
 }
 

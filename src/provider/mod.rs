@@ -2,18 +2,20 @@
 //! shared HTTP layer acts on. What a kind is (capabilities, ids, settings, schema, client,
 //! emulator) is its spec ([`spec`]), one value exported by each provider module.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::ctx::Ctx;
-use crate::model::{Batch, GroupId, LiveGroup, MemberOutcome};
+use crate::model::{Batch, GroupId, LiveGroup, MemberOutcome, OpKind};
 
 pub mod bitrix24;
 pub mod cometchat;
 pub mod http;
 pub mod memory;
+pub mod pace;
 pub mod rest;
 pub mod spec;
 pub mod tencent;
@@ -103,6 +105,41 @@ pub trait Provider: Send + Sync {
         batch: &Batch,
     ) -> Result<Vec<MemberOutcome>, ProviderError>;
 
+    /// Whether [`Provider::apply_all`] carries several batches in one request, so the engine
+    /// hands it every batch the admin floor lets go together.
+    fn packs_batches(&self) -> bool {
+        false
+    }
+
+    /// Several planned batches of one group, in plan order, in as few requests as the
+    /// provider can carry them (kinds mixed); one result per batch. The engine only calls it
+    /// where [`Provider::packs_batches`]; defaults to one [`Provider::apply`] per batch.
+    async fn apply_all(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        batches: &[Batch],
+    ) -> Vec<Result<Vec<MemberOutcome>, ProviderError>> {
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            out.push(self.apply(ctx, group, b).await);
+        }
+        out
+    }
+
+    /// The group again after writes of the kinds in `touched`, to verify them: a provider that
+    /// reads its state in parts re-reads only the parts those writes could have changed and
+    /// keeps the rest of `before`. Defaults to a whole [`Provider::fetch`].
+    async fn refetch(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        _before: &LiveGroup,
+        _touched: &BTreeSet<OpKind>,
+    ) -> Result<LiveGroup, ProviderError> {
+        self.fetch(ctx, group).await
+    }
+
     /// The capabilities in force for one group, where they depend on the live group (Tencent's
     /// group types). Defaults to the kind's static capabilities.
     fn capabilities_for(&self, _live: &LiveGroup) -> Capabilities;
@@ -113,11 +150,13 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// HTTP requests made by one provider instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// HTTP requests made by one provider instance, and the pace it learned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct RequestCounts {
     pub reads: u64,
     pub writes: u64,
     pub throttled: u64,
     pub retries: u64,
+    /// Requests per second the instance paces itself at now, where it has a rate cap.
+    pub pace: Option<f64>,
 }

@@ -989,6 +989,79 @@ impl Provider for Tencent {
                  adds or removals, so rosterd cannot manage it"
             )));
         }
+        let (members, mutes, role_owner) = self.roster(ctx, group, ty).await?;
+        let bans = self.bans(ctx, group).await?;
+        Ok(LiveGroup {
+            members,
+            owner: owner_account.or(role_owner),
+            bans,
+            mutes,
+            me: Some(MemberId::new(self.identifier.clone())),
+            unresolved: BTreeSet::new(),
+            group_type: Some(ty.as_str().to_string()),
+        })
+    }
+
+    /// Only what the writes could change: the group's info after an owner transfer, the member
+    /// listing (roles, mutes, the owner's row) after member writes, the ban list after bans.
+    async fn refetch(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        before: &LiveGroup,
+        touched: &BTreeSet<OpKind>,
+    ) -> Result<LiveGroup, ProviderError> {
+        let known = before.group_type.as_deref().and_then(GroupType::parse);
+        let (Some(ty), false) = (known, touched.contains(&OpKind::TransferOwner)) else {
+            return self.fetch(ctx, group).await;
+        };
+        let mut after = before.clone();
+        // Every kind but an unban changes the listing (a ban removes the member too).
+        if touched.iter().any(|k| *k != OpKind::Unban) {
+            let (members, mutes, role_owner) = self.roster(ctx, group, ty).await?;
+            after.members = members;
+            after.mutes = mutes;
+            after.owner = before.owner.clone().or(role_owner);
+        }
+        if touched.contains(&OpKind::Ban) || touched.contains(&OpKind::Unban) {
+            after.bans = self.bans(ctx, group).await?;
+        }
+        Ok(after)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        batch: &Batch,
+    ) -> Result<Vec<MemberOutcome>, ProviderError> {
+        self.apply_batch(ctx, group, batch).await
+    }
+
+    fn capabilities_for(&self, live: &LiveGroup) -> Capabilities {
+        self.capabilities(live)
+    }
+
+    fn requests(&self) -> RequestCounts {
+        self.http.counts()
+    }
+}
+
+/// A group's roster as read: members by role, mutes, and the owner's row.
+type Roster = (
+    BTreeMap<MemberId, Role>,
+    BTreeMap<MemberId, Mute>,
+    Option<MemberId>,
+);
+
+impl Tencent {
+    /// The member listing as the model's roster.
+    async fn roster(
+        &self,
+        ctx: &Ctx,
+        group: &GroupId,
+        ty: GroupType,
+    ) -> Result<Roster, ProviderError> {
         let listed = self.members(ctx, group, ty).await?;
         let mut members = BTreeMap::new();
         let mut mutes = BTreeMap::new();
@@ -1024,19 +1097,10 @@ impl Provider for Tencent {
             }
             members.insert(id, role);
         }
-        let bans = self.bans(ctx, group).await?;
-        Ok(LiveGroup {
-            members,
-            owner: owner_account.or(role_owner),
-            bans,
-            mutes,
-            me: Some(MemberId::new(self.identifier.clone())),
-            unresolved: BTreeSet::new(),
-            group_type: Some(ty.as_str().to_string()),
-        })
+        Ok((members, mutes, role_owner))
     }
 
-    async fn apply(
+    async fn apply_batch(
         &self,
         ctx: &Ctx,
         group: &GroupId,
@@ -1083,7 +1147,7 @@ impl Provider for Tencent {
         }
     }
 
-    fn capabilities_for(&self, live: &LiveGroup) -> Capabilities {
+    fn capabilities(&self, live: &LiveGroup) -> Capabilities {
         let ty = live
             .group_type
             .as_deref()
@@ -1105,10 +1169,6 @@ impl Provider for Tencent {
             max_batch: self.max_batch,
             ..*Kind::Tencent.capabilities()
         }
-    }
-
-    fn requests(&self) -> RequestCounts {
-        self.http.counts()
     }
 }
 

@@ -362,78 +362,114 @@ async fn apply_one(
         return report;
     }
     let mut floor = AdminFloor::new(&live, g);
+    // The kinds of write sent, so the verifying read covers what they could have changed.
+    let mut touched = BTreeSet::new();
 
-    for batch in &plan.batches {
-        // Keep only the members the admin floor allows to go.
-        let (send, skipped) = floor.filter(batch);
-        for op in skipped {
-            report.outcomes.push(OpOutcome {
-                kind: op.kind,
-                member: op.member.clone(),
-                outcome: Outcome::Skipped {
-                    reason:
-                        "an earlier admin add or promotion failed; keeping the group's admin floor"
+    let packs = target.provider.packs_batches();
+    let mut next = 0;
+    while next < plan.batches.len() {
+        // The batches that go out together: one, or — where the provider packs several into
+        // one request — as many as the admin floor lets ride along. A batch that takes an admin
+        // waits for the results of an admin add or promotion before it (a later request), so a
+        // failed promotion still keeps the floor.
+        let mut wave: Vec<Batch> = Vec::new();
+        let mut gives_admin = false;
+        while next < plan.batches.len() {
+            let batch = &plan.batches[next];
+            if !wave.is_empty() && (!packs || (gives_admin && floor.takes_admin(batch))) {
+                break;
+            }
+            next += 1;
+            // Keep only the members the admin floor allows to go.
+            let (send, skipped) = floor.filter(batch);
+            for op in skipped {
+                report.outcomes.push(OpOutcome {
+                    kind: op.kind,
+                    member: op.member.clone(),
+                    outcome: Outcome::Skipped {
+                        reason: "an earlier admin add or promotion failed; keeping the group's \
+                                 admin floor"
                             .to_string(),
-                },
-            });
+                    },
+                });
+            }
+            if send.ops.is_empty() {
+                continue;
+            }
+            // Admins this wave takes count as gone for the batches after it in the wave: a
+            // failed removal only leaves one more admin than counted.
+            if packs {
+                floor.take(&send);
+            }
+            gives_admin |= AdminFloor::gives_admin(&send);
+            touched.insert(send.kind);
+            wave.push(send);
         }
-        if send.ops.is_empty() {
+        if wave.is_empty() {
             continue;
         }
         let scope = ctx.scoped();
-        let result = target.provider.apply(&scope, &g.id, &send).await;
+        let results = if wave.len() == 1 {
+            vec![target.provider.apply(&scope, &g.id, &wave[0]).await]
+        } else {
+            target.provider.apply_all(&scope, &g.id, &wave).await
+        };
         let requests = scope.sent().writes as usize;
         report.calls += requests;
-        let outcomes = match result {
-            Ok(outs) => outs,
-            Err(e) => {
-                tracing::warn!(op = %send.kind, members = send.ops.len(), error = %e, "write call failed");
-                send.ops
-                    .iter()
-                    .map(|o| MemberOutcome {
-                        member: o.member.clone(),
-                        outcome: Outcome::Failed {
-                            code: e
-                                .code
-                                .clone()
-                                .unwrap_or_else(|| format!("{:?}", e.class).to_lowercase()),
-                            message: e.message.clone(),
-                        },
-                    })
-                    .collect()
+        for (i, (send, result)) in wave.iter().zip(results).enumerate() {
+            let outcomes = match result {
+                Ok(outs) => outs,
+                Err(e) => {
+                    tracing::warn!(op = %send.kind, members = send.ops.len(), error = %e, "write call failed");
+                    send.ops
+                        .iter()
+                        .map(|o| MemberOutcome {
+                            member: o.member.clone(),
+                            outcome: Outcome::Failed {
+                                code: e
+                                    .code
+                                    .clone()
+                                    .unwrap_or_else(|| format!("{:?}", e.class).to_lowercase()),
+                                message: e.message.clone(),
+                            },
+                        })
+                        .collect()
+                }
+            };
+            if let Some(a) = audit {
+                // The requests of a packed wave are counted on its first call line.
+                a.call(
+                    ctx.now(),
+                    &g.name,
+                    &g.provider,
+                    send.kind,
+                    send.ops.len(),
+                    if i == 0 { requests } else { 0 },
+                    &outcomes,
+                );
             }
-        };
-        if let Some(a) = audit {
-            a.call(
-                ctx.now(),
-                &g.name,
-                &g.provider,
-                send.kind,
-                send.ops.len(),
-                requests,
-                &outcomes,
-            );
-        }
-        for (op, out) in pair(&send, outcomes) {
-            if out.is_ok() {
-                floor.applied(&op);
-            } else {
-                floor.failed(&op);
-                tracing::warn!(op = %op.kind, member = %op.member, outcome = ?out, "operation failed");
+            for (op, out) in pair(send, outcomes) {
+                if out.is_ok() {
+                    floor.applied(&op);
+                } else {
+                    floor.failed(&op);
+                    tracing::warn!(op = %op.kind, member = %op.member, outcome = ?out, "operation failed");
+                }
+                report.outcomes.push(OpOutcome {
+                    kind: op.kind,
+                    member: op.member.clone(),
+                    outcome: out,
+                });
             }
-            report.outcomes.push(OpOutcome {
-                kind: op.kind,
-                member: op.member.clone(),
-                outcome: out,
-            });
-        }
-        if let Some(p) = &opts.progress {
-            p.call_done(&g.name, send.kind);
+            if let Some(p) = &opts.progress {
+                p.call_done(&g.name, send.kind);
+            }
         }
     }
 
-    // Verify: read again, and whatever a new plan would still do is drift.
-    match target.provider.fetch(ctx, &g.id).await {
+    // Verify: read again what the writes could have changed, and whatever a new plan would
+    // still do is drift.
+    match target.provider.refetch(ctx, &g.id, &live, &touched).await {
         Ok(after) => {
             let drift = make_plan(ctx, g, &after, target, true);
             let failed = report.failed_ops().next().is_some();
@@ -527,6 +563,30 @@ impl AdminFloor {
             send.ops.push(op.clone());
         }
         (send, skipped)
+    }
+
+    /// Whether `batch` would take an admin (demote, remove or ban one).
+    fn takes_admin(&self, batch: &Batch) -> bool {
+        batch.ops.iter().any(|op| {
+            matches!(op.kind, OpKind::Demote | OpKind::Remove | OpKind::Ban)
+                && self.admins.contains(&op.member)
+        })
+    }
+
+    /// Whether `batch` makes an admin (an add or promotion to admin), which may fail.
+    fn gives_admin(batch: &Batch) -> bool {
+        batch.ops.iter().any(|op| {
+            matches!(op.kind, OpKind::Add | OpKind::Promote) && op.role == Some(Role::Admin)
+        })
+    }
+
+    /// Count the admins `batch` takes as gone before its results are known.
+    fn take(&mut self, batch: &Batch) {
+        for op in &batch.ops {
+            if matches!(op.kind, OpKind::Demote | OpKind::Remove | OpKind::Ban) {
+                self.admins.remove(&op.member);
+            }
+        }
     }
 
     fn applied(&mut self, op: &Op) {

@@ -166,11 +166,16 @@ async fn bitrix24_fetch_reads_owner_managers_members_and_the_acting_user() {
         ]
         .into();
         assert_eq!(live.members, want);
-        // profile once, then one batch per fetch (dialog first, then the member list).
+        // One batch per fetch (dialog first, then the member list); the first also asks the
+        // acting user's profile.
         c.fetch(&ctx(), &GroupId("42".into())).await.unwrap();
         let log = sb.bitrix24.requests();
         let methods: Vec<&str> = log.iter().map(|r| r.method.as_str()).collect();
-        assert_eq!(methods, ["profile", "batch", "batch"]);
+        assert_eq!(methods, ["batch", "batch"]);
+        assert_eq!(
+            log[0].commands,
+            ["profile", "im.dialog.get", "im.chat.user.list"]
+        );
         assert_eq!(log[1].commands, ["im.dialog.get", "im.chat.user.list"]);
         sb.shutdown().await;
     })
@@ -305,15 +310,19 @@ async fn bitrix24_round_trip_with_drift_of_every_kind_converges_and_then_writes_
             ],
             [3, 2, 1, 2, 1]
         );
-        // One batch request per planned call: add, promote, demote, remove, transfer.
+        // Five planned calls in two requests: the adds and promotions (which make admins),
+        // then — once their results show the admin floor holds — the demotion, the removals
+        // and the transfer, with the re-reads that verify them.
         assert_eq!(plan.calls(), 5);
         let writes = sb.bitrix24.writes();
-        assert_eq!(writes.len(), 5, "{writes:#?}");
+        assert_eq!(writes.len(), 2, "{writes:#?}");
+        assert_eq!(report.calls(), 2);
         assert!(writes.iter().all(|w| w.method == "batch"));
+        let last = &writes.last().unwrap().commands;
         assert_eq!(
-            writes.last().unwrap().commands,
-            ["im.chat.setowner", "im.dialog.get"],
-            "ownership goes last"
+            last[last.len() - 3..],
+            ["im.chat.setowner", "im.chat.user.list", "im.dialog.get"],
+            "ownership goes last, then the re-reads"
         );
         let (owner, roles) = roster(&sb, 42);
         assert_eq!(owner, 17);
@@ -382,7 +391,7 @@ async fn bitrix24_silent_add_skips_are_reported_per_member_from_the_re_list() {
         );
         assert_eq!(
             writes[0].commands,
-            ["im.chat.user.add", "im.chat.user.list"]
+            ["im.chat.user.add", "im.chat.user.list", "im.dialog.get"]
         );
         assert!(roster(&sb, 42).1.contains_key(&23));
         sb.shutdown().await;
@@ -412,9 +421,16 @@ async fn bitrix24_removal_refusals_fail_alone_and_absent_users_count_as_done() {
         assert_eq!(code_of(&out[3]), Some("SELF"));
         let writes = sb.bitrix24.writes();
         assert_eq!(writes.len(), 1);
+        // Three deletes (rosterd's own id is never sent), then the re-reads that verify them.
         assert_eq!(
-            writes[0].commands.len(),
-            3,
+            writes[0].commands,
+            [
+                "im.chat.user.delete",
+                "im.chat.user.delete",
+                "im.chat.user.delete",
+                "im.chat.user.list",
+                "im.dialog.get"
+            ],
             "rosterd's own id is never sent"
         );
         let roles = roster(&sb, 42).1;
@@ -503,17 +519,20 @@ fn big_drift() -> (State, Vec<DesiredGroup>) {
     (portal(chats, users), want)
 }
 
-/// The fewest batch requests rosterd's model allows: per chat and kind of operation,
-/// ⌈operations ÷ members per request⌉.
-fn model_minimum(plan: &rosterd::plan::Plan) -> usize {
-    let caps = Kind::Bitrix24.capabilities();
+/// The fewest batch requests a chat's plan takes when its commands are packed 50 to a request:
+/// one add command per 50 ids, one command per removal, manager change and transfer, and the
+/// two re-reads that verify them.
+fn packed_minimum(plan: &rosterd::plan::Plan) -> usize {
     plan.groups
         .iter()
         .map(|g| {
-            [OpKind::Add, OpKind::Remove]
-                .iter()
-                .map(|k| g.count(*k).div_ceil(caps.max_batch.get(*k)))
-                .sum::<usize>()
+            let commands = g.count(OpKind::Add).div_ceil(50)
+                + g.count(OpKind::Remove)
+                + g.count(OpKind::Promote)
+                + g.count(OpKind::Demote)
+                + g.count(OpKind::TransferOwner)
+                + 2;
+            commands.div_ceil(50)
         })
         .sum()
 }
@@ -534,26 +553,23 @@ async fn bitrix24_large_drift_takes_the_computed_minimum_of_requests() {
         assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
         let plan = report.plan();
         assert_eq!((plan.total(OpKind::Add), plan.total(OpKind::Remove)), (120, 120));
-        let minimum = model_minimum(&plan);
-        // 40 adds fit one request (49 commands x 50 ids), 40 removals fit one (50 commands).
-        assert_eq!(minimum, 6);
+        let minimum = packed_minimum(&plan);
+        // Per chat: one add command (40 ids), 40 removals and 2 re-reads: 43 commands, one
+        // request.
+        assert_eq!(minimum, 3);
         let log = sb.bitrix24.requests();
         let writes = sb.bitrix24.writes();
         assert_eq!(writes.len(), minimum, "{writes:#?}");
         assert_eq!(report.calls(), minimum);
-        // Packing every command into shared requests would need ⌈(120 + 3 + 3) / 50⌉ = 3
-        // (removals, one add command per chat and its re-list): the engine sends one request
-        // per chat and kind of operation instead.
-        let packed = (120 + 3 + 3usize).div_ceil(50);
-        assert_eq!(packed, 3);
-        // profile, a read per chat, the writes, a re-read per chat.
-        assert_eq!(log.len(), 1 + 3 + minimum + 3, "{log:#?}");
+        // One read for the three chats (and the profile), the writes (whose re-reads verify the
+        // chats).
+        assert_eq!(log.len(), 1 + minimum, "{log:#?}");
         for id in CHATS {
             let (_, roles) = roster(&sb, id);
             assert_eq!(roles.len(), 1 + 10 + 40);
         }
         eprintln!(
-            "bitrix24 120 adds + 120 removals across 3 chats: {} write requests (model minimum {minimum}, packed minimum {packed}), {} requests in all",
+            "bitrix24 120 adds + 120 removals across 3 chats: {} write requests (packed minimum {minimum}), {} requests in all",
             writes.len(),
             log.len()
         );
@@ -587,10 +603,11 @@ async fn bitrix24_large_drift_at_two_requests_per_second() {
                 sb.bitrix24.writes().len()
             );
             assert_eq!(throttled, 0, "the client's pace matches the bucket");
-            assert_eq!(sb.bitrix24.writes().len(), 6);
-            // 13 requests: with a burst of 50 none waits; with a burst of 1, 12 gaps of 0.5 s.
+            assert_eq!(sb.bitrix24.writes().len(), 3);
+            assert_eq!(log.len(), 4);
+            // 4 requests: with a burst of 50 none waits; with a burst of 1, 3 gaps of 0.5 s.
             let expected = if burst == 1 {
-                Duration::from_secs(6)
+                Duration::from_millis(1500)
             } else {
                 Duration::ZERO
             };
@@ -626,7 +643,8 @@ async fn bitrix24_query_limit_exceeded_is_backed_off_and_retried() {
                 .filter(|r| r.status == 503)
                 .all(|r| r.error.as_deref() == Some("QUERY_LIMIT_EXCEEDED"))
         );
-        assert_eq!(log.iter().filter(|r| r.status == 200).count(), 6);
+        // Five reads, the first carrying the profile too.
+        assert_eq!(log.iter().filter(|r| r.status == 200).count(), 5);
         assert!(c.requests().throttled >= throttled as u64);
         sb.shutdown().await;
     })
@@ -868,8 +886,9 @@ async fn bitrix24_member_list_without_the_owner_is_refused_as_a_partial_read() {
                 "/rest/1/{code}/batch",
                 post(|| async {
                     axum::Json(serde_json::json!({"result": {
-                        "result": {"dialog": {"id": 42, "owner": 1, "manager_list": [1]},
-                                   "users": []},
+                        "result": {"a_profile": {"ID": "1"},
+                                   "c000_dialog": {"id": 42, "owner": 1, "manager_list": [1]},
+                                   "c000_users": []},
                         "result_error": [], "result_total": [], "result_next": [],
                         "result_time": []}}))
                 }),
@@ -1038,6 +1057,237 @@ async fn bitrix24_demo_applies_the_manifests_and_ends_in_sync() {
             "the webhook is never printed"
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+    })
+    .await;
+}
+
+/// Fifteen chats with a small drift each against a portal whose leaky bucket stays nearly
+/// full (size 2, draining 2/s), with the client at its default pace (2/s, burst 50): after
+/// the first throttle the pacer drops the burst to one and paces at the rate it saw accepted,
+/// so requests no longer leave in clumps after each pause. Prints the figures.
+#[tokio::test(start_paused = true)]
+async fn bitrix24_nearly_full_bucket_is_paced_without_clumps() {
+    bounded(600, async {
+        let ids: Vec<u64> = (101..116).collect();
+        let chats: Vec<(u64, Chat)> = ids.iter().map(|&id| (id, chat(ME, &[], &[17]))).collect();
+        let mut state = portal(chats, [18]);
+        state.bucket = Some(Bucket {
+            size: 2,
+            drain: 2.0,
+        });
+        let sb = sandbox(state).await;
+        let want: Vec<DesiredGroup> = ids
+            .iter()
+            .map(|&id| desired(id, None, &[(17, Role::Participant), (18, Role::Participant)]))
+            .collect();
+        let targets = targets_of(client_at(&sb, 2.0, None), 2.0, None);
+        let started = Instant::now();
+        let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let log = sb.bitrix24.requests();
+        let throttled = log.iter().filter(|r| r.status == 503).count();
+        let accepted = log.len() - throttled;
+        let bound = accepted as f64 / 2.0;
+        println!(
+            "bitrix24 15 chats vs a bucket of 2 draining 2/s: {elapsed:.2}s for {accepted} accepted \
+             requests (sustained bound {bound:.2}s, ratio {:.3}), {throttled} throttled",
+            elapsed / bound
+        );
+        assert!(elapsed <= 1.20 * bound, "{elapsed:.2}s vs bound {bound:.2}s");
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// The drift the issue measured: 3 chats, 120 adds (15 of them new managers), 120 removals,
+/// 30 promotions and 15 demotions, against the standard bucket at the default pace. Per chat
+/// the adds and promotions go in one request, then — once their results show the admin floor
+/// holds — the demotions and removals in a second; the three chats are read in one request.
+#[tokio::test(start_paused = true)]
+async fn bitrix24_three_chat_drift_takes_six_writes_and_seven_requests() {
+    bounded(60, async {
+        let mut chats = vec![];
+        let mut want = vec![];
+        let mut users = vec![];
+        for (i, id) in CHATS.into_iter().enumerate() {
+            let base = 1000 * (i as u64 + 1);
+            let managers: Vec<u64> = (base..base + 5).collect();
+            let stay: Vec<u64> = (base + 10..base + 20).collect();
+            let gone: Vec<u64> = (base + 100..base + 140).collect();
+            let adds: Vec<u64> = (base + 200..base + 240).collect();
+            users.extend(adds.iter().copied());
+            let members: Vec<u64> = managers.iter().chain(&stay).chain(&gone).copied().collect();
+            chats.push((id, chat(ME, &managers, &members)));
+            let mut wanted: Vec<(u64, Role)> = Vec::new();
+            // The managers step down; five members step up; five new members come in as
+            // managers; the rest join as members.
+            wanted.extend(managers.iter().map(|m| (*m, Role::Participant)));
+            wanted.extend(stay[..5].iter().map(|m| (*m, Role::Admin)));
+            wanted.extend(stay[5..].iter().map(|m| (*m, Role::Participant)));
+            wanted.extend(adds[..5].iter().map(|m| (*m, Role::Admin)));
+            wanted.extend(adds[5..].iter().map(|m| (*m, Role::Participant)));
+            want.push(desired(id, None, &wanted));
+        }
+        let mut state = portal(chats, users);
+        state.bucket = Some(Bucket::standard());
+        let sb = sandbox(state).await;
+        let targets = targets_of(client_at(&sb, 2.0, None), 2.0, None);
+        let report = reconcile::run(&ctx(), &want, &targets, &run_opts(true), None).await;
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let plan = report.plan();
+        assert_eq!(
+            [
+                plan.total(OpKind::Add),
+                plan.total(OpKind::Remove),
+                plan.total(OpKind::Promote),
+                plan.total(OpKind::Demote)
+            ],
+            [120, 120, 30, 15]
+        );
+        let log = sb.bitrix24.requests();
+        let writes = sb.bitrix24.writes().len();
+        println!(
+            "bitrix24 3 chats, 120 adds (15 new managers), 120 removals, 30 promotions, 15 demotions: {writes} writes, {} requests in all",
+            log.len()
+        );
+        assert!(writes <= 6, "{writes} writes");
+        assert!(log.len() <= 8, "{} requests: {log:#?}", log.len());
+        assert_eq!(report.calls(), writes);
+        for (id, w) in CHATS.into_iter().zip(&want) {
+            let roles = roster(&sb, id).1;
+            let expected: BTreeMap<u64, Role> = w
+                .members
+                .iter()
+                .map(|(m, r)| (m.0.parse().unwrap(), *r))
+                .chain([(ME, Role::Admin)])
+                .collect();
+            assert_eq!(roles, expected, "chat {id}");
+        }
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// Fifteen chats with a small drift each: one write request per chat.
+#[tokio::test(start_paused = true)]
+async fn bitrix24_fifteen_small_drifts_take_one_write_each() {
+    bounded(60, async {
+        let ids: Vec<u64> = (201..216).collect();
+        let chats: Vec<(u64, Chat)> = ids
+            .iter()
+            .map(|&id| (id, chat(ME, &[], &[17, 23])))
+            .collect();
+        let sb = sandbox(portal(chats, [31])).await;
+        let want: Vec<DesiredGroup> = ids
+            .iter()
+            .map(|&id| desired(id, None, &[(17, Role::Admin), (31, Role::Participant)]))
+            .collect();
+        let report = reconcile::run(
+            &ctx(),
+            &want,
+            &targets_of(client(&sb), 1000.0, None),
+            &run_opts(true),
+            None,
+        )
+        .await;
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let writes = sb.bitrix24.writes().len();
+        println!(
+            "bitrix24 15 chats x (1 add, 1 removal, 1 promotion): {writes} writes, {} requests in all",
+            sb.bitrix24.requests().len()
+        );
+        assert!(writes <= 15, "{writes}");
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// One chat's drift of 120 adds, 60 removals and 30 manager changes: ⌈commands ÷ 50⌉ write
+/// requests, the commands being 3 add commands (50 ids each), 60 deletes, 30 setManager and the
+/// 2 re-reads.
+#[tokio::test(start_paused = true)]
+async fn bitrix24_one_chat_drift_takes_commands_over_fifty_requests() {
+    bounded(60, async {
+        let stay: Vec<u64> = (10..40).collect();
+        let gone: Vec<u64> = (100..160).collect();
+        let adds: Vec<u64> = (200..320).collect();
+        let members: Vec<u64> = stay.iter().chain(&gone).copied().collect();
+        let sb = sandbox(portal(vec![(42, chat(ME, &[], &members))], adds.clone())).await;
+        let wanted: Vec<(u64, Role)> = stay
+            .iter()
+            .map(|m| (*m, Role::Admin))
+            .chain(adds.iter().map(|m| (*m, Role::Participant)))
+            .collect();
+        let want = desired(42, None, &wanted);
+        let report = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets_of(client(&sb), 1000.0, None),
+            &run_opts(true),
+            None,
+        )
+        .await;
+        assert_eq!(report.exit_code(true, false), 0, "{report:#?}");
+        let commands = 120usize.div_ceil(50) + 60 + 30 + 2;
+        assert_eq!(sb.bitrix24.writes().len(), commands.div_ceil(50));
+        assert_eq!(report.calls(), 2);
+        sb.shutdown().await;
+    })
+    .await;
+}
+
+/// A promotion that fails keeps the admin floor: the demotion that was only safe if it
+/// succeeded waits for its result (a later request) and is then not sent at all.
+#[tokio::test(start_paused = true)]
+async fn bitrix24_a_failed_promotion_keeps_the_demotion_from_being_sent() {
+    bounded(30, async {
+        // 17 owns the chat, 23 manages it; 99 is no user of the portal, so its add is
+        // silently skipped and its promotion fails.
+        let sb = sandbox(portal(vec![(42, chat(17, &[23], &[ME, 17, 23]))], [])).await;
+        let want = desired(
+            42,
+            Some(17),
+            &[
+                (ME, Role::Participant),
+                (17, Role::Admin),
+                (99, Role::Admin),
+                (23, Role::Participant),
+            ],
+        );
+        let report = reconcile::run(
+            &ctx(),
+            std::slice::from_ref(&want),
+            &targets_of(client(&sb), 1000.0, None),
+            &run_opts(true),
+            None,
+        )
+        .await;
+        let g = &report.groups[0];
+        let demote = g
+            .outcomes
+            .iter()
+            .find(|o| o.kind == OpKind::Demote)
+            .expect("the demotion has an outcome");
+        assert!(
+            matches!(demote.outcome, Outcome::Skipped { .. }),
+            "{:?}",
+            demote.outcome
+        );
+        // The promotion went out; no command ever demoted 23.
+        let writes = sb.bitrix24.writes();
+        let manager_changes: usize = writes
+            .iter()
+            .map(|w| {
+                w.commands
+                    .iter()
+                    .filter(|c| *c == "im.chat.setmanager")
+                    .count()
+            })
+            .sum();
+        assert_eq!(manager_changes, 1, "{writes:#?}");
+        assert_eq!(roster(&sb, 42).1.get(&23), Some(&Role::Admin));
+        sb.shutdown().await;
     })
     .await;
 }

@@ -1074,3 +1074,62 @@ async fn tencent_repeated_bad_usersigs_lock_the_app_and_the_client_stops_at_once
     })
     .await;
 }
+
+/// Tencent at its default pace (20 requests/s) against a service that allows 5/s: the pacer
+/// learns the limit from the first throttle and stays just under it, probing up slowly. Prints
+/// the figures (`--no-capture`); BENCHMARKS quotes them.
+#[tokio::test(start_paused = true)]
+async fn tencent_default_pace_against_a_slower_service_learns_its_limit() {
+    bounded(600, async {
+        let promoted = users("a", 150);
+        let mut accounts = promoted.clone();
+        accounts.push("boss".into());
+        let live: Vec<(&str, MemberRole)> = promoted
+            .iter()
+            .map(|a| (a.as_str(), MemberRole::Member))
+            .collect();
+        let g = group(GroupType::Public, Some("boss"), &live);
+        let sb = sandbox(world(&accounts, vec![("@TGS#pace", g)], Limits::default())).await;
+        sb.tencent.set_rate_limit(Some(RateLimit {
+            requests: 5,
+            per: Duration::from_secs(1),
+        }));
+        let mut inst = instance(&sb, None);
+        inst.common.rate = None;
+        let c = client(&inst, KEY);
+        let t = one_target(inst, c);
+        let want: Vec<(&str, Role)> = promoted
+            .iter()
+            .map(|a| (a.as_str(), Role::Admin))
+            .collect();
+        let d = desired("@TGS#pace", Some("boss"), &want);
+        let started = tokio::time::Instant::now();
+        let report =
+            reconcile::run(&ctx_at(T), std::slice::from_ref(&d), &t, &opts(true), None).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(report.groups[0].status, GroupStatus::Applied, "{report:#?}");
+        let log = sb.tencent.requests();
+        let throttled = log
+            .iter()
+            .filter(|r| r.fault.as_deref() == Some("throttled"))
+            .count();
+        let accepted = log.len() - throttled;
+        let bound = accepted as f64 / 5.0;
+        let pace = t["tim"].provider.requests().pace.unwrap();
+        println!(
+            "tencent default pace vs 5/s: {elapsed:.2}s for {accepted} accepted requests \
+             (bound {bound:.2}s, ratio {:.3}), {throttled} of {} throttled ({:.1}%), pace now {pace:.2}/s",
+            elapsed / bound,
+            log.len(),
+            100.0 * throttled as f64 / log.len() as f64
+        );
+        assert!(elapsed <= 1.10 * bound, "{elapsed:.2}s vs bound {bound:.2}s");
+        assert!(
+            throttled as f64 <= 0.05 * log.len() as f64,
+            "{throttled} of {} throttled",
+            log.len()
+        );
+        sb.shutdown().await;
+    })
+    .await;
+}
