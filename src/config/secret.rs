@@ -69,10 +69,15 @@ impl SecretRef {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set (or not UTF-8)"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {}: {}", path.display(), e.kind()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
+            SecretRef::File(path) => {
+                warn_if_readable_by_others(path);
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!("cannot read secret file {}: {}", path.display(), e.kind())
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string()
+            }
         };
         if value.is_empty() {
             return Err(format!("secret {self:?} is empty"));
@@ -87,6 +92,33 @@ impl SecretRef {
             ));
         }
         Ok(Secret::new(value))
+    }
+}
+
+/// The permission bits that let the group or others read `path`, if any (as ssh refuses a
+/// private key anyone else can read; rosterd warns and goes on, since container secrets are
+/// often mounted 0644 on purpose).
+pub fn readable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    if let Some(mode) = readable_by_others(path) {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{mode:o}"),
+            "secret file is readable by group or others: chmod 600 it"
+        );
     }
 }
 
@@ -123,6 +155,41 @@ impl fmt::Display for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_others_can_read_is_found_and_a_private_one_is_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, "a-long-enough-secret\n").unwrap();
+        for (mode, loose) in [
+            (0o644, true),
+            (0o640, true),
+            (0o604, true),
+            (0o600, false),
+            (0o400, false),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(readable_by_others(&f).is_some(), loose, "{mode:o}");
+        }
+        assert_eq!(
+            SecretRef::File(f).resolve().unwrap().expose(),
+            "a-long-enough-secret"
+        );
+    }
+
+    #[test]
+    fn secrets_shorter_than_the_mask_minimum_are_refused_naming_the_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, "short\n").unwrap();
+        let e = SecretRef::File(f).resolve().unwrap_err();
+        assert!(
+            e.contains("key") && e.contains("5 characters") && !e.contains("short"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn secrets_print_as_stars() {
