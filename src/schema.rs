@@ -62,6 +62,8 @@ fn config_schema() -> Value {
         "interval": {"type": "string", "description": "Pause between write calls (humantime, e.g. 200ms)"},
         "rate": {"type": ["string", "number"], "description": "Cap on requests per second, reads and writes: 10/s, 600/m, 1/10s"},
         "timeout": {"type": "string", "description": "Per request (humantime; default 15s)"},
+        "ca_file": {"type": "string", "description": "PEM bundle of private certificate authorities trusted besides the system's (relative to rosterd.yaml)"},
+        "proxy": {"type": "string", "description": "http(s) proxy for every request of the instance; else HTTPS_PROXY / NO_PROXY apply"},
         "protected": {"type": "array", "items": {"type": ["string", "integer"]}, "description": "Ids never removed, demoted, banned or muted"},
     });
     let mut definitions = root["definitions"].take();

@@ -382,7 +382,9 @@ pub fn parse_rate(s: &str) -> Option<f64> {
     (r.is_finite() && r > 0.0).then_some(r)
 }
 
-const COMMON_KEYS: [&str; 7] = [
+const COMMON_KEYS: [&str; 9] = [
+    "ca_file",
+    "proxy",
     "base_url",
     "batch_size",
     "interval",
@@ -449,6 +451,30 @@ fn instance(
                 at("base_url"),
                 format!(
                     "provider {name}: base_url: expected an http:// or https:// URL, found {u:?}"
+                ),
+            )),
+        }
+    }
+    if let Some(f) = str_of("ca_file", diags) {
+        let path = root.join(f.trim());
+        match crate::provider::http::read_ca_file(&path) {
+            Ok(_) => common.ca_file = Some(path),
+            Err(e) => diags.push(Diagnostic::new(
+                file,
+                at("ca_file"),
+                format!("provider {name}: {e}"),
+            )),
+        }
+    }
+    if let Some(p) = str_of("proxy", diags) {
+        match rest::parse_http_url(&p) {
+            Ok(_) => common.proxy = Some(p.trim().to_string()),
+            Err(bad) => diags.push(Diagnostic::new(
+                file,
+                at("proxy"),
+                format!(
+                    "provider {name}: proxy {}",
+                    rest::url_message(&bad, "http://proxy.internal:3128")
                 ),
             )),
         }

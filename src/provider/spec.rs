@@ -79,6 +79,11 @@ pub struct CommonSettings {
     pub timeout: Option<Duration>,
     /// Ids never removed, demoted, banned or muted (normalised for the kind).
     pub protected: Vec<MemberId>,
+    /// A PEM bundle of certificate authorities trusted besides the system's (a private CA);
+    /// absolute, checked to hold at least one certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// An http(s) proxy for every request of the instance (else `HTTPS_PROXY`/`NO_PROXY`).
+    pub proxy: Option<String>,
 }
 
 /// A kind's own settings, of the type its module declares; only that module reads them back
@@ -219,7 +224,7 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(
             // accepted, so the list names the common keys too.
             let message = if unknown.is_some() {
                 format!(
-                    "{inner} (or one of the common keys: base_url, batch_size, interval, rate, timeout, protected)"
+                    "{inner} (or one of the common keys: base_url, batch_size, interval, rate, timeout, protected, ca_file, proxy)"
                 )
             } else {
                 inner.clone()

@@ -7,4 +7,5 @@ mod daemon;
 mod redact;
 mod support;
 mod tencent;
+mod tls;
 mod waha;
