@@ -63,6 +63,7 @@ fn world(groups: usize, members_live: &[&str], rate: Option<RateLimit>) -> State
         .into(),
         rate_limit: rate,
         page_cap: None,
+        echo_credentials: false,
     }
 }
 

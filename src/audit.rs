@@ -75,6 +75,8 @@ impl AuditLog {
             buf.push_str(&l.to_string());
             buf.push('\n');
         }
+        // A provider's message may repeat a credential: the log gets it masked.
+        let buf = crate::redact::mask(&buf);
         let Ok(mut f) = self.file.lock() else { return };
         if let Err(e) = f.write_all(buf.as_bytes()).and_then(|_| f.flush()) {
             tracing::error!(error = %e, "cannot write the audit log");
@@ -129,5 +131,29 @@ mod tests {
         assert_eq!(lines[2]["code"], "NOT_FOUND");
         assert_eq!(lines[3]["result"], "ok");
         assert_eq!(lines[4]["outcome"], "already_done");
+    }
+
+    #[test]
+    fn a_credential_a_provider_repeats_is_masked_in_the_log() {
+        crate::redact::register("audit-test-credential-42");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let echoed = MemberOutcome::failed(
+            MemberId::new("a"),
+            "AUTH",
+            "the key audit-test-credential-42 is not allowed",
+        );
+        AuditLog::open(&path).unwrap().call(
+            SystemTime::UNIX_EPOCH,
+            "team",
+            "cc",
+            OpKind::Add,
+            1,
+            1,
+            &[echoed],
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("audit-test-credential-42"), "{text}");
+        assert!(text.contains("the key *** is not allowed"), "{text}");
     }
 }

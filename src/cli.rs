@@ -55,6 +55,12 @@ pub enum Format {
     Markdown,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiagFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Path to rosterd.yaml.
@@ -82,7 +88,13 @@ pub struct Selection {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load and validate every file; no network.
-    Validate(ConfigArg),
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// `json`: the diagnostics as a JSON document on stdout, for tools.
+        #[arg(long, value_enum, default_value_t = DiagFormat::Text)]
+        format: DiagFormat,
+    },
     /// Show what apply would change.
     Plan {
         #[command(flatten)]
@@ -147,8 +159,16 @@ pub enum Command {
     /// The daemon: watch the files, reconcile on change and every `resync`, serve /healthz
     /// /readyz /metrics /status.
     Run(ConfigArg),
-    /// Print the JSON Schema (draft-07) of rosterd.yaml, people.yaml and group manifests.
-    Schema,
+    /// Print the JSON Schema (draft-07) of one kind of file, or write all three to a folder.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["kind", "out"])))]
+    Schema {
+        /// The file kind whose schema is printed on stdout.
+        #[arg(long, value_enum)]
+        kind: Option<crate::schema::FileKind>,
+        /// Write rosterd.schema.json, people.schema.json and manifest.schema.json here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Serve local emulators of the providers on loopback.
     Sandbox {
         /// Seed state (YAML or JSON); default: empty apps.
@@ -171,7 +191,7 @@ pub fn stdout_color() -> bool {
 /// Run one command; returns the process exit code.
 pub async fn run(cli: Cli) -> u8 {
     match cli.command {
-        Command::Validate(c) => validate(&c.config),
+        Command::Validate { config, format } => validate(&config.config, format),
         Command::Plan {
             sel,
             detailed_exitcode,
@@ -230,16 +250,12 @@ pub async fn run(cli: Cli) -> u8 {
             match crate::daemon::run(opts, tokio_util::sync::CancellationToken::new()).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    crate::eprintln_masked!("error: {e:#}");
                     exit::ERROR
                 }
             }
         }
-        Command::Schema => {
-            let s = serde_json::to_string_pretty(&crate::schema::schema()).expect("schema is JSON");
-            println!("{s}");
-            exit::OK
-        }
+        Command::Schema { kind, out } => schema_cmd(kind, out.as_deref()),
         Command::Sandbox { state } => {
             let token = tokio_util::sync::CancellationToken::new();
             let t = token.clone();
@@ -250,17 +266,17 @@ pub async fn run(cli: Cli) -> u8 {
             match crate::sandbox::run_sandbox(state, token).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    crate::eprintln_masked!("error: {e:#}");
                     exit::ERROR
                 }
             }
         }
         Command::Demo { manifests } => {
-            let mut out = std::io::stdout();
+            let mut out = crate::redact::Redacting::new(std::io::stdout());
             match crate::demo::demo(&manifests, &mut out, stdout_color()).await {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    crate::eprintln_masked!("error: {e:#}");
                     exit::ERROR
                 }
             }
@@ -315,9 +331,27 @@ async fn explain_cmd(path: &Path, name: &str, without: bool, live: bool) -> u8 {
     if unreadable { exit::FAILED } else { exit::OK }
 }
 
-fn validate(path: &Path) -> u8 {
-    match config::load(path) {
+fn validate(path: &Path, format: DiagFormat) -> u8 {
+    let result = config::load(path);
+    if format == DiagFormat::Json {
+        let (diags, warnings) = match &result {
+            Ok(cfg) => (serde_json::json!([]), cfg.warnings.clone()),
+            Err(d) => (d.to_json(), Vec::new()),
+        };
+        let doc = serde_json::json!({
+            "valid": result.is_ok(), "diagnostics": diags, "warnings": warnings,
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("JSON") + "\n";
+        print!("{}", crate::redact::mask(&text));
+        return if result.is_ok() {
+            exit::OK
+        } else {
+            exit::ERROR
+        };
+    }
+    match result {
         Ok(cfg) => {
+            print_warnings(&cfg);
             let members: usize = cfg.groups.iter().map(|g| g.members.len()).sum();
             println!(
                 "{}: valid ({} provider instances, {} groups, {} members)",
@@ -329,10 +363,49 @@ fn validate(path: &Path) -> u8 {
             exit::OK
         }
         Err(diags) => {
-            eprint!("{diags}");
-            eprintln!("{} error(s); nothing was written", diags.0.len());
+            print_diagnostics(&diags);
             exit::ERROR
         }
+    }
+}
+
+fn schema_cmd(kind: Option<crate::schema::FileKind>, out: Option<&Path>) -> u8 {
+    use crate::schema::{FileKind, schema_for};
+    let pretty = |k| serde_json::to_string_pretty(&schema_for(k)).expect("schema is JSON") + "\n";
+    if let Some(k) = kind {
+        print!("{}", pretty(k));
+    }
+    if let Some(dir) = out {
+        for k in FileKind::ALL {
+            let path = dir.join(k.file_name());
+            let written =
+                std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, pretty(k)));
+            if let Err(e) = written {
+                crate::eprintln_masked!("error: cannot write {}: {e}", path.display());
+                return exit::ERROR;
+            }
+        }
+    }
+    exit::OK
+}
+
+/// File errors on stderr: source frames on a terminal (unless NO_COLOR), else one plain
+/// `file:line:col: error: …` line each, as CI logs and editors' problem matchers expect.
+fn print_diagnostics(diags: &config::Diagnostics) {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let text = if std::io::stderr().is_terminal() && !no_color {
+        diags.framed(true)
+    } else {
+        diags.to_string()
+    };
+    eprint!("{}", crate::redact::mask(&text));
+    eprintln!("{} error(s); nothing was written", diags.0.len());
+}
+
+/// Warnings go to stderr; they never change the exit code.
+fn print_warnings(cfg: &Config) {
+    for w in &cfg.warnings {
+        crate::eprintln_masked!("{w}");
     }
 }
 
@@ -358,17 +431,19 @@ async fn reconcile_cmd(
     files: PlanFiles<'_>,
 ) -> u8 {
     let cfg = match config::load(&sel.config.config) {
-        Ok(c) => c,
+        Ok(c) => {
+            print_warnings(&c);
+            c
+        }
         Err(diags) => {
-            eprint!("{diags}");
-            eprintln!("{} error(s); nothing was written", diags.0.len());
+            print_diagnostics(&diags);
             return exit::ERROR;
         }
     };
     let mut groups = match select(&cfg, &sel.groups) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::eprintln_masked!("error: {e}");
             return exit::ERROR;
         }
     };
@@ -417,8 +492,8 @@ async fn reconcile_cmd(
     let targets = match build_targets(&cfg, &groups) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("nothing was written");
+            crate::eprintln_masked!("error: {e}");
+            crate::eprintln_masked!("nothing was written");
             return exit::ERROR;
         }
     };
@@ -426,7 +501,7 @@ async fn reconcile_cmd(
         (Some(path), Mode::Apply) => match crate::audit::AuditLog::open(path) {
             Ok(a) => Some(a),
             Err(e) => {
-                eprintln!("error: cannot open audit log {}: {e}", path.display());
+                crate::eprintln_masked!("error: cannot open audit log {}: {e}", path.display());
                 return exit::ERROR;
             }
         },
@@ -500,7 +575,9 @@ fn interrupt_token() -> tokio_util::sync::CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: no further request is sent; Ctrl-C again to quit at once");
+            crate::eprintln_masked!(
+                "interrupted: no further request is sent; Ctrl-C again to quit at once"
+            );
             t.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(130);
@@ -565,7 +642,8 @@ pub fn build_targets(
 pub fn print_report(report: &Report, format: Format, applied: bool) {
     let plan = report.plan();
     let color = stdout_color();
-    let mut out = anstream::AutoStream::never(std::io::stdout().lock());
+    let mut out =
+        crate::redact::Redacting::new(anstream::AutoStream::never(std::io::stdout().lock()));
     let text = match format {
         Format::Text => {
             let mut s = render::text(&plan, color);

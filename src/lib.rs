@@ -17,5 +17,6 @@ pub mod model;
 pub mod plan;
 pub mod provider;
 pub mod reconcile;
+pub mod redact;
 pub mod sandbox;
 pub mod schema;

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            rosterd::eprintln_masked!("error: cannot start the async runtime: {e}");
             return ExitCode::from(cli::exit::ERROR);
         }
     };
@@ -34,7 +34,8 @@ fn init_tracing(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Every log line, at every level, passes the redactor.
+        .with_writer(rosterd::redact::MakeRedacting(std::io::stderr));
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder

@@ -35,6 +35,18 @@ pub struct Config {
     pub groups: Vec<DesiredGroup>,
     /// Every file read, rosterd.yaml first.
     pub files: Vec<PathBuf>,
+    /// Problems that do not stop a run: manifest files that define no group.
+    pub warnings: Vec<String>,
+}
+
+/// The warning for a manifest file that defines no group: a truncated file or a bad merge
+/// would otherwise pass as "0 groups" without a word. Nothing is removed for it either way.
+pub fn no_group_warning(file: &Path) -> String {
+    format!(
+        "{}:1:1: warning: the file defines no group (it is empty, or holds only comments or \
+         `---`); nothing in it is managed",
+        file.display()
+    )
 }
 
 /// What manifests are validated against: instances, people, teams and defaults.
@@ -82,8 +94,12 @@ pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
     let (ctx, mut diags) = build_context(config_path)?;
     let mut groups: Vec<DesiredGroup> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut warnings = Vec::new();
     for file in &ctx.manifest_files {
         let (gs, names, d) = manifest(file, &ctx);
+        if names.is_empty() && d.is_empty() {
+            warnings.push(no_group_warning(file));
+        }
         diags.extend(d);
         // Names are checked for uniqueness whether or not the group validated.
         for (name, at) in names {
@@ -114,6 +130,7 @@ pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
         instances: ctx.instances.clone(),
         groups,
         files,
+        warnings,
     })
 }
 
@@ -403,7 +420,9 @@ pub fn parse_rate(s: &str) -> Option<f64> {
     (r.is_finite() && r > 0.0).then_some(r)
 }
 
-const COMMON_KEYS: [&str; 8] = [
+const COMMON_KEYS: [&str; 10] = [
+    "ca_file",
+    "proxy",
     "base_url",
     "batch_size",
     "concurrency",
@@ -471,6 +490,30 @@ fn instance(
                 at("base_url"),
                 format!(
                     "provider {name}: base_url: expected an http:// or https:// URL, found {u:?}"
+                ),
+            )),
+        }
+    }
+    if let Some(f) = str_of("ca_file", diags) {
+        let path = root.join(f.trim());
+        match crate::provider::http::read_ca_file(&path) {
+            Ok(_) => common.ca_file = Some(path),
+            Err(e) => diags.push(Diagnostic::new(
+                file,
+                at("ca_file"),
+                format!("provider {name}: {e}"),
+            )),
+        }
+    }
+    if let Some(p) = str_of("proxy", diags) {
+        match rest::parse_http_url(&p) {
+            Ok(_) => common.proxy = Some(p.trim().to_string()),
+            Err(bad) => diags.push(Diagnostic::new(
+                file,
+                at("proxy"),
+                format!(
+                    "provider {name}: proxy {}",
+                    rest::url_message(&bad, "http://proxy.internal:3128")
                 ),
             )),
         }

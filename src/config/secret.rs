@@ -69,15 +69,56 @@ impl SecretRef {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set (or not UTF-8)"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {}: {}", path.display(), e.kind()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
+            SecretRef::File(path) => {
+                warn_if_readable_by_others(path);
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!("cannot read secret file {}: {}", path.display(), e.kind())
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string()
+            }
         };
         if value.is_empty() {
             return Err(format!("secret {self:?} is empty"));
         }
-        Ok(Secret(SecretString::from(value)))
+        // Shorter values could not be masked in every output (see `crate::redact`).
+        if value.len() < crate::redact::MIN_LEN {
+            return Err(format!(
+                "secret {self:?} is {} characters long; rosterd needs at least {} to keep it \
+                 out of every output",
+                value.chars().count(),
+                crate::redact::MIN_LEN
+            ));
+        }
+        Ok(Secret::new(value))
+    }
+}
+
+/// The permission bits that let the group or others read `path`, if any (as ssh refuses a
+/// private key anyone else can read; rosterd warns and goes on, since container secrets are
+/// often mounted 0644 on purpose).
+pub fn readable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    if let Some(mode) = readable_by_others(path) {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{mode:o}"),
+            "secret file is readable by group or others: chmod 600 it"
+        );
     }
 }
 
@@ -87,8 +128,12 @@ impl SecretRef {
 pub struct Secret(SecretString);
 
 impl Secret {
+    /// Every secret made is registered with the redactor, so no output shows it (values
+    /// shorter than [`crate::redact::MIN_LEN`] excepted).
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(SecretString::from(value.into()))
+        let value = value.into();
+        crate::redact::register(&value);
+        Secret(SecretString::from(value))
     }
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
@@ -110,6 +155,41 @@ impl fmt::Display for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_others_can_read_is_found_and_a_private_one_is_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, "a-long-enough-secret\n").unwrap();
+        for (mode, loose) in [
+            (0o644, true),
+            (0o640, true),
+            (0o604, true),
+            (0o600, false),
+            (0o400, false),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(readable_by_others(&f).is_some(), loose, "{mode:o}");
+        }
+        assert_eq!(
+            SecretRef::File(f).resolve().unwrap().expose(),
+            "a-long-enough-secret"
+        );
+    }
+
+    #[test]
+    fn secrets_shorter_than_the_mask_minimum_are_refused_naming_the_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, "short\n").unwrap();
+        let e = SecretRef::File(f).resolve().unwrap_err();
+        assert!(
+            e.contains("key") && e.contains("5 characters") && !e.contains("short"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn secrets_print_as_stars() {

@@ -25,12 +25,31 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         .route("/status", get(status))
         .route("/", get(page::index))
         .route("/group", get(page::group))
+        .layer(axum::middleware::map_response(redacted))
         .with_state(shared);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// Every response body passes the redactor: `/status` quotes providers' errors, which may
+/// repeat a credential.
+async fn redacted(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => {
+            let masked = crate::redact::mask_bytes(&bytes).into_owned();
+            let mut parts = parts;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(masked))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a response body");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
 
@@ -64,9 +83,11 @@ async fn status(State(s): State<Arc<Shared>>) -> Json<serde_json::Value> {
         .lock()
         .map(|t| t.errors().iter().map(|d| d.to_string()).collect())
         .unwrap_or_default();
+    let warnings: Vec<String> = s.tree.lock().map(|t| t.warnings()).unwrap_or_default();
     Json(json!({
         "ready": s.ready().is_ok(),
         "groups": groups,
         "file_errors": errors,
+        "file_warnings": warnings,
     }))
 }

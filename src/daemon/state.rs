@@ -194,6 +194,9 @@ impl Tree {
             match f.validated {
                 None => {}
                 Some(Ok(groups)) => {
+                    if groups.is_empty() {
+                        tracing::warn!("{}", config::no_group_warning(&f.path));
+                    }
                     entry.groups = groups;
                     entry.error = None;
                 }
@@ -269,6 +272,14 @@ impl Tree {
         out
     }
 
+    /// Manifest files in force that define no group, for /status.
+    pub fn warnings(&self) -> Vec<String> {
+        (self.files.iter())
+            .filter(|(_, f)| f.error.is_none() && f.groups.is_empty())
+            .map(|(p, _)| config::no_group_warning(p))
+            .collect()
+    }
+
     /// Errors per file, for /status and metrics.
     pub fn file_errors(&self) -> BTreeMap<PathBuf, usize> {
         let mut out = BTreeMap::new();
@@ -295,6 +306,17 @@ mod tests {
 
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join("groups").join(name), text).unwrap();
+    }
+
+    #[test]
+    fn a_manifest_defining_no_group_is_a_warning_not_an_error() {
+        let (dir, mut t) = tree();
+        write(dir.path(), "empty.yaml", "# nothing yet\n---\n");
+        t.reload();
+        assert!(t.errors().is_empty(), "{:?}", t.errors());
+        let w = t.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("empty.yaml:1:1: warning: the file defines no group"));
     }
 
     #[test]

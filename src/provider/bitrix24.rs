@@ -129,6 +129,7 @@ pub struct Settings {
     /// `https://portal/rest/<user>/<token>/` — a secret: the token is in the path.
     #[serde(default)]
     pub webhook_url: Option<SecretRef>,
+    /// Instead of a webhook: `{ endpoint, client_id, client_secret, token_file }`.
     #[serde(default)]
     pub oauth: Option<OAuth>,
     /// The portal's leaky-bucket size: requests allowed at once before `rate` applies
@@ -804,6 +805,10 @@ fn webhook_base(name: &str, raw: &str, over: Option<&str>) -> Result<String, Pro
         return Err(shape());
     }
     let path = format!("/{}/", segs.join("/"));
+    // The token is the credential, and the path carries it: both are masked at every exit.
+    crate::redact::register(segs[n - 1]);
+    crate::redact::register(&path);
+    crate::redact::register(raw.trim());
     let origin = match over {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => {

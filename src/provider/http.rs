@@ -63,6 +63,10 @@ pub struct HttpOptions {
     /// its answer (retries and throttle waits included). For providers where every write acts
     /// as one account, whatever the number of groups in flight (WhatsApp).
     pub serial_writes: bool,
+    /// Extra trusted certificate authorities (PEM bundle); verification always stays on.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The proxy of every request; `None` leaves `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` in charge.
+    pub proxy: Option<String>,
 }
 
 impl Default for HttpOptions {
@@ -82,6 +86,8 @@ impl Default for HttpOptions {
             max_named_wait: Duration::from_secs(3600),
             jitter: 0.2,
             serial_writes: false,
+            ca_file: None,
+            proxy: None,
         }
     }
 }
@@ -754,7 +760,22 @@ fn transport_error(label: &str, e: reqwest::Error) -> ProviderError {
     } else {
         "transport error"
     };
-    let err = ProviderError::transient(format!("{label}: {kind}: {}", e.without_url()));
+    // The innermost cause says what went wrong ("invalid peer certificate: UnknownIssuer",
+    // "Connection refused"); reqwest's own text only says a request failed. Causes below
+    // reqwest carry no URL.
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    let e = e.without_url();
+    let text = e.to_string();
+    let err = ProviderError::transient(if cause.is_empty() || text.contains(&cause) {
+        format!("{label}: {kind}: {text}")
+    } else {
+        format!("{label}: {kind}: {text}: {cause}")
+    });
     if not_sent {
         err.with_code(NOT_SENT)
     } else {
@@ -777,6 +798,8 @@ impl HttpOptions {
             timeout: c.timeout.unwrap_or(d.timeout),
             interval: c.interval.unwrap_or(default_interval),
             rate: c.rate.or(default_rate),
+            ca_file: c.ca_file.clone(),
+            proxy: c.proxy.clone(),
             ..d
         }
     }
@@ -786,7 +809,17 @@ impl HttpOptions {
 /// building a client without one panics.
 pub fn build_reqwest(opts: &HttpOptions) -> Result<reqwest::Client, ProviderError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &opts.ca_file {
+        // Added to the trusted roots, never replacing them; nothing turns verification off.
+        builder = builder.tls_certs_merge(read_ca_file(path).map_err(ProviderError::fatal)?);
+    }
+    if let Some(p) = &opts.proxy {
+        let proxy = reqwest::Proxy::all(p)
+            .map_err(|e| ProviderError::fatal(format!("proxy: {}", e.without_url())))?;
+        builder = builder.proxy(proxy);
+    }
+    builder
         .connect_timeout(opts.connect_timeout)
         .read_timeout(opts.timeout)
         .timeout(opts.timeout)
@@ -798,6 +831,19 @@ pub fn build_reqwest(opts: &HttpOptions) -> Result<reqwest::Client, ProviderErro
         .map_err(|e| {
             ProviderError::fatal(format!("cannot build the HTTP client: {}", e.without_url()))
         })
+}
+
+/// The certificates of a PEM bundle; an error names the file and says what is wrong.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read ca_file {}: {}", path.display(), e.kind()))?;
+    match reqwest::Certificate::from_pem_bundle(&bytes) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        _ => Err(format!(
+            "ca_file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,11 @@ pub struct CommonSettings {
     pub timeout: Option<Duration>,
     /// Ids never removed, demoted, banned or muted (normalised for the kind).
     pub protected: Vec<MemberId>,
+    /// A PEM bundle of certificate authorities trusted besides the system's (a private CA);
+    /// absolute, checked to hold at least one certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// An http(s) proxy for every request of the instance (else `HTTPS_PROXY`/`NO_PROXY`).
+    pub proxy: Option<String>,
 }
 
 /// A kind's own settings, of the type its module declares; only that module reads them back
@@ -154,6 +159,13 @@ impl Instance {
 
 /// Build the client of one provider instance. Secrets are resolved here, late.
 pub fn build(instance: &Instance) -> Result<Arc<dyn Provider>, ProviderError> {
+    // Every kind sends a credential with each request (a key header, a signed query, a token
+    // in the body or the path), so plain http to another host exposes it on the wire.
+    if let Some(url) =
+        (instance.common.base_url.as_deref()).and_then(|u| super::rest::parse_http_url(u).ok())
+    {
+        super::rest::warn_plain_http(&instance.name, "base_url", &url);
+    }
     (instance.kind.spec().connect)(instance)
 }
 
@@ -214,7 +226,7 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(
             // accepted, so the list names the common keys too.
             let message = if unknown.is_some() {
                 format!(
-                    "{inner} (or one of the common keys: base_url, batch_size, interval, rate, timeout, protected)"
+                    "{inner} (or one of the common keys: base_url, batch_size, interval, rate, timeout, protected, ca_file, proxy)"
                 )
             } else {
                 inner.clone()
@@ -250,6 +262,68 @@ pub fn settings_schema<T: schemars::JsonSchema>() -> schemars::Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log lines of building a CometChat client whose base_url is `base`.
+    fn build_logs(base: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "a-key-long-enough-to-mask").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let instance = Instance {
+            name: "cc".into(),
+            kind: Kind::Cometchat,
+            common: CommonSettings {
+                base_url: Some(base.into()),
+                ..CommonSettings::default()
+            },
+            settings: KindSettings::new(crate::provider::cometchat::Settings {
+                app_id: "app".into(),
+                region: "eu".into(),
+                api_key: crate::config::secret::SecretRef::File(key),
+            }),
+        };
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || build(&instance).map(|_| ()).unwrap());
+        String::from_utf8(logs.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn credentials_over_plain_http_to_another_host_are_warned_about() {
+        let remote = build_logs("http://10.1.2.3:8080/v3");
+        assert!(
+            remote.contains("WARN") && remote.contains("plain http"),
+            "{remote}"
+        );
+        for quiet in [
+            "http://127.0.0.1:9/v3",
+            "http://localhost:9/v3",
+            "https://10.1.2.3/v3",
+        ] {
+            let logs = build_logs(quiet);
+            assert!(!logs.contains("plain http"), "{quiet}: {logs}");
+        }
+    }
 
     #[test]
     fn every_kind_has_its_own_spec() {

@@ -134,9 +134,11 @@ fn region_domain(region: &str) -> Result<&'static str, String> {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// The app's SDKAppID.
     pub sdk_app_id: u64,
     /// The app admin account the calls act as.
     pub identifier: String,
+    /// The app's key (`{ env: … }` / `{ file: … }`): it signs the UserSig and is never sent.
     pub secret_key: SecretRef,
     /// A regional domain name (`singapore`, `guangzhou`, ...); or set `base_url`.
     #[serde(default)]
@@ -301,6 +303,8 @@ impl Sigs {
             now,
             USERSIG_TTL,
         );
+        // A derived credential: masked at every exit like the key it comes from.
+        crate::redact::register(&value);
         *cache = Some(CachedSig {
             value: value.clone(),
             renew_at: now + USERSIG_TTL - USERSIG_RENEW,

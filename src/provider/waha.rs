@@ -174,6 +174,7 @@ pub struct Settings {
     /// The WAHA session name (`default` on WAHA Core).
     #[serde(default = "default_session")]
     pub session: String,
+    /// The server's key (`WAHA_API_KEY`), sent as the `X-Api-Key` header.
     pub api_key: SecretRef,
 }
 

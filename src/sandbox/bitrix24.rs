@@ -62,6 +62,10 @@ pub struct State {
     /// Answer add/delete failures as old portals do: `400 WRONG_REQUEST`.
     #[serde(default)]
     pub legacy_errors: bool,
+    /// Repeat the rejected credential in the error message of a 401/403, as many services,
+    /// gateways and proxies do: what the redactor must catch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo_credentials: bool,
 }
 
 fn yes() -> bool {
@@ -80,6 +84,7 @@ impl Default for State {
             operating: Operating::standard_opt(),
             set_manager: true,
             legacy_errors: false,
+            echo_credentials: false,
         }
     }
 }
@@ -849,6 +854,7 @@ fn authenticate(
     params: &Params,
 ) -> Result<Caller, Failure> {
     let state = lock(&emu.inner.state);
+    let echo = state.echo_credentials;
     if let Some((user, code)) = webhook {
         let user: u64 = user.parse().unwrap_or(0);
         return match state.webhooks.get(code) {
@@ -856,6 +862,11 @@ fn authenticate(
             Some(u) if *u == user => {
                 Err(fail(401, "authorization_error", "Unable to authorize user"))
             }
+            _ if echo => Err(fail(
+                401,
+                "INVALID_CREDENTIALS",
+                format!("Invalid request credentials for /rest/{user}/{code}/"),
+            )),
             _ => Err(fail(
                 401,
                 "INVALID_CREDENTIALS",
@@ -875,11 +886,12 @@ fn authenticate(
         ));
     };
     if app.access_token != token {
-        return Err(fail(
-            401,
-            "invalid_token",
-            "Unable to get application by token",
-        ));
+        let desc = if echo {
+            format!("Unable to get application by token {token}")
+        } else {
+            "Unable to get application by token".to_string()
+        };
+        return Err(fail(401, "invalid_token", desc));
     }
     if lock(&emu.inner.rt).access_expires_at <= now() {
         return Err(fail(
@@ -907,6 +919,7 @@ fn refresh(emu: &Bitrix24Emulator, method: &Method, query: &str) -> Response {
     };
     let answer = {
         let mut state = lock(&emu.inner.state);
+        let state_echo = state.echo_credentials;
         match &mut state.oauth {
             _ if method != Method::GET && method != Method::POST => {
                 Err(fail(405, "invalid_request", "Method not allowed"))
@@ -923,9 +936,14 @@ fn refresh(emu: &Bitrix24Emulator, method: &Method, query: &str) -> Response {
             {
                 Err(fail(401, "invalid_client", "Invalid client"))
             }
-            Some(app) if p.one("REFRESH_TOKEN") != Some(app.refresh_token.as_str()) => {
-                Err(fail(400, "invalid_grant", "Invalid refresh token"))
-            }
+            Some(app) if p.one("REFRESH_TOKEN") != Some(app.refresh_token.as_str()) => Err(fail(
+                400,
+                "invalid_grant",
+                match (state_echo, p.one("REFRESH_TOKEN")) {
+                    (true, Some(t)) => format!("Invalid refresh token {t}"),
+                    _ => "Invalid refresh token".to_string(),
+                },
+            )),
             Some(app) => {
                 let mut rt = lock(&emu.inner.rt);
                 rt.issued += 1;

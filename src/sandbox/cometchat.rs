@@ -45,6 +45,10 @@ pub struct State {
     /// `meta.pagination.per_page`: a server whose cap is below the documented 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_cap: Option<usize>,
+    /// Repeat the rejected credential in the error message of a 401/403, as many services,
+    /// gateways and proxies do: what the redactor must catch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo_credentials: bool,
 }
 
 /// One CometChat app.
@@ -150,6 +154,7 @@ impl State {
             apps,
             rate_limit: self.rate_limit,
             page_cap: self.page_cap,
+            echo_credentials: self.echo_credentials,
         }
     }
 }
@@ -495,12 +500,14 @@ fn route(
         );
     }
     let page_cap = state.page_cap;
+    let echo = state.echo_credentials;
     let Some(app) = state.apps.values_mut().find(|a| a.api_key == key) else {
-        return err(
-            401,
-            "AUTH_ERR_APIKEY_NOT_FOUND",
-            "The apiKey provided could not be found.",
-        );
+        let message = if echo {
+            format!("The apiKey {key} provided could not be found.")
+        } else {
+            "The apiKey provided could not be found.".to_string()
+        };
+        return err(401, "AUTH_ERR_APIKEY_NOT_FOUND", message);
     };
     let m = method.clone();
     match (m, rest) {

@@ -46,6 +46,10 @@ pub struct State {
     /// Answer 60007 (REST frequency limit) beyond this many requests per window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Repeat the rejected credential in the error message of a 401/403, as many services,
+    /// gateways and proxies do: what the redactor must catch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo_credentials: bool,
 }
 
 /// One IM app: its key, its admin, its accounts and groups.
@@ -480,6 +484,7 @@ fn authenticate<'a>(
     params: &HashMap<String, String>,
     now: u64,
 ) -> Result<&'a mut App, Value> {
+    let echo = state.echo_credentials;
     let Some(appid) = params.get("sdkappid") else {
         return Err(fail(60012, "SDKAppID is missing from the URL"));
     };
@@ -506,6 +511,12 @@ fn authenticate<'a>(
         ));
     }
     if !usersig::verify(&claims, &app.secret_key) {
+        if echo {
+            return Err(fail(
+                70009,
+                &format!("UserSig {sig} verification failed: wrong key"),
+            ));
+        }
         return Err(fail(70009, "UserSig verification failed: wrong key"));
     }
     if claims.time.saturating_add(claims.expire) < now {

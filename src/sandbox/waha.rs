@@ -158,6 +158,10 @@ pub struct State {
     pub overlimit: Option<Overlimit>,
     #[serde(default)]
     pub groups: BTreeMap<String, Group>,
+    /// Repeat the rejected credential in the error message of a 401/403, as many services,
+    /// gateways and proxies do: what the redactor must catch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo_credentials: bool,
 }
 
 fn default_session() -> String {
@@ -183,6 +187,7 @@ impl Default for State {
             private: BTreeSet::new(),
             overlimit: None,
             groups: BTreeMap::new(),
+            echo_credentials: false,
         }
     }
 }
@@ -620,7 +625,12 @@ fn route(
         .or_else(|| params.get("x-api-key").map(String::as_str))
         .unwrap_or("");
     if key.is_empty() || key != state.api_key {
-        return status(401, json!({"message": "Unauthorized", "statusCode": 401}));
+        let message = if state.echo_credentials {
+            format!("Unauthorized: X-Api-Key {key} is not valid")
+        } else {
+            "Unauthorized".to_string()
+        };
+        return status(401, json!({"message": message, "statusCode": 401}));
     }
     let Some(("api", rest)) = segs.split_first().map(|(a, r)| (*a, r)) else {
         return not_found_route(method, path);

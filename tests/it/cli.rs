@@ -236,17 +236,128 @@ async fn cli_output_has_no_colour_with_no_color_and_no_secret_anywhere() {
     .await
 }
 
+/// The schemas `rosterd schema --out DIR` writes, compiled by a real JSON Schema validator.
+fn schemas() -> [jsonschema::Validator; 3] {
+    let dir = tempfile::tempdir().unwrap();
+    Command::cargo_bin("rosterd")
+        .unwrap()
+        .args(["schema", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    ["rosterd", "people", "manifest"].map(|k| {
+        let text = std::fs::read_to_string(dir.path().join(format!("{k}.schema.json"))).unwrap();
+        let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+        jsonschema::draft7::new(&schema).unwrap_or_else(|e| panic!("{k}: {e}"))
+    })
+}
+
+/// Every YAML document of a file as JSON.
+fn docs(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_saphyr::from_multiple::<serde_json::Value>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn errors(v: &jsonschema::Validator, doc: &serde_json::Value) -> Vec<String> {
+    v.iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
 #[test]
-fn cli_schema_prints_draft07_json() {
+fn cli_schemas_accept_the_demo_tree_and_every_example_and_refuse_known_mistakes() {
+    let [config, people, manifest] = schemas();
+    let mut trees = vec![std::path::PathBuf::from("manifests")];
+    for e in std::fs::read_dir("examples").unwrap() {
+        let p = e.unwrap().path();
+        if p.join("rosterd.yaml").is_file() {
+            trees.push(p);
+        }
+    }
+    assert!(trees.len() >= 4, "{trees:?}");
+    let mut checked = 0;
+    for tree in &trees {
+        let root = &docs(&tree.join("rosterd.yaml"))[0];
+        assert_eq!(
+            errors(&config, root),
+            Vec::<String>::new(),
+            "{}",
+            tree.display()
+        );
+        if tree.join("people.yaml").is_file() {
+            let p = &docs(&tree.join("people.yaml"))[0];
+            assert_eq!(
+                errors(&people, p),
+                Vec::<String>::new(),
+                "{}",
+                tree.display()
+            );
+        }
+        let groups = tree.join("groups");
+        for e in std::fs::read_dir(&groups).unwrap() {
+            let file = e.unwrap().path();
+            for d in docs(&file) {
+                assert_eq!(
+                    errors(&manifest, &d),
+                    Vec::<String>::new(),
+                    "{}",
+                    file.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} manifests checked");
+
+    let bad_configs = [
+        "manifests: g/\nproviders:\n  x: { kind: slack }\n",
+        "manifests: g/\nproviders:\n  cc: { kind: cometchat, app_id: a, region: eu, api_key: inline-key }\n",
+        "manifests: g/\nproviders:\n  cc: { kind: cometchat, app_id: a, region: eu, api_key: { env: K }, colour: red }\n",
+        "manifests: g/\nproviders:\n  t: { kind: tencent, sdk_app_id: 1, identifier: admin, secret_key: { env: K }, max_batch: { add: many } }\n",
+        "manifests: g/\nproviders:\n  b: { kind: bitrix24, oauth: { endpoint: x, client_id: c } }\n",
+        "providers: {}\n",
+    ];
+    for bad in bad_configs {
+        let doc: serde_json::Value = serde_saphyr::from_str(bad).unwrap();
+        assert!(!errors(&config, &doc).is_empty(), "accepted: {bad}");
+    }
+    let bad_manifests = [
+        "group: g\nprovider: p\nid: x\ncolour: blue\n",
+        "group: g\nid: x\n",
+        "group: g\nprovider: p\nid: x\nadmins: alice\n",
+        "group: g\nprovider: p\nid: x\nmutes: [{ until: 2026-01-01T00:00:00Z }]\n",
+    ];
+    for bad in bad_manifests {
+        let doc: serde_json::Value = serde_saphyr::from_str(bad).unwrap();
+        assert!(!errors(&manifest, &doc).is_empty(), "accepted: {bad}");
+    }
+    let doc: serde_json::Value = serde_saphyr::from_str("people: { a: 1 }\n").unwrap();
+    assert!(
+        !errors(&people, &doc).is_empty(),
+        "people accepted a bare id"
+    );
+}
+
+#[test]
+fn cli_schema_kind_prints_one_schema() {
     let a = Command::cargo_bin("rosterd")
         .unwrap()
-        .arg("schema")
+        .args(["schema", "--kind", "manifest"])
         .assert()
         .success();
     let doc: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(doc["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert!(doc["properties"]["participants"].is_object(), "{doc}");
+    let none = Command::cargo_bin("rosterd")
+        .unwrap()
+        .arg("schema")
+        .assert();
     assert_eq!(
-        doc["manifest"]["$schema"],
-        "http://json-schema.org/draft-07/schema#"
+        code(&none),
+        2,
+        "schema without --kind or --out is a usage error"
     );
 }
 
@@ -338,4 +449,78 @@ fn cli_validate_points_at_every_wrong_provider_setting() {
     ] {
         assert!(out.contains(key), "{key} in {out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_files_that_define_no_group_warn_by_name_and_exit_0() {
+    bounded(60, async {
+        let sb = sandbox(world()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tree(dir.path(), &sb, MANIFEST, "");
+        let empties = [
+            ("empty.yaml", ""),
+            ("dashes.yaml", "---\n"),
+            ("comments.yaml", "# truncated\n---\n# by a bad merge\n"),
+        ];
+        for (name, body) in empties {
+            std::fs::write(dir.path().join("groups").join(name), body).unwrap();
+        }
+        for args in [
+            &["validate"][..],
+            &["plan"][..],
+            &["apply", "--allow-mass-removal"][..],
+        ] {
+            let a = rosterd(&cfg, args);
+            let o = a.get_output();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(code(&a), 0, "{args:?}: {}", text(&a));
+            for (name, _) in empties {
+                assert!(
+                    stderr.lines().any(|l| l.contains(name)
+                        && l.contains(":1:1: warning: the file defines no group")),
+                    "{args:?} does not warn about {name}:\n{stderr}"
+                );
+            }
+            assert!(
+                !stderr.contains("team.yaml:1:1: warning"),
+                "{args:?}: {stderr}"
+            );
+        }
+    })
+    .await
+}
+
+#[test]
+fn cli_validate_json_lists_every_diagnostic_with_its_position() {
+    let a = Command::cargo_bin("rosterd")
+        .unwrap()
+        .args([
+            "validate",
+            "--format",
+            "json",
+            "--config",
+            "tests/fixtures/ten-mistakes/rosterd.yaml",
+        ])
+        .assert();
+    assert_eq!(code(&a), 1);
+    let doc: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    let diags = doc["diagnostics"].as_array().unwrap();
+    assert!(diags.len() >= 10, "{doc}");
+    for d in diags {
+        assert!(d["file"].as_str().unwrap().ends_with(".yaml"), "{d}");
+        assert!(d["line"].as_u64().unwrap() >= 1 && d["column"].as_u64().unwrap() >= 1);
+        assert_eq!(d["severity"], "error");
+    }
+    // Not a terminal: the plain one-line form, never a frame.
+    let plain = Command::cargo_bin("rosterd")
+        .unwrap()
+        .args([
+            "validate",
+            "--config",
+            "tests/fixtures/ten-mistakes/rosterd.yaml",
+        ])
+        .assert();
+    let err = String::from_utf8_lossy(&plain.get_output().stderr).into_owned();
+    assert!(!err.contains('│') && !err.contains('╭'), "{err}");
 }

@@ -9,6 +9,8 @@ mod daemon_waha;
 mod deploy;
 mod import;
 mod page;
+mod redact;
 mod support;
 mod tencent;
+mod tls;
 mod waha;

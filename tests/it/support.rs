@@ -44,6 +44,7 @@ pub fn cc_state(users: impl IntoIterator<Item = String>, groups: Vec<(&str, Grou
         apps: BTreeMap::from([(CC_APP.to_string(), app)]),
         rate_limit: None,
         page_cap: None,
+        echo_credentials: false,
     }
 }
 

@@ -70,6 +70,7 @@ fn world(accounts: &[String], groups: Vec<(&str, Group)>, limits: Limits) -> Sta
             },
         )]),
         rate_limit: None,
+        echo_credentials: false,
     }
 }
 
