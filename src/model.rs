@@ -245,6 +245,22 @@ impl OpKind {
     pub fn is_removal(self) -> bool {
         matches!(self, OpKind::Remove | OpKind::Ban)
     }
+
+    /// Whether a write of this kind can change the member listing (who is in, roles, mutes,
+    /// the owner's row): every kind but an unban (a ban removes the member too).
+    pub fn changes_roster(self) -> bool {
+        self != OpKind::Unban
+    }
+
+    /// Whether a write of this kind can change the ban list.
+    pub fn changes_bans(self) -> bool {
+        matches!(self, OpKind::Ban | OpKind::Unban)
+    }
+
+    /// Whether a write of this kind can change the group's owner.
+    pub fn changes_owner(self) -> bool {
+        self == OpKind::TransferOwner
+    }
 }
 
 impl fmt::Display for OpKind {

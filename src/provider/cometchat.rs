@@ -659,22 +659,15 @@ impl Provider for CometChat {
     ) -> Result<LiveGroup, ProviderError> {
         self.check_key()?;
         let guid = group.as_str();
-        let any = |kinds: &[OpKind]| kinds.iter().any(|k| touched.contains(k));
+        let any = |f: fn(OpKind) -> bool| touched.iter().copied().any(f);
         let mut after = before.clone();
-        if any(&[OpKind::TransferOwner]) {
+        if any(OpKind::changes_owner) {
             after.owner = self.owner(ctx, guid).await?;
         }
-        if any(&[
-            OpKind::Add,
-            OpKind::Remove,
-            OpKind::Promote,
-            OpKind::Demote,
-            OpKind::Ban,
-            OpKind::TransferOwner,
-        ]) {
+        if any(OpKind::changes_roster) {
             after.members = self.members(ctx, guid).await?;
         }
-        if any(&[OpKind::Ban, OpKind::Unban]) {
+        if any(OpKind::changes_bans) {
             after.bans = Some(self.bans(ctx, guid).await?);
         }
         Ok(after)

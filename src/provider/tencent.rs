@@ -342,8 +342,6 @@ impl Renew for Sigs {
 pub struct Tencent {
     instance: String,
     base: reqwest::Url,
-    sdk_app_id: u64,
-    identifier: String,
     http: HttpClient,
     max_batch: BatchLimits,
     sigs: Arc<Sigs>,
@@ -358,8 +356,8 @@ impl std::fmt::Debug for Tencent {
             "Tencent",
             &[
                 ("instance", &self.instance),
-                ("sdk_app_id", &self.sdk_app_id),
-                ("identifier", &self.identifier),
+                ("sdk_app_id", &self.sigs.sdk_app_id),
+                ("identifier", &self.sigs.identifier),
                 ("secret_key", &self.sigs.secret),
                 ("page_size", &self.page_size),
             ],
@@ -393,8 +391,6 @@ impl Tencent {
         Ok(Tencent {
             instance: instance.name.clone(),
             base,
-            sdk_app_id: s.sdk_app_id,
-            identifier: s.identifier.clone(),
             http: HttpClient::new(http_options(instance))?.with_renewal(sigs.clone()),
             max_batch,
             sigs,
@@ -409,14 +405,14 @@ impl Tencent {
     }
 
     fn url(&self, command: &str, sig: &str) -> String {
-        let app = self.sdk_app_id.to_string();
+        let app = self.sigs.sdk_app_id.to_string();
         let random = rand::random::<u32>().to_string();
         rest::url(
             &self.base,
             &["v4", "group_open_http_svc", command],
             &[
                 ("sdkappid", &app),
-                ("identifier", &self.identifier),
+                ("identifier", &self.sigs.identifier),
                 ("usersig", sig),
                 ("random", &random),
                 ("contenttype", "json"),
@@ -996,7 +992,7 @@ impl Provider for Tencent {
             owner: owner_account.or(role_owner),
             bans,
             mutes,
-            me: Some(MemberId::new(self.identifier.clone())),
+            me: Some(MemberId::new(self.sigs.identifier.clone())),
             unresolved: BTreeSet::new(),
             group_type: Some(ty.as_str().to_string()),
         })
@@ -1012,18 +1008,19 @@ impl Provider for Tencent {
         touched: &BTreeSet<OpKind>,
     ) -> Result<LiveGroup, ProviderError> {
         let known = before.group_type.as_deref().and_then(GroupType::parse);
-        let (Some(ty), false) = (known, touched.contains(&OpKind::TransferOwner)) else {
+        let any = |f: fn(OpKind) -> bool| touched.iter().copied().any(f);
+        // A transfer changes the group's info, which only a whole read shows.
+        let (Some(ty), false) = (known, any(OpKind::changes_owner)) else {
             return self.fetch(ctx, group).await;
         };
         let mut after = before.clone();
-        // Every kind but an unban changes the listing (a ban removes the member too).
-        if touched.iter().any(|k| *k != OpKind::Unban) {
+        if any(OpKind::changes_roster) {
             let (members, mutes, role_owner) = self.roster(ctx, group, ty).await?;
             after.members = members;
             after.mutes = mutes;
             after.owner = before.owner.clone().or(role_owner);
         }
-        if touched.contains(&OpKind::Ban) || touched.contains(&OpKind::Unban) {
+        if any(OpKind::changes_bans) {
             after.bans = self.bans(ctx, group).await?;
         }
         Ok(after)

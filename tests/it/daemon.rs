@@ -11,7 +11,7 @@ use rosterd::sandbox::cometchat::Scope;
 use rosterd::sandbox::{Fault, FaultKind, Sandbox};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{CC_APP, CC_KEY, bounded, cc_state, group, sandbox};
+use crate::support::{CC_APP, CC_KEY, bounded, cc_state, group, poll, sandbox};
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -71,11 +71,7 @@ fn members(sb: &Sandbox) -> Vec<String> {
 }
 
 pub async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(secs, what, || std::future::ready(f().then_some(()))).await
 }
 
 pub struct Daemon {
@@ -122,18 +118,11 @@ impl Daemon {
     }
     /// GET `path` until `ok` holds of the body (at most 30 s); returns the body.
     pub async fn get_until(&self, path: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
+        poll(30, what, || async {
             let body = self.get(path).await.1;
-            if ok(&body) {
-                return body;
-            }
-            assert!(
-                Instant::now() < end,
-                "timed out waiting for {what}:\n{body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            ok(&body).then_some(body)
+        })
+        .await
     }
     pub async fn stop(self) {
         self.stop.cancel();
@@ -165,15 +154,10 @@ async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_
         })
         .await;
         assert_eq!(d.get("/healthz").await.0, 200);
-        let mut ready = 0;
-        for _ in 0..100 {
-            ready = d.get("/readyz").await.0;
-            if ready == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(ready, 200, "ready once the provider was reached");
+        poll(5, "ready once the provider was reached", || async {
+            (d.get("/readyz").await.0 == 200).then_some(())
+        })
+        .await;
 
         // An edit converges.
         std::fs::write(
@@ -193,14 +177,11 @@ async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_
             "group: team\nprovider: cc\nparticipants: [bob\n",
         )
         .unwrap();
-        let mut status = String::new();
-        for _ in 0..100 {
-            status = d.get("/status").await.1;
-            if status.contains("team.yaml") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let status = d
+            .get_until("/status", "the file error on /status", |s| {
+                s.contains("team.yaml")
+            })
+            .await;
         assert!(
             status.contains("team.yaml"),
             "the error is on /status: {status}"
@@ -330,6 +311,7 @@ async fn daemon_coalesces_quick_edits_into_one_run() {
             members(&sb) == ["alice", "bob"]
         })
         .await;
+        // Let the run that converged finish its verifying read before counting.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let reads_before = sb
             .cometchat
@@ -351,6 +333,7 @@ async fn daemon_coalesces_quick_edits_into_one_run() {
             members(&sb) == ["alice", "bob", "carol", "dave"]
         })
         .await;
+        // A quiet window longer than the debounce: a second, uncoalesced run would show here.
         tokio::time::sleep(Duration::from_millis(600)).await;
         let reads = sb
             .cometchat
@@ -461,6 +444,8 @@ async fn first_write_in_flight(sb: &Sandbox) {
             .any(|r| r.path.ends_with("/bannedusers"))
     })
     .await;
+    // The write after the reads is held 1.5 s by the injected fault, and the emulator logs a
+    // request only when it answers: 400 ms in, that write is surely in flight.
     tokio::time::sleep(Duration::from_millis(400)).await;
 }
 
@@ -477,17 +462,10 @@ async fn daemon_sigterm_lets_the_call_in_flight_finish_and_exits_0() {
             .status()
             .unwrap();
         assert!(killed.success());
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let status = poll(20, "the exit after SIGTERM", || {
+            std::future::ready(child.try_wait().unwrap())
+        })
+        .await;
         assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
         let writes = sb.cometchat.writes();
         assert_eq!(
@@ -552,14 +530,11 @@ async fn daemon_status_names_a_failed_member_as_the_manifest_does() {
         )
         .unwrap();
         let d = start(&cfg, Duration::from_secs(3600));
-        let mut status = String::new();
-        for _ in 0..300 {
-            status = d.get("/status").await.1;
-            if status.contains("failed") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let status = d
+            .get_until("/status", "the failed run on /status", |s| {
+                s.contains("failed")
+            })
+            .await;
         assert!(
             status.contains("1 operation(s) failed: add ghosty (ghost)"),
             "{status}"
@@ -725,11 +700,10 @@ async fn the_endpoints_answer_while_a_large_tree_is_rescanned() {
             assert!(took < Duration::from_secs(1), "{path} took {took:?}");
         }
         // The rescan ends and is folded in.
-        let end = Instant::now() + Duration::from_secs(60);
-        while sample(&d.get("/metrics").await.1, "rosterd_file_reads_total") == reads {
-            assert!(Instant::now() < end, "the rescan never finished");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll(60, "the rescan to finish", || async {
+            (sample(&d.get("/metrics").await.1, "rosterd_file_reads_total") != reads).then_some(())
+        })
+        .await;
         d.stop().await;
     })
     .await

@@ -158,16 +158,9 @@ fn options(cfg: &Path, debounce: Duration) -> DaemonOptions {
     opts
 }
 
-/// Wait (real time) until `f` holds.
+/// Wait (real time: a real daemon task on real file events) until `f` holds.
 async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::poll(secs, what, || std::future::ready(f().then_some(()))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,15 +361,10 @@ async fn ready_once_every_provider_answered_a_read_while_the_first_apply_runs() 
 
         // wx is no longer in use: ready, with a still applying.
         std::fs::remove_file(dir.path().join("groups/x.yaml")).unwrap();
-        let mut ready = (0, String::new());
-        for _ in 0..200 {
-            ready = readyz().await;
-            if ready.0 == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(ready.0, 200, "{ready:?}");
+        crate::support::poll(4, "ready once wx is no longer in use", || async {
+            (readyz().await.0 == 200).then_some(())
+        })
+        .await;
         let applied = writes_to(&sb, A);
         assert!(applied < 12, "ready before the first apply finished ({applied} of 12 writes)");
         stop.cancel();
@@ -408,17 +396,10 @@ async fn sigterm_during_a_waha_cooldown_exits_0_within_two_seconds() {
             .status()
             .unwrap();
         assert!(term.success());
-        let sent = std::time::Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                sent.elapsed() < Duration::from_secs(2),
-                "still running 2 s after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let status = crate::support::poll(2, "the exit within 2 s of SIGTERM", || {
+            std::future::ready(child.try_wait().unwrap())
+        })
+        .await;
         assert_eq!(status.code(), Some(0));
         assert_eq!(
             sb.waha.requests().len(),

@@ -5,7 +5,7 @@
 //! credential derived from one.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rosterd::provider::Kind;
 use rosterd::provider::tencent::usersig;
@@ -255,18 +255,11 @@ async fn daemon_outputs(config: &Path, port: u16) -> String {
             }
         }
     };
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
+    let status = crate::support::poll(30, "the daemon to report the failure", || async {
         let s = get("/status").await;
-        if s.contains("last_error") && !s.contains("\"last_error\":null") {
-            break s;
-        }
-        assert!(
-            Instant::now() < end,
-            "the daemon never reported the failure: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (s.contains("last_error") && !s.contains("\"last_error\":null")).then_some(s)
+    })
+    .await;
     let metrics = get("/metrics").await;
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

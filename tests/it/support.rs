@@ -30,6 +30,29 @@ pub async fn bounded<T>(secs: u64, fut: impl Future<Output = T>) -> T {
         .expect("test exceeded its time bound")
 }
 
+/// Poll `check` every 50 ms until it yields a value, failing after `secs` seconds. The one
+/// real-time wait of the suite, for what only real time moves: a daemon process or task
+/// reacting to real file-system events and signals. Pacing, backoff and schedules are tested on
+/// tokio's paused clock instead (`provider/http_tests.rs`, `provider/pace.rs`,
+/// `daemon/scheduler.rs`, the `start_paused` integration tests).
+pub async fn poll<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A CometChat world: the given users, and groups given as (guid, owner, members, banned).
 pub fn cc_state(users: impl IntoIterator<Item = String>, groups: Vec<(&str, Group)>) -> State {
     let app = App {
