@@ -1,23 +1,7 @@
-//! Loading and validating a tree from raw bytes: rosterd.yaml, people.yaml and one manifest,
-//! separated by 0xFF bytes. Any panic is a crash; errors are the expected answer.
+//! See `harness/load_tree.rs`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../harness/load_tree.rs"]
+mod harness;
 
-fuzz_target!(|data: &[u8]| {
-    let mut parts = data.split(|&b| b == 0xFF);
-    let root = parts.next().unwrap_or_default();
-    let people = parts.next().unwrap_or_default();
-    let manifest = parts.next().unwrap_or_default();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("groups")).unwrap();
-    std::fs::write(dir.path().join("rosterd.yaml"), root).unwrap();
-    std::fs::write(dir.path().join("people.yaml"), people).unwrap();
-    std::fs::write(dir.path().join("groups/g.yaml"), manifest).unwrap();
-    if let Ok(cfg) = rosterd::config::load(&dir.path().join("rosterd.yaml")) {
-        // A valid tree's groups all name an instance it defines.
-        for g in &cfg.groups {
-            assert!(cfg.instances.contains_key(&g.provider), "{g:?}");
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::run(data));

@@ -169,14 +169,36 @@ fn split_source(source: &str) -> (PathBuf, (u64, u64)) {
     (PathBuf::from(parts.next().unwrap_or(source)), (line, col))
 }
 
+/// The largest file rosterd reads as configuration. A manifest of thousands of members is a few
+/// hundred KiB; anything bigger is a wrong path (a log, an image, `/dev/zero`), not a roster.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 fn read(path: &Path) -> Result<String, Diagnostics> {
-    std::fs::read_to_string(path).map_err(|e| {
-        Diagnostics(vec![Diagnostic::new(
-            path,
-            (1, 1),
-            format!("cannot read file: {e}"),
-        )])
-    })
+    read_bounded(path, MAX_FILE_BYTES)
+        .map_err(|message| Diagnostics(vec![Diagnostic::new(path, (1, 1), message)]))
+}
+
+/// Read a regular file of at most `max` bytes. A FIFO, a device or a socket would block or
+/// never end, so only regular files (after following symlinks) are read; the size is checked
+/// again on the bytes actually read, since a file can grow between `metadata` and `read`.
+pub fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    if !meta.is_file() {
+        return Err("cannot read file: not a regular file".into());
+    }
+    let too_big = || format!("cannot read file: larger than {} bytes", max);
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if text.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(text)
 }
 
 fn parse_err(file: &Path, e: yaml::YamlError) -> Diagnostics {
@@ -192,6 +214,13 @@ pub fn load_context(config_path: &Path) -> Result<Context, Diagnostics> {
 /// The context as far as it could be built, and the problems found on the way. `Err` only
 /// when rosterd.yaml cannot be read or parsed at all.
 fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnostics> {
+    build_context_scanning(config_path, MAX_SCAN_ENTRIES)
+}
+
+fn build_context_scanning(
+    config_path: &Path,
+    scan_budget: usize,
+) -> Result<(Context, Diagnostics), Diagnostics> {
     let text = read(config_path)?;
     let root_raw: RawRoot = yaml::from_str(&text).map_err(|e| parse_err(config_path, e))?;
     let root = config_path
@@ -250,10 +279,23 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
     };
     let mut manifest_files = BTreeSet::new();
     let mut manifest_dirs = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut budget = scan_budget;
     for e in &entries {
         let p = rel(e);
         if p.is_dir() {
-            scan(&p, &mut manifest_files);
+            if scan(&p, &mut manifest_files, &mut seen, &mut budget).is_err() {
+                diags.push(Diagnostic::new(
+                    f,
+                    pos(&root_raw.manifests),
+                    format!(
+                        "manifests: {} holds more than {scan_budget} files and folders; \
+                         name the folder that holds the group manifests",
+                        p.display()
+                    ),
+                ));
+                break;
+            }
             manifest_dirs.push(p);
         } else if p.is_file() {
             manifest_files.insert(p);
@@ -266,10 +308,14 @@ fn build_context(config_path: &Path) -> Result<(Context, Diagnostics), Diagnosti
         }
     }
     let people_file = root_raw.people.as_ref().map(|p| rel(&p.value));
-    if let Some(pf) = &people_file {
-        manifest_files.remove(pf);
-    }
-    manifest_files.remove(config_path);
+    // By the file itself, not its path: a folder may reach rosterd.yaml through a link.
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let not_manifests: Vec<PathBuf> = people_file
+        .iter()
+        .map(|p| real(p))
+        .chain([real(config_path)])
+        .collect();
+    manifest_files.retain(|p| !not_manifests.contains(&real(p)));
 
     let mut instances = BTreeMap::new();
     let mut broken_instances = BTreeSet::new();
@@ -356,23 +402,53 @@ pub fn people_by_id(ctx: &Context, instance: &str, kind: Kind) -> BTreeMap<Membe
     by_id
 }
 
-fn scan(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+/// How many entries a `manifests:` folder may hold below it, files and folders together. A
+/// repository's manifests are hundreds; a scan past this is a wrong path (`/`, a home folder).
+pub const MAX_SCAN_ENTRIES: usize = 100_000;
+
+/// The scan stopped at [`MAX_SCAN_ENTRIES`].
+struct TooManyEntries;
+
+/// Every *.yaml / *.yml below `dir`. Symlinks are followed (a Kubernetes ConfigMap's files are
+/// symlinks), but each real folder (device and inode) is entered once, so a link back to an
+/// ancestor ends.
+fn scan(
+    dir: &Path,
+    out: &mut BTreeSet<PathBuf>,
+    seen: &mut BTreeSet<(u64, u64)>,
+    budget: &mut usize,
+) -> Result<(), TooManyEntries> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    if !seen.insert((meta.dev(), meta.ino())) {
+        return Ok(());
+    }
     let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
+        return Ok(());
     };
     for e in rd.flatten() {
-        let p = e.path();
+        *budget = budget.checked_sub(1).ok_or(TooManyEntries)?;
         let name = e.file_name();
         let name = name.to_string_lossy();
         if name.starts_with('.') {
             continue; // .git, editor swap files, ConfigMap ..data internals
         }
-        if p.is_dir() {
-            scan(&p, out);
+        let p = e.path();
+        // The entry's own type costs no system call; only a link needs a look at its target.
+        let is_dir = match e.file_type() {
+            Ok(t) if t.is_symlink() => p.is_dir(),
+            Ok(t) => t.is_dir(),
+            Err(_) => false,
+        };
+        if is_dir {
+            scan(&p, out, seen, budget)?;
         } else if name.ends_with(".yaml") || name.ends_with(".yml") {
             out.insert(p);
         }
     }
+    Ok(())
 }
 
 fn unlisted_of(u: Option<RawUnlisted>) -> Option<Unlisted> {

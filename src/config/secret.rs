@@ -71,10 +71,9 @@ impl SecretRef {
                 .map_err(|_| format!("environment variable {name} is not set (or not UTF-8)"))?,
             SecretRef::File(path) => {
                 warn_if_readable_by_others(path);
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        format!("cannot read secret file {}: {}", path.display(), e.kind())
-                    })?
+                // A secret is a line, a key or a PEM block: anything bigger is a wrong path.
+                super::read_bounded(path, 64 * 1024)
+                    .map_err(|e| format!("secret file {}: {e}", path.display()))?
                     .trim_end_matches(['\n', '\r'])
                     .to_string()
             }

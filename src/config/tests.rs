@@ -150,6 +150,102 @@ fn a_missing_manifest_folder_is_an_error_not_an_empty_tree() {
 }
 
 #[test]
+fn a_folder_linked_back_to_its_parent_is_scanned_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &[
+            ("rosterd.yaml", ROOT),
+            ("people.yaml", "people: {}\n"),
+            (
+                "groups/t.yaml",
+                "group: t\nprovider: tim\nid: team-x\nparticipants: [a1]\n",
+            ),
+        ],
+    );
+    // Two links back up: without the folder set, the scan would branch without end.
+    std::os::unix::fs::symlink(dir.path().join("groups"), dir.path().join("groups/up")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("groups/root")).unwrap();
+    let c = load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.groups.len(), 1, "{:?}", c.groups);
+    assert_eq!(c.groups[0].name, "t");
+}
+
+#[test]
+fn a_scan_stops_at_its_entry_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..6 {
+        std::fs::create_dir_all(dir.path().join(format!("d{i}"))).unwrap();
+        std::fs::write(dir.path().join(format!("d{i}/g.yaml")), "").unwrap();
+    }
+    let (mut out, mut seen) = (BTreeSet::new(), BTreeSet::new());
+    let mut budget = 11;
+    assert!(scan(dir.path(), &mut out, &mut seen, &mut budget).is_err());
+    let (mut out, mut seen) = (BTreeSet::new(), BTreeSet::new());
+    let mut budget = 12;
+    assert!(scan(dir.path(), &mut out, &mut seen, &mut budget).is_ok());
+    assert_eq!((out.len(), budget), (6, 0));
+}
+
+#[test]
+fn a_manifest_folder_too_big_to_be_one_is_an_error_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = ROOT.replace("manifests: groups/", "manifests: big/");
+    let cfg = write(
+        dir.path(),
+        &[("rosterd.yaml", &root), ("people.yaml", "people: {}\n")],
+    );
+    for i in 0..30 {
+        std::fs::create_dir_all(dir.path().join(format!("big/{i}/{i}"))).unwrap();
+    }
+    // 60 entries below big/: a budget of 60 is enough, 59 is not (MAX_SCAN_ENTRIES in use).
+    let (_, d) = build_context_scanning(&cfg, 60).unwrap();
+    assert!(d.is_empty(), "{d}");
+    let (_, d) = build_context_scanning(&cfg, 59).unwrap();
+    assert_eq!(
+        diags_text(&d, dir.path()),
+        "rosterd.yaml:1:12: error: manifests: big/ holds more than 59 files and folders; \
+         name the folder that holds the group manifests\n"
+    );
+}
+
+#[test]
+fn only_regular_files_of_bounded_size_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = ROOT.replace("people: people.yaml", "people: /dev/zero");
+    let cfg = write(
+        dir.path(),
+        &[
+            ("rosterd.yaml", &root),
+            (
+                "groups/t.yaml",
+                "group: t\nprovider: tim\nid: team-x\nparticipants: [a1]\n",
+            ),
+        ],
+    );
+    // A FIFO would block the reader for ever; a dangling link is an error, not a missing group.
+    let fifo = dir.path().join("groups/pipe.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("/nonexistent", dir.path().join("groups/gone.yaml")).unwrap();
+    let big = dir.path().join("groups/big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(MAX_FILE_BYTES + 1).unwrap();
+    let text = diags_text(&load(&cfg).unwrap_err(), dir.path());
+    for want in [
+        "/dev/zero:1:1: error: cannot read file: not a regular file",
+        "groups/pipe.yaml:1:1: error: cannot read file: not a regular file",
+        "groups/gone.yaml:1:1: error: cannot read file: No such file",
+        "groups/big.yaml:1:1: error: cannot read file: larger than 16777216 bytes",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+}
+
+#[test]
 fn an_unreadable_config_is_an_error() {
     let d = load(Path::new("/nonexistent/rosterd.yaml")).unwrap_err();
     assert!(

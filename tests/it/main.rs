@@ -7,6 +7,7 @@ mod cometchat;
 mod daemon;
 mod daemon_waha;
 mod deploy;
+mod fuzz_corpus;
 mod import;
 mod page;
 mod redact;
