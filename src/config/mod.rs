@@ -89,9 +89,18 @@ pub struct People {
 
 /// Load and validate the whole tree. Every problem in every file is reported at once.
 pub fn load(config_path: &Path) -> Result<Config, Diagnostics> {
+    load_scanning_at_most(config_path, MAX_SCAN_ENTRIES)
+}
+
+/// [`load`] with another budget for the `manifests:` scan ([`MAX_SCAN_ENTRIES`]): the fuzzer
+/// keeps it small, so an input naming `/` costs a few entries rather than a walk of the disk.
+pub fn load_scanning_at_most(
+    config_path: &Path,
+    scan_budget: usize,
+) -> Result<Config, Diagnostics> {
     // Errors in rosterd.yaml or people.yaml do not stop the manifests from being checked:
     // every file's problems are reported in one run.
-    let (ctx, mut diags) = build_context(config_path)?;
+    let (ctx, mut diags) = build_context_scanning(config_path, scan_budget)?;
     let mut groups: Vec<DesiredGroup> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut warnings = Vec::new();

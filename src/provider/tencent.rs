@@ -986,6 +986,16 @@ impl Provider for Tencent {
             )));
         }
         let (members, mutes, role_owner) = self.roster(ctx, group, ty).await?;
+        // A group created without an owner lists none, but an owner is always a member: a
+        // listing without the owner its info names is partial, and no plan is made from it.
+        if let Some(owner) = &owner_account
+            && !members.contains_key(owner)
+        {
+            return Err(ProviderError::fatal(format!(
+                "list members: the listing of group {group} lacks its owner {owner}; it is \
+                 incomplete, so no plan is made from it"
+            )));
+        }
         let bans = self.bans(ctx, group).await?;
         Ok(LiveGroup {
             members,

@@ -781,6 +781,52 @@ async fn tencent_failing_reads_are_errors_and_remove_nobody() {
     .await;
 }
 
+/// The emulator keeps the owner a member by construction, so a server that answers as a lagging
+/// replica might (info names the owner, the listing lacks them) stands in for it.
+#[tokio::test]
+async fn tencent_a_listing_without_the_owner_its_info_names_is_refused() {
+    bounded(30, async {
+        use axum::extract::Request;
+        let app = axum::Router::new().fallback(|req: Request| async move {
+            let path = req.uri().path().to_string();
+            let ok = |extra: serde_json::Value| {
+                let mut v =
+                    serde_json::json!({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""});
+                v.as_object_mut()
+                    .unwrap()
+                    .extend(extra.as_object().unwrap().clone());
+                axum::Json(v)
+            };
+            if path.ends_with("/get_group_info") {
+                ok(
+                    serde_json::json!({"GroupInfo": [{"GroupId": "@TGS#part", "Type": "Public",
+                    "Owner_Account": "boss", "MemberNum": 2, "ErrorCode": 0, "ErrorInfo": ""}]}),
+                )
+            } else if path.ends_with("/get_group_member_info") {
+                ok(serde_json::json!({"MemberNum": 1, "MemberList": [
+                    {"Member_Account": "m000", "Role": "Member", "ShutUpUntil": 0}]}))
+            } else {
+                ok(serde_json::json!({}))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let sb = start(SandboxState::default()).await;
+        let mut inst = instance(&sb, None);
+        inst.common.base_url = Some(format!("http://{addr}"));
+        let e = client(&inst, KEY)
+            .fetch(&ctx(), &gid("@TGS#part"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Fatal);
+        assert!(e.message.contains("lacks its owner boss"), "{e}");
+        server.abort();
+        sb.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn tencent_community_groups_page_by_cursor_and_others_by_offset() {
     bounded(30, async {
