@@ -1,14 +1,14 @@
 //! Private CAs and proxies: a CometChat emulator behind TLS on loopback with a certificate from a
 //! test CA is refused without `ca_file` and reached with it; every request goes through a real
-//! CONNECT proxy on loopback when `proxy` is set, and over TLS the proxy sees only host and port.
+//! CONNECT proxy on loopback (Debian's tinyproxy) when `proxy` is set or `HTTPS_PROXY` names
+//! it, `NO_PROXY` goes around it, and over TLS the proxy sees only host and port.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rosterd::config::secret::Secret;
 use rosterd::model::Role;
 use rosterd::provider::cometchat::CometChat;
 use rosterd::sandbox::cometchat::Scope;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
@@ -57,47 +57,112 @@ async fn tls_front(config: Arc<rustls::ServerConfig>, plain: String) -> u16 {
     port
 }
 
-/// A CONNECT proxy on loopback; its log holds the first line of every request it carried.
-async fn connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let seen = log.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let first = head.lines().next().unwrap_or("").to_string();
-                seen.lock().unwrap().push(first.clone());
-                let Some(target) = first
-                    .strip_prefix("CONNECT ")
-                    .and_then(|r| r.split(' ').next())
-                else {
-                    let _ = client.write_all(b"HTTP/1.1 405 CONNECT only\r\n\r\n").await;
-                    return;
-                };
-                let target = target.replace("localhost", "127.0.0.1");
-                let Ok(mut up) = TcpStream::connect(&target).await else {
-                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-                    return;
-                };
-                let _ = client
-                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-            });
+/// Debian's tinyproxy on a loopback port, logging every connection and request line.
+struct Tinyproxy {
+    port: u16,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    /// `None` (with the reason printed) where tinyproxy is not installed outside CI; in CI
+    /// (`CI=true`, which `.ci/run` sets) a missing proxy fails the test: `.ci/run` installs it.
+    async fn start() -> Option<Tinyproxy> {
+        let bin = std::path::Path::new("/usr/bin/tinyproxy");
+        if !bin.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "tinyproxy is missing; .ci/run installs it (apt-get install -y tinyproxy-bin)"
+            );
+            eprintln!(
+                "SKIPPED: the proxy tests need Debian's tinyproxy (apt-get install -y tinyproxy-bin)"
+            );
+            return None;
         }
-    });
-    (port, log)
+        let dir = tempfile::tempdir().unwrap();
+        // tinyproxy takes no port 0: a port the kernel just handed out and let go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.path().join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 30\nLogLevel Connect\nMaxClients 20\nAllow 127.0.0.1\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("tinyproxy.log");
+        let child = std::process::Command::new(bin)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        poll(10, "tinyproxy listening", || async move {
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Some(Tinyproxy {
+            port,
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The request lines tinyproxy logged (`CONNECT host:port HTTP/1.1`, or a plain request's).
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once("]: Request (file descriptor ").map(|(_, r)| r))
+            .filter_map(|r| r.split_once("): ").map(|(_, line)| line.to_string()))
+            .collect()
+    }
+
+    /// Every line of the log, for the secret checks.
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The emulator behind TLS with a test CA: (base URL on `localhost`, the CA file, its folder).
+async fn tls_emulator(
+    sb: &rosterd::sandbox::Sandbox,
+) -> (u16, std::path::PathBuf, tempfile::TempDir) {
+    let plain = sb.base_url(rosterd::provider::Kind::Cometchat).unwrap();
+    let addr = plain
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (ca_pem, config) = test_ca();
+    let port = tls_front(config, addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    (port, ca, dir)
 }
 
 /// Plan one group through a client built with `ca_file` / `proxy`; the group's read error.
@@ -132,18 +197,7 @@ fn world() -> rosterd::sandbox::cometchat::State {
 async fn tls_with_a_private_ca_is_reached_only_with_ca_file_and_through_the_proxy() {
     bounded(60, async {
         let sb = sandbox(world()).await;
-        let plain = sb.base_url(rosterd::provider::Kind::Cometchat).unwrap();
-        let addr = plain
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
-        let (ca_pem, config) = test_ca();
-        let port = tls_front(config, addr).await;
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, ca_pem).unwrap();
+        let (port, ca, _dir) = tls_emulator(&sb).await;
         let base = format!("https://localhost:{port}/v3");
 
         let refused = plan_error(&sb, base.clone(), None, None).await;
@@ -153,18 +207,18 @@ async fn tls_with_a_private_ca_is_reached_only_with_ca_file_and_through_the_prox
         let reached = plan_error(&sb, base.clone(), Some(ca.clone()), None).await;
         assert_eq!(reached, None, "with ca_file the emulator is reached");
 
-        let (proxy_port, log) = connect_proxy().await;
+        let Some(proxy) = Tinyproxy::start().await else {
+            return;
+        };
         let before = sb.cometchat.requests().len();
-        let via = plan_error(
-            &sb,
-            base,
-            Some(ca),
-            Some(format!("http://127.0.0.1:{proxy_port}")),
-        )
-        .await;
+        let via = plan_error(&sb, base, Some(ca), Some(proxy.url())).await;
         assert_eq!(via, None);
-        let lines = log.lock().unwrap().clone();
-        assert!(!lines.is_empty(), "nothing went through the proxy");
+        let lines = proxy.requests();
+        assert!(
+            !lines.is_empty(),
+            "nothing went through the proxy: {}",
+            proxy.text()
+        );
         assert!(sb.cometchat.requests().len() > before);
         for l in &lines {
             // Only the host and port: no path, no key, no query.
@@ -174,6 +228,73 @@ async fn tls_with_a_private_ca_is_reached_only_with_ca_file_and_through_the_prox
                 "{lines:?}"
             );
         }
+        assert!(!proxy.text().contains(CC_KEY), "{}", proxy.text());
+    })
+    .await
+}
+
+/// Without `proxy:`, the standard variables decide, as the README says: `HTTPS_PROXY` carries
+/// every request of the CLI, and `NO_PROXY` takes a host back out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_proxy_carries_the_cli_requests_and_no_proxy_bypasses_it() {
+    bounded(120, async {
+        let sb = sandbox(world()).await;
+        let (port, ca, dir) = tls_emulator(&sb).await;
+        let Some(proxy) = Tinyproxy::start().await else {
+            return;
+        };
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(
+            dir.path().join("rosterd.yaml"),
+            format!(
+                "manifests: groups/\nproviders:\n  cc:\n    kind: cometchat\n    app_id: itapp\n    \
+                 region: eu\n    api_key: {{ env: IT_CC_KEY }}\n    base_url: https://localhost:{port}/v3\n    \
+                 ca_file: {}\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("groups/team.yaml"),
+            "group: team\nprovider: cc\nid: team\nowner: alice\nadmins: [alice]\n",
+        )
+        .unwrap();
+        let config = dir.path().join("rosterd.yaml");
+        let plan = |env: Vec<(&'static str, String)>| {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut cmd = assert_cmd::Command::cargo_bin("rosterd").unwrap();
+                cmd.arg("plan")
+                    .arg("--config")
+                    .arg(&config)
+                    .env("IT_CC_KEY", CC_KEY)
+                    .env("NO_COLOR", "1")
+                    .env_remove("RUST_LOG");
+                for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"] {
+                    cmd.env_remove(k);
+                }
+                cmd.envs(env);
+                let out = cmd.timeout(std::time::Duration::from_secs(60)).output().unwrap();
+                (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+            })
+        };
+        let (code, out) = plan(vec![("HTTPS_PROXY", proxy.url())]).await.unwrap();
+        assert_eq!(code, Some(0), "{out}");
+        let carried = proxy.requests();
+        assert!(!carried.is_empty(), "HTTPS_PROXY carried nothing: {}", proxy.text());
+        assert!(
+            carried.iter().all(|l| l == &format!("CONNECT localhost:{port} HTTP/1.1")),
+            "{carried:?}"
+        );
+        let (code, out) = plan(vec![
+            ("HTTPS_PROXY", proxy.url()),
+            ("NO_PROXY", "localhost".into()),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(code, Some(0), "{out}");
+        assert_eq!(proxy.requests(), carried, "NO_PROXY=localhost goes around the proxy");
+        assert!(!proxy.text().contains(CC_KEY));
     })
     .await
 }
