@@ -317,14 +317,19 @@ fn build_context_scanning(
         }
     }
     let people_file = root_raw.people.as_ref().map(|p| rel(&p.value));
-    // By the file itself, not its path: a folder may reach rosterd.yaml through a link.
-    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let not_manifests: Vec<PathBuf> = people_file
+    // By the file itself (device and inode), not its path: a folder may reach rosterd.yaml
+    // through a link.
+    let file_id = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    };
+    let not_manifests: Vec<(u64, u64)> = people_file
         .iter()
-        .map(|p| real(p))
-        .chain([real(config_path)])
+        .map(PathBuf::as_path)
+        .chain([config_path])
+        .filter_map(file_id)
         .collect();
-    manifest_files.retain(|p| !not_manifests.contains(&real(p)));
+    manifest_files.retain(|p| file_id(p).is_none_or(|id| !not_manifests.contains(&id)));
 
     let mut instances = BTreeMap::new();
     let mut broken_instances = BTreeSet::new();
