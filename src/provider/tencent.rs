@@ -985,17 +985,8 @@ impl Provider for Tencent {
                  adds or removals, so rosterd cannot manage it"
             )));
         }
-        let (members, mutes, role_owner) = self.roster(ctx, group, ty).await?;
-        // A group created without an owner lists none, but an owner is always a member: a
-        // listing without the owner its info names is partial, and no plan is made from it.
-        if let Some(owner) = &owner_account
-            && !members.contains_key(owner)
-        {
-            return Err(ProviderError::fatal(format!(
-                "list members: the listing of group {group} lacks its owner {owner}; it is \
-                 incomplete, so no plan is made from it"
-            )));
-        }
+        let (members, mutes, role_owner) =
+            self.roster(ctx, group, ty, owner_account.as_ref()).await?;
         let bans = self.bans(ctx, group).await?;
         Ok(LiveGroup {
             members,
@@ -1025,7 +1016,8 @@ impl Provider for Tencent {
         };
         let mut after = before.clone();
         if any(OpKind::changes_roster) {
-            let (members, mutes, role_owner) = self.roster(ctx, group, ty).await?;
+            let (members, mutes, role_owner) =
+                self.roster(ctx, group, ty, before.owner.as_ref()).await?;
             after.members = members;
             after.mutes = mutes;
             after.owner = before.owner.clone().or(role_owner);
@@ -1062,12 +1054,15 @@ type Roster = (
 );
 
 impl Tencent {
-    /// The member listing as the model's roster.
+    /// The member listing as the model's roster. `owner` is the owner the group's info names:
+    /// a group created without one lists none, but an owner is always a member, so a listing
+    /// without them is partial and no roster is made from it.
     async fn roster(
         &self,
         ctx: &Ctx,
         group: &GroupId,
         ty: GroupType,
+        owner: Option<&MemberId>,
     ) -> Result<Roster, ProviderError> {
         let listed = self.members(ctx, group, ty).await?;
         let mut members = BTreeMap::new();
@@ -1103,6 +1098,14 @@ impl Tencent {
                 mutes.insert(id.clone(), mute);
             }
             members.insert(id, role);
+        }
+        if let Some(owner) = owner
+            && !members.contains_key(owner)
+        {
+            return Err(ProviderError::fatal(format!(
+                "list members: the listing of group {group} lacks its owner {owner}; it is \
+                 incomplete, so no plan is made from it"
+            )));
         }
         Ok((members, mutes, role_owner))
     }

@@ -128,6 +128,30 @@ impl Daemon {
         self.stop.cancel();
         self.handle.await.unwrap().unwrap();
     }
+    /// A metric's value on `/metrics` ([`sample`]).
+    pub async fn counter(&self, name: &str) -> u64 {
+        sample(&self.get("/metrics").await.1, name)
+    }
+    /// Wait until `name` reaches at least `n`: a run finished, a rescan happened, as the
+    /// daemon itself counts them (rather than a guess at how long they take).
+    pub async fn counter_at_least(&self, name: &str, n: u64) {
+        poll(30, name, || async {
+            (self.counter(name).await >= n).then_some(())
+        })
+        .await
+    }
+}
+
+/// A metric's value: one series (`name{label="…"}`), or the sum over a name's series.
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Whether the emulator ever removed or banned `who` (kick, single ban, or `usersToBan`).
@@ -226,14 +250,30 @@ async fn daemon_converges_on_edits_and_keeps_the_last_valid_version_of_a_broken_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_removes_nobody_when_a_manifest_is_deleted() {
     bounded(60, async {
-        let sb = sandbox(world()).await;
+        // A second group keeps the resync going, so the resyncs after the deletion are counted
+        // as they happen rather than waited for.
+        let mut w = world();
+        w.apps.get_mut(CC_APP).unwrap().groups.insert(
+            "other".into(),
+            group(Some("alice"), &[("alice", Scope::Admin)], &[]),
+        );
+        let sb = sandbox(w).await;
         let (dir, cfg) = team_tree(&sb);
+        std::fs::write(
+            dir.path().join("groups/other.yaml"),
+            "group: other\nprovider: cc\nid: other\nadmins: [alice]\n",
+        )
+        .unwrap();
         let d = start(&cfg, Duration::from_millis(300));
         until(15, "initial convergence", || {
             members(&sb) == ["alice", "bob"]
         })
         .await;
         std::fs::remove_file(dir.path().join("groups/team.yaml")).unwrap();
+        d.get_until("/metrics", "the deletion seen", |m| {
+            sample(m, "rosterd_managed_groups") == 1
+        })
+        .await;
         sb.cometchat.with_state(|s| {
             let g = s
                 .apps
@@ -245,7 +285,10 @@ async fn daemon_removes_nobody_when_a_manifest_is_deleted() {
             g.members.insert("erin".into(), Scope::Participant);
         });
         let writes = sb.cometchat.writes().len();
-        tokio::time::sleep(Duration::from_secs(2)).await; // several resync periods
+        // Three resync runs of the other group, each one full period after the deletion.
+        let runs = d.counter("rosterd_reconciles_total").await;
+        d.counter_at_least("rosterd_reconciles_total", runs + 3)
+            .await;
         assert_eq!(
             sb.cometchat.writes().len(),
             writes,
@@ -311,8 +354,10 @@ async fn daemon_coalesces_quick_edits_into_one_run() {
             members(&sb) == ["alice", "bob"]
         })
         .await;
-        // Let the run that converged finish its verifying read before counting.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The run that converged has finished (and its verifying read with it) once counted.
+        d.counter_at_least("rosterd_reconciles_total", 1).await;
+        let watch = "rosterd_rescans_total{reason=\"watch\"}";
+        let watch_rescans = d.counter(watch).await;
         let reads_before = sb
             .cometchat
             .requests()
@@ -333,8 +378,14 @@ async fn daemon_coalesces_quick_edits_into_one_run() {
             members(&sb) == ["alice", "bob", "carol", "dave"]
         })
         .await;
-        // A quiet window longer than the debounce: a second, uncoalesced run would show here.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // The edit's run has finished once counted. The two writes came within the debounce,
+        // so the watcher handed over one batch: one rescan, hence one run.
+        d.counter_at_least("rosterd_reconciles_total", 2).await;
+        assert_eq!(
+            d.counter(watch).await - watch_rescans,
+            1,
+            "two quick writes make one rescan"
+        );
         let reads = sb
             .cometchat
             .requests()
@@ -545,13 +596,6 @@ async fn daemon_status_names_a_failed_member_as_the_manifest_does() {
 }
 
 /// The value of one sample in the Prometheus text, 0 when absent.
-fn sample(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_daemon_reads_no_file_and_an_edit_writes_only_after_the_debounce() {
     bounded(60, async {
